@@ -1,0 +1,40 @@
+# `make demo` and `make test` both start from `make install`, which creates .venv once.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BACKENDS := jax tensorflow torch
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# Trains the nano GPT on the shipped Shakespeare corpus, exports it and samples from the bundle.
+demo: install
+	rm -rf demo
+	$(BIN)/zoo train gpt --preset nano --max-steps 500 --eval-every 100 --out demo/run
+	$(BIN)/zoo export demo/run --out demo/bundle
+	@for prompt in "ROMEO." "KING HENRY." "To be, or not to be"; do \
+	  echo; echo "=== $$prompt"; \
+	  $(BIN)/zoo generate demo/bundle --prompt "$$prompt" --max-new-tokens 80 --temperature 0.8 --top-k 40 --seed 1 || exit 1; \
+	done
+
+# The suite once per backend, then the tests that compare backends (each in its own process).
+test: install
+	@for backend in $(BACKENDS); do \
+	  echo "=== tests on $$backend"; \
+	  KERAS_BACKEND=$$backend $(BIN)/pytest -q -m "not cross_backend" || exit 1; \
+	done
+	@echo "=== cross-backend tests"
+	$(BIN)/pytest -q -m cross_backend
+
+bench: install
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) demo runs

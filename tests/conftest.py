@@ -1,0 +1,60 @@
+"""Shared fixtures. The suite runs once per backend (KERAS_BACKEND, set by `make test`); tests
+marked cross_backend start their own process per backend."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "zoo" / "data" / "corpora" / "shakespeare.txt"
+
+# A model small enough that a training step takes milliseconds on a CPU.
+TINY_MODEL = ["--num-layers", "2", "--num-heads", "2", "--hidden-dim", "32", "--intermediate-dim", "64",
+              "--max-length", "32", "--vocab-size", "300", "--batch-size", "8"]
+
+
+def run_zoo(*args, backend=None, env=None, timeout=600, check=False):
+    """Runs the real `zoo` command in a subprocess; returns the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    if backend:
+        full_env["KERAS_BACKEND"] = backend
+    result = subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], cwd=ROOT, env=full_env,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"zoo {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def zoo_json(*args, **kwargs):
+    return json.loads(run_zoo(*args, "--json", check=True, **kwargs).stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def backend():
+    return os.environ["KERAS_BACKEND"]
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+    """The first ~150 KB of the shipped corpus: real text, quick to tokenize."""
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text(CORPUS.read_text(encoding="utf-8")[:150_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, small_corpus, backend):
+    """A tiny GPT trained for 30 steps through the real CLI on this backend, and its bundle."""
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    run_zoo("train", "gpt", "--data", small_corpus, "--out", run, *TINY_MODEL, "--max-steps", "30",
+            "--eval-every", "15", "--lr", "3e-3", check=True)
+    bundle = run.parent / "tiny-bundle"
+    run_zoo("export", run, "--out", bundle, check=True)
+    return run, bundle

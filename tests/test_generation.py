@@ -1,0 +1,95 @@
+"""The generation engine: cached greedy decoding equals recomputation, sampling options, stops."""
+
+import keras
+import numpy as np
+import pytest
+
+from zoo.engine import FINISH_END, FINISH_LENGTH, FINISH_STOP, Generator, SamplingConfig
+from zoo.engine.generation import sample
+from zoo.errors import ZooError
+from zoo.models.gpt import gpt_from_preset
+from zoo.tokenizers import train_char
+
+
+@pytest.fixture(scope="module")
+def generator(small_corpus):
+    tokenizer = train_char([small_corpus.read_text(encoding="utf-8")])
+    keras.utils.set_random_seed(0)
+    model = gpt_from_preset("nano", tokenizer.vocabulary_size, num_layers=2, hidden_dim=64, max_length=64)
+    return Generator(model, tokenizer)
+
+
+def test_greedy_equals_uncached_recomputation(generator):
+    result = generator.generate("ROMEO.", SamplingConfig(max_new_tokens=20, temperature=0))
+    ids = [generator.tokenizer.end_token_id] + generator.tokenizer.encode("ROMEO.")
+    expected = []
+    for _ in range(len(result.token_ids)):
+        logits = keras.ops.convert_to_numpy(generator.model(np.asarray([ids + expected], dtype="int32")))
+        expected.append(int(np.argmax(logits[0, -1])))
+    assert result.token_ids == expected
+    assert result.text == generator.tokenizer.decode(expected)
+    assert result.prompt_tokens == len(ids)
+
+
+def test_seeded_sampling_is_reproducible_and_seeds_differ(generator):
+    config = dict(max_new_tokens=30, temperature=1.5)
+    a = generator.generate("To be", SamplingConfig(**config, seed=1))
+    b = generator.generate("To be", SamplingConfig(**config, seed=1))
+    c = generator.generate("To be", SamplingConfig(**config, seed=2))
+    assert a.token_ids == b.token_ids
+    assert a.token_ids != c.token_ids
+
+
+def test_sampling_filters():
+    rng = np.random.default_rng(0)
+    logits = np.array([0.0, 3.0, 2.9, -1.0])
+    greedy = SamplingConfig(temperature=0)
+    assert sample(logits, greedy, rng) == 1
+    assert {sample(logits, SamplingConfig(temperature=5, top_k=1), rng) for _ in range(20)} == {1}
+    assert {sample(logits, SamplingConfig(temperature=5, top_k=2), rng) for _ in range(200)} == {1, 2}
+    assert {sample(logits, SamplingConfig(temperature=1, top_p=0.01), rng) for _ in range(20)} == {1}
+    assert len({sample(logits, SamplingConfig(temperature=100), rng) for _ in range(300)}) == 4
+
+
+def test_max_new_tokens_and_finish_reason(generator):
+    result = generator.generate("A", SamplingConfig(max_new_tokens=7, temperature=1.0, seed=3))
+    assert result.finish_reason in (FINISH_LENGTH, FINISH_END)
+    if result.finish_reason == FINISH_LENGTH:
+        assert len(result.token_ids) == 7
+
+
+def test_streamed_chunks_add_up_to_the_text(generator):
+    chunks = []
+    result = generator.generate("KING.", SamplingConfig(max_new_tokens=25, temperature=1.0, seed=5), chunks.append)
+    assert "".join(chunks) == result.text
+
+
+def test_stop_string_truncates_and_is_never_streamed(generator):
+    free = generator.generate("X", SamplingConfig(max_new_tokens=40, temperature=1.0, seed=11))
+    stop = free.text[10:12]  # a stop string that certainly occurs
+    chunks = []
+    result = generator.generate("X", SamplingConfig(max_new_tokens=40, temperature=1.0, seed=11, stop=(stop,)), chunks.append)
+    assert result.finish_reason == FINISH_STOP
+    assert result.text == free.text[:free.text.find(stop)]
+    assert "".join(chunks) == result.text
+
+
+def test_prompt_too_long_is_refused_or_truncated_on_request(generator):
+    long_prompt = "word " * 40  # 200 characters, context 64
+    with pytest.raises(ZooError, match="exceeds the model's context of 64"):
+        generator.generate(long_prompt, SamplingConfig(max_new_tokens=5, temperature=0))
+    result = generator.generate(long_prompt, SamplingConfig(max_new_tokens=5, temperature=0, truncate_prompt=True))
+    assert result.prompt_tokens == 64 - 5
+
+
+@pytest.mark.parametrize("config, message", [
+    (SamplingConfig(max_new_tokens=0), "max_new_tokens must be positive"),
+    (SamplingConfig(temperature=-1), "temperature must be >= 0"),
+    (SamplingConfig(top_k=-2), "top_k must be >= 0"),
+    (SamplingConfig(top_p=0), r"top_p must be in \(0, 1\]"),
+    (SamplingConfig(top_p=1.5), r"top_p must be in \(0, 1\]"),
+    (SamplingConfig(max_new_tokens=64), "must be below the context length 64"),
+])
+def test_bad_sampling_settings(generator, config, message):
+    with pytest.raises(ZooError, match=message):
+        generator.generate("a", config)

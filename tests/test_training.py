@@ -1,0 +1,97 @@
+"""Training through the real `zoo train gpt`: loss falls, checkpoints, exact resume after Ctrl-C or a kill."""
+
+import json
+import math
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, TINY_MODEL, run_zoo
+
+STEPS = 160
+RESUME_ARGS = [*TINY_MODEL, "--max-steps", STEPS, "--eval-every", 80, "--save-every", 40, "--log-every", 1,
+               "--dropout", "0.1", "--lr", "3e-3"]
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_lowers_validation_loss(tiny_run):
+    run, _ = tiny_run
+    evals = [m for m in _metrics(run) if "val_loss" in m]
+    assert [m["step"] for m in evals] == [15, 30]
+    vocabulary = json.loads((run / "config.json").read_text())["tokenizer"]["vocabulary_size"]
+    assert evals[-1]["val_loss"] < math.log(vocabulary) - 0.5  # well below an untrained model's
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+    assert all({"step", "loss", "lr", "tokens_per_s", "elapsed_s"} <= m.keys() for m in _metrics(run))
+
+
+def test_run_directory_layout(tiny_run):
+    run, _ = tiny_run
+    config = json.loads((run / "config.json").read_text())
+    assert config["command"][:3] == ["zoo", "train", "gpt"]
+    assert config["kind"] == "gpt" and len(config["data"]["sha256"]) == 64
+    assert (run / "tokenizer.json").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000015.npz", "step-00000030.npz"]
+
+
+def _final_weights(run):
+    with np.load(run / "checkpoints" / f"step-{STEPS:08d}.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, small_corpus):
+    run = tmp_path_factory.mktemp("straight") / "run"
+    run_zoo("train", "gpt", "--data", small_corpus, "--out", run, *RESUME_ARGS, check=True)
+    return run
+
+
+def _start_and_signal(run, corpus, signum, after_step):
+    """Starts training, sends `signum` once the progress line shows `after_step`; returns the exit code."""
+    cmd = [sys.executable, "-m", "cli.main", "train", "gpt", "--data", str(corpus), "--out", str(run),
+           *map(str, RESUME_ARGS)]
+    process = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    for line in process.stderr:
+        match = re.match(r"step (\d+)/", line)
+        if match and int(match.group(1)) >= after_step:
+            process.send_signal(signum)
+            break
+    process.stderr.read()
+    return process.wait(timeout=300)
+
+
+@pytest.mark.parametrize("signum, after_step, resumes_from", [
+    (signal.SIGINT, 10, "the step it stopped at"),  # Ctrl-C: saves a checkpoint, exits 130
+    (signal.SIGKILL, 50, "the last periodic checkpoint"),  # a hard kill: the step-40 checkpoint survives
+])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, small_corpus, straight_run, signum, after_step, resumes_from):
+    run = tmp_path / "run"
+    code = _start_and_signal(run, small_corpus, signum, after_step)
+    saved = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert saved, "no checkpoint survived"
+    stopped_at = int(saved[-1][5:13])
+    assert stopped_at < STEPS
+    if signum == signal.SIGINT:
+        assert code == 130
+        assert stopped_at >= after_step
+    else:
+        assert code == -signal.SIGKILL
+        assert stopped_at == 40 and not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+    resumed = run_zoo("train", "gpt", "--data", small_corpus, "--out", run, "--resume", *RESUME_ARGS, check=True)
+    assert f"step-{stopped_at:08d}" in resumed.stderr
+    expected, got = _final_weights(straight_run), _final_weights(run)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], atol=2e-5, rtol=1e-4, err_msg=key)
+
+
+def test_resume_refuses_changed_settings(straight_run, small_corpus):
+    result = run_zoo("train", "gpt", "--data", small_corpus, "--out", straight_run, "--resume", "--lr", "0.5")
+    assert result.returncode != 0
+    assert "--lr 0.5 differs from the run's 0.003" in result.stderr

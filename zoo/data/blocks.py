@@ -1,0 +1,82 @@
+"""Tokenizing documents into one stream and cutting it into fixed-length training blocks."""
+
+import numpy as np
+
+from zoo.errors import DataError
+
+# Encode in pieces of about this many characters so the Rust tokenizer can use every core;
+# pieces end at line breaks, where both tokenizers split anyway.
+_PIECE_CHARS = 1 << 20
+
+
+def _pieces(text):
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + _PIECE_CHARS)
+        end = len(text) if end < 0 else end + 1
+        yield text[start:end]
+        start = end
+
+
+def encode_documents(tokenizer, documents):
+    """One int32 token stream: each document's tokens followed by the end token."""
+    pieces, ends = [], []
+    for doc in documents:
+        pieces.extend(_pieces(doc))
+        ends.append(len(pieces))
+    encoded = tokenizer.encode_batch(pieces)
+    stream, start = [], 0
+    for end in ends:
+        for ids in encoded[start:end]:
+            stream.extend(ids)
+        stream.append(tokenizer.end_token_id)
+        start = end
+    return np.asarray(stream, dtype=np.int32)
+
+
+class BlockBatches:
+    """Batches of (inputs, targets) blocks of `seq_len` tokens, a pure function of the step number.
+
+    Each epoch visits non-overlapping blocks in a fresh order, with a fresh offset into the
+    stream, both drawn from `seed` and the epoch number. Because batch `step` depends on nothing
+    else, a resumed run sees exactly the data the uninterrupted run would have seen.
+    """
+
+    def __init__(self, tokens, seq_len, batch_size, seed=0, split="training"):
+        if len(tokens) < 2 * seq_len + 1:
+            raise DataError(f"the {split} split has {len(tokens)} tokens, fewer than the {2 * seq_len + 1} needed "
+                            f"for one block of --seq-len {seq_len}; use more data or a smaller --seq-len")
+        self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
+        self.blocks_per_epoch = (len(tokens) - 1 - seq_len) // seq_len
+        self._epoch, self._starts = None, None
+
+    def _epoch_starts(self, epoch):
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            offset = int(rng.integers(self.seq_len))
+            self._starts = offset + self.seq_len * rng.permutation(self.blocks_per_epoch)
+            self._epoch = epoch
+        return self._starts
+
+    def batch(self, step):
+        first = step * self.batch_size
+        starts = []
+        for i in range(first, first + self.batch_size):
+            epoch, position = divmod(i, self.blocks_per_epoch)
+            starts.append(self._epoch_starts(epoch)[position])
+        rows = np.stack([self.tokens[s:s + self.seq_len + 1] for s in starts])
+        return rows[:, :-1], rows[:, 1:]
+
+    def epoch_of(self, step):
+        return step * self.batch_size / self.blocks_per_epoch
+
+
+def validation_blocks(tokens, seq_len, max_blocks):
+    """Up to `max_blocks` non-overlapping (inputs, targets) blocks spread evenly over `tokens`."""
+    count = (len(tokens) - 1) // seq_len
+    if count < 1:
+        raise DataError(f"the validation split has {len(tokens)} tokens, fewer than the {seq_len + 1} needed for one "
+                        f"block of --seq-len {seq_len}; use more data, a larger --val-fraction or a smaller --seq-len")
+    chosen = np.linspace(0, count - 1, num=min(count, max_blocks)).astype(int)
+    rows = np.stack([tokens[i * seq_len:i * seq_len + seq_len + 1] for i in chosen])
+    return rows[:, :-1], rows[:, 1:]

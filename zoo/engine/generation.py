@@ -1,0 +1,165 @@
+"""Text generation from a GPT with a KV cache: the prompt is run once (prefill), then one token
+per step. Used by `zoo generate` and by the server alike.
+
+Sampling is done here on the host, one logits row per step, rather than with keras-hub's
+samplers: those run the whole loop inside their own compiled while-loop, with no way to stream a
+token, check a stop string, or stop a cancelled request between steps.
+"""
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+
+from zoo.errors import ZooError
+
+FINISH_LENGTH, FINISH_STOP, FINISH_END = "length", "stop", "end_token"
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    """How to pick tokens. temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off."""
+
+    max_new_tokens: int | None = None  # None: up to the end of the context
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple = ()
+    truncate_prompt: bool = False  # keep the prompt's last tokens instead of refusing a long prompt
+
+    def validate(self):
+        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
+            raise ZooError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+        if self.temperature < 0 or not math.isfinite(self.temperature):
+            raise ZooError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ZooError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ZooError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not s for s in self.stop):
+            raise ZooError("stop strings must not be empty")
+
+
+@dataclasses.dataclass
+class Step:
+    """One generated token: its id (None for a last flush of held-back text), the text it completes
+    (may be "" while held back), its log-prob."""
+
+    token_id: int | None
+    text: str
+    logprob: float
+
+
+@dataclasses.dataclass
+class Result:
+    text: str
+    token_ids: list
+    finish_reason: str
+    prompt_tokens: int
+    logprobs: list
+
+
+def sample(logits, config, rng):
+    """A token id from one row of float logits."""
+    if config.temperature == 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / config.temperature
+    if 0 < config.top_k < z.size:
+        z[z < np.partition(z, -config.top_k)[-config.top_k]] = -np.inf
+    probs = np.exp(z - z.max())
+    probs /= probs.sum()
+    if config.top_p < 1:
+        order = np.argsort(-probs)
+        before = np.cumsum(probs[order]) - probs[order]
+        probs[order[before >= config.top_p]] = 0.0
+        probs /= probs.sum()
+    return int(rng.choice(probs.size, p=probs))
+
+
+def _log_softmax(row):
+    row = row.astype(np.float64)
+    return row - (row.max() + np.log(np.exp(row - row.max()).sum()))
+
+
+def _held_back(text, stops):
+    """How many characters at the end of `text` could still begin a stop string."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
+
+
+class Generator:
+    """Generates text from a GPT model and its tokenizer."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_length = model.max_length
+
+    def prompt_ids(self, prompt, config):
+        """The prompt's token ids, led by the end token (the document boundary the model was
+        trained on), checked against the context length."""
+        ids = [self.tokenizer.end_token_id] + self.tokenizer.encode(prompt)
+        room = self.max_length - (config.max_new_tokens or 1)
+        if len(ids) > room:
+            if not config.truncate_prompt:
+                raise ZooError(f"the prompt has {len(ids)} tokens (with the start token); with max_new_tokens "
+                               f"{config.max_new_tokens or 1} that exceeds the model's context of {self.max_length} "
+                               "tokens (shorten it, lower max_new_tokens, or truncate the prompt)")
+            ids = ids[len(ids) - room:]
+        return ids
+
+    def stream(self, prompt, config):
+        """Yields a Step per generated token; returns (as StopIteration.value) the Result."""
+        config.validate()
+        if config.max_new_tokens is not None and config.max_new_tokens >= self.max_length:
+            raise ZooError(f"max_new_tokens {config.max_new_tokens} must be below the context length {self.max_length}")
+        ids = self.prompt_ids(prompt, config)
+        budget = min(config.max_new_tokens or self.max_length, self.max_length - len(ids))
+        rng = np.random.default_rng(config.seed)
+        cache = self.model.init_cache(1)
+        logits, cache = self.model.call_with_cache(np.asarray([ids], dtype="int32"), cache, 0)
+        position, generated, logprobs, emitted, text = len(ids), [], [], 0, ""
+        finish = FINISH_LENGTH
+        while len(generated) < budget:
+            row = keras.ops.convert_to_numpy(logits[0, -1])
+            token = sample(row, config, rng)
+            if token == self.tokenizer.end_token_id:
+                finish = FINISH_END
+                break
+            generated.append(token)
+            logprobs.append(float(_log_softmax(row)[token]))
+            text = self.tokenizer.decode(generated)
+            hits = [i for i in (text.find(s, max(emitted - len(s), 0)) for s in config.stop) if i >= 0]
+            if hits:
+                text, finish = text[:min(hits)], FINISH_STOP
+                yield Step(token, text[emitted:], logprobs[-1])
+                emitted = len(text)
+                break
+            # Hold back a partial UTF-8 character and anything that may begin a stop string.
+            ready = len(text) - (1 if text.endswith("\ufffd") else _held_back(text, config.stop))
+            yield Step(token, text[emitted:ready], logprobs[-1])
+            emitted = max(emitted, ready)
+            if len(generated) == budget:
+                break
+            logits, cache = self.model.call_with_cache(np.asarray([[token]], dtype="int32"), cache, position)
+            position += 1
+        if finish != FINISH_STOP and emitted < len(text):
+            yield Step(None, text[emitted:], 0.0)  # text held back for a stop string that never came
+        return Result(text, generated, finish, len(ids), logprobs)
+
+    def generate(self, prompt, config, on_text=None):
+        """Runs `stream` to the end; calls on_text(chunk) for each piece of text. Returns the Result."""
+        steps = self.stream(prompt, config)
+        while True:
+            try:
+                step = next(steps)
+            except StopIteration as done:
+                return done.value
+            if on_text and step.text:
+                on_text(step.text)

@@ -1,0 +1,213 @@
+"""GPT-style decoder-only transformer, in Keras 3 ops and keras-hub layers only.
+
+Read top to bottom: attention, block, model, presets. Like GPT-2 / nanoGPT: token + position
+embedding, pre-LayerNorm blocks, causal multi-head self-attention via
+`keras.ops.dot_product_attention`, GELU MLP, dropout, and an output projection tied to the token
+embedding (keras-hub's `ReversibleEmbedding`).
+
+Decoding uses a static-shape KV cache: `init_cache` returns zeros of shape
+`(batch, num_layers, 2, max_length, num_heads, head_dim)` and `call_with_cache` runs any number of
+tokens starting at any position, writing their keys/values into the cache. Prefill (the whole
+prompt at position 0) and a decode step (one token at position i) are the same code.
+
+The attention layer is our own rather than keras-hub's `TransformerDecoder` because that routes
+through `keras.layers.MultiHeadAttention`, whose cache layout and masking we cannot pick, and the
+fast engine needs one fused QKV projection and a fixed-shape cache it controls.
+"""
+
+import math
+
+import keras
+import keras_hub
+from keras import ops
+
+PRESETS = {
+    # CPU-sized: demos and tests.
+    "nano": dict(num_layers=4, num_heads=4, hidden_dim=128, intermediate_dim=512, max_length=128, dropout=0.0),
+    # nanoGPT's Shakespeare "baby GPT".
+    "small": dict(num_layers=6, num_heads=6, hidden_dim=384, intermediate_dim=1536, max_length=256, dropout=0.2),
+    # GPT-2 124M.
+    "gpt2": dict(num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072, max_length=1024, dropout=0.0),
+}
+
+
+def _normal(stddev):
+    return keras.initializers.RandomNormal(stddev=stddev)
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class CausalSelfAttention(keras.layers.Layer):
+    """Multi-head causal self-attention with an optional rotary position encoding and KV cache."""
+
+    def __init__(self, num_heads, hidden_dim, rotary=False, output_stddev=0.02, **kwargs):
+        super().__init__(**kwargs)
+        if hidden_dim % num_heads:
+            raise ValueError(f"hidden_dim {hidden_dim} is not a multiple of num_heads {num_heads}")
+        self.num_heads, self.hidden_dim, self.rotary = num_heads, hidden_dim, rotary
+        self.output_stddev = output_stddev
+        self.head_dim = hidden_dim // num_heads
+        self.qkv = keras.layers.Dense(3 * hidden_dim, kernel_initializer=_normal(0.02), dtype=self.dtype_policy, name="qkv")
+        self.out = keras.layers.Dense(hidden_dim, kernel_initializer=_normal(output_stddev), dtype=self.dtype_policy, name="out")
+        self.rotary_embedding = keras_hub.layers.RotaryEmbedding(dtype=self.dtype_policy) if rotary else None
+
+    def build(self, input_shape):
+        self.qkv.build(input_shape)
+        self.out.build(input_shape)
+
+    def call(self, x, cache=None, start=0):
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        qkv = ops.reshape(self.qkv(x), (batch, length, 3, self.num_heads, self.head_dim))
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if self.rotary_embedding is not None:
+            q = self.rotary_embedding(q, start_index=start)
+            k = self.rotary_embedding(k, start_index=start)
+        if cache is None:
+            out = ops.dot_product_attention(q, k, v, is_causal=True)
+        else:
+            # cache: (batch, 2, max_length, heads, head_dim). Write this call's keys/values at
+            # `start`, then attend over the whole cache; the mask hides slots after each query.
+            k_all = ops.slice_update(cache[:, 0], [0, start, 0, 0], ops.cast(k, cache.dtype))
+            v_all = ops.slice_update(cache[:, 1], [0, start, 0, 0], ops.cast(v, cache.dtype))
+            cache = ops.stack([k_all, v_all], axis=1)
+            query_pos = start + ops.arange(length, dtype="int32")
+            key_pos = ops.arange(ops.shape(cache)[2], dtype="int32")
+            mask = key_pos[None, :] <= query_pos[:, None]
+            out = ops.dot_product_attention(q, ops.cast(k_all, q.dtype), ops.cast(v_all, q.dtype), mask=mask[None, None])
+        out = ops.reshape(out, (batch, length, self.hidden_dim))
+        return self.out(out), cache
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "hidden_dim": self.hidden_dim,
+                "rotary": self.rotary, "output_stddev": self.output_stddev}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class GPTBlock(keras.layers.Layer):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, num_heads, hidden_dim, intermediate_dim, dropout=0.0, rotary=False,
+                 output_stddev=0.02, layer_norm_epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads, self.hidden_dim, self.intermediate_dim = num_heads, hidden_dim, intermediate_dim
+        self.dropout, self.rotary, self.output_stddev = dropout, rotary, output_stddev
+        self.layer_norm_epsilon = layer_norm_epsilon
+        policy = self.dtype_policy
+        self.attn_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="attn_norm")
+        self.attn = CausalSelfAttention(num_heads, hidden_dim, rotary, output_stddev, dtype=policy, name="attn")
+        self.mlp_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="mlp_norm")
+        self.mlp_in = keras.layers.Dense(intermediate_dim, kernel_initializer=_normal(0.02), dtype=policy, name="mlp_in")
+        self.mlp_out = keras.layers.Dense(hidden_dim, kernel_initializer=_normal(output_stddev), dtype=policy, name="mlp_out")
+        self.drop = keras.layers.Dropout(dropout, dtype=policy)
+
+    def build(self, input_shape):
+        for layer in (self.attn_norm, self.attn, self.mlp_norm, self.mlp_in):
+            layer.build(input_shape)
+        self.mlp_out.build((*input_shape[:-1], self.intermediate_dim))
+
+    def call(self, x, cache=None, start=0, training=False):
+        h, cache = self.attn(self.attn_norm(x), cache=cache, start=start)
+        x = x + self.drop(h, training=training)
+        h = self.mlp_out(ops.gelu(self.mlp_in(self.mlp_norm(x)), approximate=True))
+        return x + self.drop(h, training=training), cache
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "hidden_dim": self.hidden_dim,
+                "intermediate_dim": self.intermediate_dim, "dropout": self.dropout, "rotary": self.rotary,
+                "output_stddev": self.output_stddev, "layer_norm_epsilon": self.layer_norm_epsilon}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class GPT(keras.Model):
+    """Decoder-only language model: token ids (batch, length) -> next-token logits (batch, length, vocab).
+
+    Logits are float32 whatever the compute precision, so that losses and sampling are stable.
+    """
+
+    def __init__(self, vocabulary_size, num_layers, num_heads, hidden_dim, intermediate_dim, max_length,
+                 dropout=0.0, position_embedding="learned", layer_norm_epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        if position_embedding not in ("learned", "rotary"):
+            raise ValueError(f"position_embedding must be 'learned' or 'rotary', not {position_embedding!r}")
+        self.vocabulary_size, self.num_layers, self.num_heads = vocabulary_size, num_layers, num_heads
+        self.hidden_dim, self.intermediate_dim, self.max_length = hidden_dim, intermediate_dim, max_length
+        self.dropout, self.position_embedding = dropout, position_embedding
+        self.layer_norm_epsilon = layer_norm_epsilon
+        policy = self.dtype_policy
+        self.token_embedding = keras_hub.layers.ReversibleEmbedding(
+            vocabulary_size, hidden_dim, tie_weights=True, embeddings_initializer=_normal(0.02),
+            dtype=policy, name="token_embedding")
+        self.learned_positions = None
+        if position_embedding == "learned":
+            self.learned_positions = keras_hub.layers.PositionEmbedding(
+                max_length, initializer=_normal(0.02), dtype=policy, name="position_embedding")
+        self.embedding_dropout = keras.layers.Dropout(dropout, dtype=policy)
+        # GPT-2's scaled init for the projections that write into the residual stream.
+        output_stddev = 0.02 / math.sqrt(2 * num_layers)
+        self.blocks = [
+            GPTBlock(num_heads, hidden_dim, intermediate_dim, dropout, position_embedding == "rotary",
+                     output_stddev, layer_norm_epsilon, dtype=policy, name=f"block_{i}")
+            for i in range(num_layers)
+        ]
+        self.final_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="final_norm")
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        hidden_shape = (None, None, self.hidden_dim)
+        self.token_embedding.build()
+        if self.learned_positions is not None:
+            self.learned_positions.build(hidden_shape)
+        for block in self.blocks:
+            block.build(hidden_shape)
+        self.final_norm.build(hidden_shape)
+        self.built = True
+
+    def _embed(self, token_ids, start, training=False):
+        x = self.token_embedding(token_ids)
+        if self.learned_positions is not None:
+            x = x + self.learned_positions(x, start_index=start)
+        return self.embedding_dropout(x, training=training)
+
+    def _logits(self, x):
+        return ops.cast(self.token_embedding(self.final_norm(x), reverse=True), "float32")
+
+    def call(self, token_ids, training=False):
+        x = self._embed(token_ids, 0, training)
+        for block in self.blocks:
+            x, _ = block(x, training=training)
+        return self._logits(x)
+
+    def init_cache(self, batch_size):
+        """An empty KV cache for `batch_size` sequences of up to `max_length` tokens."""
+        head_dim = self.hidden_dim // self.num_heads
+        shape = (batch_size, self.num_layers, 2, self.max_length, self.num_heads, head_dim)
+        return ops.zeros(shape, dtype=self.dtype_policy.compute_dtype)
+
+    def call_with_cache(self, token_ids, cache, start):
+        """Runs `token_ids` at positions start .. start+length-1 against `cache`.
+
+        Returns (logits, cache), the cache holding these tokens' keys and values too. The caller
+        keeps start + length <= max_length.
+        """
+        x = self._embed(token_ids, start)
+        caches = []
+        for i, block in enumerate(self.blocks):
+            x, layer_cache = block(x, cache=cache[:, i], start=start)
+            caches.append(layer_cache)
+        return self._logits(x), ops.stack(caches, axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "vocabulary_size": self.vocabulary_size, "num_layers": self.num_layers,
+                "num_heads": self.num_heads, "hidden_dim": self.hidden_dim, "intermediate_dim": self.intermediate_dim,
+                "max_length": self.max_length, "dropout": self.dropout,
+                "position_embedding": self.position_embedding, "layer_norm_epsilon": self.layer_norm_epsilon}
+
+
+def gpt_from_preset(preset, vocabulary_size, **overrides):
+    """A GPT built from a named preset, with any field overridden (None values are ignored)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    config = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    model = GPT(vocabulary_size=vocabulary_size, **config)
+    model.build()
+    return model

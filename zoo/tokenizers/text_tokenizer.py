@@ -1,0 +1,86 @@
+"""Character-level and byte-level BPE tokenizers for the language models.
+
+Both round-trip any UTF-8 text exactly: byte-level BPE works on bytes by construction, and the
+character tokenizer falls back to one token per UTF-8 byte for a character it never saw in
+training (so a prompt in any script still encodes, and decodes back to itself).
+"""
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from zoo.errors import ZooError
+
+END_TOKEN = "<|endoftext|>"
+FILE_NAME = "tokenizer.json"
+
+
+class TextTokenizer:
+    """A trained tokenizer: text <-> token ids. `kind` is "char" or "bpe"."""
+
+    def __init__(self, tokenizer, kind):
+        self.tokenizer, self.kind = tokenizer, kind
+        self.end_token_id = tokenizer.token_to_id(END_TOKEN)
+
+    @property
+    def vocabulary_size(self):
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text):
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts):
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids):
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def save(self, directory):
+        """Writes `tokenizer.json` into `directory` (the kind goes into its "zoo" entry)."""
+        data = json.loads(self.tokenizer.to_str())
+        data["zoo"] = {"kind": self.kind}
+        Path(directory, FILE_NAME).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory):
+        path = Path(directory, FILE_NAME)
+        if not path.is_file():
+            raise ZooError(f"no {FILE_NAME} in {directory}")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        kind = data.pop("zoo", {}).get("kind", "bpe")
+        return cls(Tokenizer.from_str(json.dumps(data)), kind)
+
+
+def train_char(texts):
+    """A character vocabulary from `texts` (an iterable of strings), plus 256 byte-fallback tokens."""
+    chars = set()
+    for text in texts:
+        chars.update(text)
+    vocab = {END_TOKEN: 0}
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for char in sorted(chars):
+        vocab.setdefault(char, len(vocab))
+    # A BPE model with no merges is a character tokenizer; byte_fallback covers unseen characters.
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True))
+    tokenizer.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    tokenizer.add_special_tokens([END_TOKEN])
+    return TextTokenizer(tokenizer, "char")
+
+
+def train_bpe(texts, vocabulary_size):
+    """Byte-level BPE (GPT-2 style) with `vocabulary_size` tokens, END_TOKEN included.
+
+    The result is smaller when the texts hold fewer distinct pairs than that; the caller reports it.
+    """
+    if vocabulary_size < 257 + 1:
+        raise ZooError(f"--vocab-size {vocabulary_size} is too small for byte-level BPE: it needs at least 258 (256 bytes + the end token + one merge)")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocabulary_size, special_tokens=[END_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    return TextTokenizer(tokenizer, "bpe")

@@ -1,0 +1,100 @@
+"""Atomic files and training checkpoints.
+
+A checkpoint is one .npz holding every model variable and every optimizer variable (moments,
+step counter) by position, plus the variables' paths to check that it fits the model. Plain
+numpy arrays, so a checkpoint written on one backend resumes on any other.
+"""
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from zoo.errors import ZooError
+
+_NAME = re.compile(r"^step-(\d{8})\.npz$")
+KEEP = 3
+
+
+def fsync_dir(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write):
+    """Calls write(file) on a temporary file beside `path`, fsyncs it, then renames it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path, text):
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _arrays(model):
+    optimizer = model.optimizer
+    arrays = {f"model/{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(model.variables)}
+    arrays.update({f"optimizer/{i}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(optimizer.variables)})
+    paths = {"model": [v.path for v in model.variables], "optimizer": [v.path for v in optimizer.variables]}
+    arrays["paths"] = np.frombuffer(json.dumps(paths).encode(), dtype=np.uint8)
+    return arrays
+
+
+def save_checkpoint(directory, model, step):
+    """Writes `directory/step-XXXXXXXX.npz` atomically and keeps the newest KEEP checkpoints."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = _arrays(model)
+    path = directory / f"step-{step:08d}.npz"
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    for old in sorted(p for p in directory.iterdir() if _NAME.match(p.name))[:-KEEP]:
+        old.unlink()
+    return path
+
+
+def latest_checkpoint(directory):
+    """The newest checkpoint in `directory`, or None."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    found = sorted(p for p in directory.iterdir() if _NAME.match(p.name))
+    return found[-1] if found else None
+
+
+def checkpoint_step(path):
+    return int(_NAME.match(Path(path).name).group(1))
+
+
+def restore_checkpoint(path, model, with_optimizer=True):
+    """Loads a checkpoint's variables into `model` (and its built optimizer)."""
+    with np.load(path) as data:
+        paths = json.loads(bytes(data["paths"]).decode())
+        groups = [("model", model.variables)]
+        if with_optimizer:
+            groups.append(("optimizer", model.optimizer.variables))
+        for group, variables in groups:
+            if len(paths[group]) != len(variables):
+                raise ZooError(f"{path}: holds {len(paths[group])} {group} variables, the {group} has {len(variables)}; "
+                               "was it written with other model settings?")
+            for i, variable in enumerate(variables):
+                value = data[f"{group}/{i}"]
+                if tuple(value.shape) != tuple(variable.shape):
+                    raise ZooError(f"{path}: {paths[group][i]} has shape {value.shape}, the model expects {variable.shape}")
+                variable.assign(value)
