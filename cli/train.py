@@ -71,7 +71,7 @@ def gpt(ctx, data, text_field, val_fraction, out, resume, preset, num_layers, nu
     import datetime
 
     from zoo.training.gpt import train_gpt
-    from zoo.training.loop import TrainConfig
+    from zoo.training.config import TrainConfig
 
     if out is None:
         if resume:

@@ -33,7 +33,7 @@ def run_zoo(*args, backend=None, env=None, timeout=600, check=False):
 
 
 def zoo_json(*args, **kwargs):
-    return json.loads(run_zoo(*args, "--json", check=True, **kwargs).stdout.strip().splitlines()[-1])
+    return json.loads(run_zoo(*args, "--json", check=True, **kwargs).stdout)
 
 
 @pytest.fixture(scope="session")

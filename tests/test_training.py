@@ -37,7 +37,12 @@ def test_run_directory_layout(tiny_run):
     assert config["command"][:3] == ["zoo", "train", "gpt"]
     assert config["kind"] == "gpt" and len(config["data"]["sha256"]) == 64
     assert (run / "tokenizer.json").is_file()
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000015.npz", "step-00000030.npz"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000030.npz"]  # --save-every 500
+
+
+def test_checkpoints_every_save_every_steps_keeping_the_newest_three(straight_run):
+    names = sorted(p.name for p in (straight_run / "checkpoints").iterdir())
+    assert names == ["step-00000080.npz", "step-00000120.npz", "step-00000160.npz"]
 
 
 def _final_weights(run):

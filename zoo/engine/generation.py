@@ -124,7 +124,11 @@ class Generator:
         rng = np.random.default_rng(config.seed)
         cache = self.model.init_cache(1)
         logits, cache = self.model.call_with_cache(np.asarray([ids], dtype="int32"), cache, 0)
-        position, generated, logprobs, emitted, text = len(ids), [], [], 0, ""
+        position, generated, logprobs = len(ids), [], []
+        # Text is "settled" once the tokens since the last settling decode without a trailing
+        # U+FFFD (a partial UTF-8 character); decoding only those tokens keeps settled text fixed,
+        # so the streamed chunks always add up to the result's text.
+        settled, settled_tokens, pending, emitted = "", 0, "", 0
         finish = FINISH_LENGTH
         while len(generated) < budget:
             row = keras.ops.convert_to_numpy(logits[0, -1])
@@ -134,23 +138,27 @@ class Generator:
                 break
             generated.append(token)
             logprobs.append(float(_log_softmax(row)[token]))
-            text = self.tokenizer.decode(generated)
+            pending = self.tokenizer.decode(generated[settled_tokens:])
+            if not pending.endswith("\ufffd"):
+                settled, settled_tokens, pending = settled + pending, len(generated), ""
+            text = settled + pending
             hits = [i for i in (text.find(s, max(emitted - len(s), 0)) for s in config.stop) if i >= 0]
             if hits:
-                text, finish = text[:min(hits)], FINISH_STOP
-                yield Step(token, text[emitted:], logprobs[-1])
-                emitted = len(text)
+                settled, pending, finish = text[:min(hits)], "", FINISH_STOP
+                yield Step(token, settled[emitted:], logprobs[-1])
+                emitted = len(settled)
                 break
-            # Hold back a partial UTF-8 character and anything that may begin a stop string.
-            ready = len(text) - (1 if text.endswith("\ufffd") else _held_back(text, config.stop))
-            yield Step(token, text[emitted:ready], logprobs[-1])
+            # Hold back anything that may be the beginning of a stop string.
+            ready = len(settled) - _held_back(settled, config.stop)
+            yield Step(token, settled[emitted:ready], logprobs[-1])
             emitted = max(emitted, ready)
             if len(generated) == budget:
                 break
             logits, cache = self.model.call_with_cache(np.asarray([[token]], dtype="int32"), cache, position)
             position += 1
-        if finish != FINISH_STOP and emitted < len(text):
-            yield Step(None, text[emitted:], 0.0)  # text held back for a stop string that never came
+        text = settled + pending
+        if emitted < len(text):
+            yield Step(None, text[emitted:], 0.0)  # held-back text, flushed at the end
         return Result(text, generated, finish, len(ids), logprobs)
 
     def generate(self, prompt, config, on_text=None):

@@ -1,5 +1,4 @@
-"""Training: optimizer and schedule, the step loop, checkpoints and resume, metrics and progress."""
+"""Training: optimizer and schedule, the step loop, checkpoints and resume, metrics and progress.
 
-from zoo.training.loop import TrainConfig, train
-
-__all__ = ["TrainConfig", "train"]
+`zoo.training.loop` (which imports keras) holds the loop; `zoo.training.config` the settings.
+"""

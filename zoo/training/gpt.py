@@ -15,10 +15,15 @@ from zoo.data import (BlockBatches, data_checksum, encode_documents, read_docume
                       validation_blocks)
 from zoo.errors import ZooError
 from zoo.tokenizers import TextTokenizer, train_bpe, train_char
-from zoo.training.checkpoints import atomic_write_text, latest_checkpoint
+from zoo.atomic import atomic_write_text
 
 # Settings a resumed run may change; every other setting comes from the run's config.json.
 RESUMABLE_CHANGES = {"max_steps", "eval_every", "save_every", "log_every"}
+
+
+def _flag(setting):
+    """The `zoo train` flag of a TrainConfig field."""
+    return "--lr" if setting == "learning_rate" else "--" + setting.replace("_", "-")
 
 
 def _versions():
@@ -34,7 +39,9 @@ def _versions():
 
 def _new_run_config(data, preset, model_overrides, tokenizer_kind, vocabulary_size, seq_len, val_fraction,
                     text_field, train_config):
-    """Reads the data, trains the tokenizer and writes RUN/config.json + tokenizer.json."""
+    """Reads and splits the data, trains the tokenizer; returns (config, tokenizer, train_docs, val_docs)."""
+    documents = read_documents(data, text_field)  # first: bad data fails before keras is imported
+    train_docs, val_docs = split_documents(documents, val_fraction)
     from zoo.models.gpt import PRESETS
 
     if preset not in PRESETS:
@@ -43,8 +50,6 @@ def _new_run_config(data, preset, model_overrides, tokenizer_kind, vocabulary_si
     seq_len = seq_len or model_config["max_length"]
     if seq_len > model_config["max_length"]:
         raise ZooError(f"--seq-len {seq_len} exceeds the model's context (--max-length {model_config['max_length']})")
-    documents = read_documents(data, text_field)
-    train_docs, val_docs = split_documents(documents, val_fraction)
     if tokenizer_kind == "char":
         tokenizer = train_char(train_docs)
     else:
@@ -74,8 +79,8 @@ def _resumed_run_config(out, data, explicit_train_changes):
     refused = {k: v for k, v in explicit_train_changes.items() if k not in RESUMABLE_CHANGES and config["train"].get(k) != v}
     if refused:
         name, value = next(iter(refused.items()))
-        raise ZooError(f"--{name.replace('_', '-')} {value} differs from the run's {config['train'][name]}: a resumed run "
-                       f"keeps its settings (only {', '.join(sorted(RESUMABLE_CHANGES))} may change)")
+        raise ZooError(f"{_flag(name)} {value} differs from the run's {config['train'][name]}: a resumed run "
+                       f"keeps its settings (only {', '.join(sorted(map(_flag, RESUMABLE_CHANGES)))} may change)")
     config["train"].update({k: v for k, v in explicit_train_changes.items() if k in RESUMABLE_CHANGES})
     data_path = config["data"]["path"]
     wanted = None if data_path.startswith("shipped:") else data_path
@@ -92,7 +97,7 @@ def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kin
               seq_len=None, val_fraction=0.1, text_field="text", train_config=None, resume=False,
               explicit_train_changes=None, command=None):
     """Trains (or with `resume`, continues) a GPT run in `out`. Returns the loop's summary dict."""
-    from zoo.training.loop import TrainConfig
+    from zoo.training.config import TrainConfig
 
     out = Path(out)
     train_config = train_config or TrainConfig()
@@ -117,6 +122,7 @@ def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kin
     import keras
 
     from zoo.models.gpt import GPT
+    from zoo.training.checkpoints import latest_checkpoint
     from zoo.training.loop import compile_for_training, set_precision, train
 
     config["data"].update(train_tokens=int(train_tokens.size), val_tokens=int(val_tokens.size))

@@ -6,7 +6,6 @@ data position resume exactly), evaluation and checkpoints at any step, and Ctrl-
 steps, never half-way through a variable update.
 """
 
-import dataclasses
 import json
 import math
 import signal
@@ -17,31 +16,6 @@ from pathlib import Path
 import keras
 
 from zoo.training.checkpoints import latest_checkpoint, restore_checkpoint, save_checkpoint
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """The knobs of a run; every one is a `zoo train` flag."""
-
-    max_steps: int = 1000
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    min_learning_rate_ratio: float = 0.1  # the cosine ends at learning_rate * this
-    warmup_steps: int | None = None  # default: 10% of max_steps, at most 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    beta_2: float = 0.99
-    precision: str = "fp32"  # or "bf16"
-    eval_every: int = 250
-    eval_blocks: int = 64  # validation blocks scored at each evaluation
-    save_every: int = 500
-    log_every: int = 10
-    seed: int = 0
-
-    def resolved_warmup(self):
-        if self.warmup_steps is not None:
-            return min(self.warmup_steps, self.max_steps)
-        return min(100, self.max_steps // 10)
 
 
 def set_precision(precision):
@@ -158,12 +132,13 @@ def train(model, schedule, batches, validation, config, run_dir, resume=False):
             step += 1
             is_last = step == config.max_steps
             record = {}
-            if step % config.log_every == 0 or is_last or stop.requested:
+            evaluating = step % config.eval_every == 0 or is_last
+            if step % config.log_every == 0 or evaluating or stop.requested:
                 record = {"step": step, "loss": float(logs["loss"]), "lr": float(schedule(step - 1)),
                           "tokens_per_s": round(progress.rate(step, tokens_per_step), 1),
                           "epoch": round(batches.epoch_of(step), 3)}
-            if step % config.eval_every == 0 or is_last:
-                record = {"step": step, **record, **evaluate()}
+            if evaluating:
+                record.update(evaluate())
             if record:
                 record["elapsed_s"] = round(time.time() - started, 2)
                 metrics.write(json.dumps(record) + "\n")
