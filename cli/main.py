@@ -9,8 +9,10 @@ import click
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import zoo
+from cli.client import client
 from cli.common import ZooGroup, backend_option
 from cli.generate import export, generate
+from cli.serve import serve
 from cli.train import train
 
 
@@ -51,6 +53,8 @@ def info(as_json):
 cli.add_command(train)
 cli.add_command(export)
 cli.add_command(generate)
+cli.add_command(serve)
+cli.add_command(client)
 
 
 def main():

@@ -90,6 +90,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, small_corpus, str
         assert stopped_at == 40 and not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
     resumed = run_zoo("train", "gpt", "--data", small_corpus, "--out", run, "--resume", *RESUME_ARGS, check=True)
     assert f"step-{stopped_at:08d}" in resumed.stderr
+    steps = [m["step"] for m in _metrics(run)]
+    assert steps == sorted(set(steps)), "metrics.jsonl repeats steps redone after the resume"
     expected, got = _final_weights(straight_run), _final_weights(run)
     assert expected.keys() == got.keys()
     for key in expected:

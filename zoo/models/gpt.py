@@ -16,6 +16,7 @@ fast engine needs one fused QKV projection and a fixed-shape cache it controls.
 """
 
 import math
+import random
 
 import keras
 import keras_hub
@@ -33,6 +34,13 @@ PRESETS = {
 
 def _normal(stddev):
     return keras.initializers.RandomNormal(stddev=stddev)
+
+
+def _dropout(rate, policy):
+    # An explicit seed (from Python's RNG, which keras.utils.set_random_seed seeds): Keras's torch
+    # backend ignores an unseeded SeedGenerator and draws from torch's global RNG, which a
+    # checkpoint cannot restore; seeded, the generator's state is a variable and resumes exactly.
+    return keras.layers.Dropout(rate, seed=random.randint(0, 2**31 - 1), dtype=policy)
 
 
 @keras.saving.register_keras_serializable(package="zoo")
@@ -97,7 +105,7 @@ class GPTBlock(keras.layers.Layer):
         self.mlp_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name="mlp_norm")
         self.mlp_in = keras.layers.Dense(intermediate_dim, kernel_initializer=_normal(0.02), dtype=policy, name="mlp_in")
         self.mlp_out = keras.layers.Dense(hidden_dim, kernel_initializer=_normal(output_stddev), dtype=policy, name="mlp_out")
-        self.drop = keras.layers.Dropout(dropout, dtype=policy)
+        self.drop = _dropout(dropout, policy)
 
     def build(self, input_shape):
         for layer in (self.attn_norm, self.attn, self.mlp_norm, self.mlp_in):
@@ -140,7 +148,7 @@ class GPT(keras.Model):
         if position_embedding == "learned":
             self.learned_positions = keras_hub.layers.PositionEmbedding(
                 max_length, initializer=_normal(0.02), dtype=policy, name="position_embedding")
-        self.embedding_dropout = keras.layers.Dropout(dropout, dtype=policy)
+        self.embedding_dropout = _dropout(dropout, policy)
         # GPT-2's scaled init for the projections that write into the residual stream.
         output_stddev = 0.02 / math.sqrt(2 * num_layers)
         self.blocks = [

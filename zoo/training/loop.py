@@ -15,6 +15,7 @@ from pathlib import Path
 
 import keras
 
+from zoo.atomic import atomic_write_text
 from zoo.training.checkpoints import latest_checkpoint, restore_checkpoint, save_checkpoint
 
 
@@ -102,6 +103,16 @@ def _clock(seconds):
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _drop_metrics_after(path, step):
+    """A run killed after its last checkpoint logged steps that the resumed run will redo."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
 def train(model, schedule, batches, validation, config, run_dir, resume=False):
     """Trains `model` (compiled by `compile_for_training`) until `config.max_steps`.
 
@@ -116,6 +127,7 @@ def train(model, schedule, batches, validation, config, run_dir, resume=False):
         restore_checkpoint(path, model)
         print(f"resumed from {path}", file=sys.stderr)
     step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    _drop_metrics_after(run_dir / "metrics.jsonl", step)
     tokens_per_step = config.batch_size * batches.seq_len
     progress = _Progress(config.max_steps, step)
     summary = {"start_step": step, "stopped": None}
@@ -139,6 +151,7 @@ def train(model, schedule, batches, validation, config, run_dir, resume=False):
                           "epoch": round(batches.epoch_of(step), 3)}
             if evaluating:
                 record.update(evaluate())
+                progress.mark_time = time.time()  # evaluation time is not training throughput
             if record:
                 record["elapsed_s"] = round(time.time() - started, 2)
                 metrics.write(json.dumps(record) + "\n")

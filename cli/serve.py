@@ -1,0 +1,34 @@
+"""`zoo serve`: the gRPC server."""
+
+import click
+
+from cli.common import backend_option
+
+
+@click.command()
+@backend_option
+@click.argument("path", metavar="BUNDLE_OR_REPO", type=click.Path())
+@click.option("--port", type=click.IntRange(0, 65535), default=8500, show_default=True,
+              help="Port to listen on; 0 picks a free one (logged).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; 0.0.0.0 for every interface.")
+@click.option("--grace-period", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="On SIGTERM, seconds to let in-flight requests finish.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Serve Prometheus metrics on this port (0 picks a free one); default off.")
+@click.option("--step-delay", type=click.FloatRange(min=0), default=0.0, hidden=True,
+              help="Sleep this many seconds before each decode step (for tests and demos of cancellation).")
+def serve(path, port, host, grace_period, metrics_port, step_delay):
+    """Serve a bundle or a model repository over gRPC (zoo.v1.InferenceService, health, reflection).
+
+    BUNDLE_OR_REPO is one bundle (served under its directory name as version 1) or a repository
+    REPO/<name>/<version>/ of bundles; a model's highest version serves unless a request names one.
+    SIGTERM or Ctrl-C stops accepting requests and lets those in flight finish.
+
+    \b
+    Example:
+      zoo serve bundles/shakespeare --port 8500
+      zoo serve models/ --host 0.0.0.0 --backend torch --metrics-port 9100
+    """
+    from server.app import run
+
+    run(path, host=host, port=port, grace_period=grace_period, metrics_port=metrics_port, step_delay=step_delay)

@@ -1,0 +1,1 @@
+"""gRPC serving for zoo models: `zoo serve` runs `server.app`, `server.client` calls it."""

@@ -1,0 +1,345 @@
+"""The gRPC server: `zoo.v1.InferenceService` over a model repository, plus the standard health
+and reflection services.
+
+Handlers run on a `grpc.aio` event loop; model computation runs in a thread pool, one decode step
+per task, under a per-model-version lock (Keras models are not guaranteed thread-safe). The lock
+is released between steps, so concurrent streams interleave. Generation is driven by
+`zoo.engine.Generator.stream()`, the code `zoo generate` uses; a cancelled RPC (client cancel or
+deadline) stops after the step in progress.
+"""
+
+import asyncio
+import logging
+import math
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter, Gauge
+
+from server.gen.zoo.v1 import inference_pb2 as pb
+from server.gen.zoo.v1 import inference_pb2_grpc as pb_grpc
+from server.gen.zoo.v1 import model_pb2 as mpb
+from server.repository import Repository
+from zoo.engine import FINISH_END, FINISH_LENGTH, FINISH_STOP, Generator, SamplingConfig, Step
+from zoo.errors import ZooError
+
+log = logging.getLogger("zoo.serve")
+
+DECODE_STEPS = Counter("zoo_decode_steps", "Generated tokens (one model call each).", ["model", "version"])
+REQUESTS = Counter("zoo_requests", "Finished RPCs by method and status code.", ["method", "code"])
+IN_FLIGHT = Gauge("zoo_requests_in_flight", "RPCs being handled.")
+
+FINISH_REASONS = {FINISH_LENGTH: pb.FINISH_REASON_LENGTH, FINISH_STOP: pb.FINISH_REASON_STOP_SEQUENCE,
+                  FINISH_END: pb.FINISH_REASON_END_TOKEN}
+KINDS = {"gpt": mpb.MODEL_KIND_GPT, "bert": mpb.MODEL_KIND_BERT, "seq2seq": mpb.MODEL_KIND_SEQ2SEQ}
+TASKS = {"generate": mpb.TASK_GENERATION, "classify": mpb.TASK_CLASSIFICATION}
+TOKENIZERS = {"char": mpb.TOKENIZER_KIND_CHAR, "bpe": mpb.TOKENIZER_KIND_BPE, "wordpiece": mpb.TOKENIZER_KIND_WORDPIECE}
+BACKENDS = {"jax": mpb.BACKEND_JAX, "tensorflow": mpb.BACKEND_TENSORFLOW, "torch": mpb.BACKEND_TORCH}
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+class _Abort(Exception):
+    """A request refused with a status code and a message naming the field."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class _PromptTokenizer:
+    """The model's tokenizer, except that a prompt given as token ids is passed through as is, so
+    that `Generator.prompt_ids` (start token, context check, truncation) applies to both kinds."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def encode(self, prompt):
+        return self._tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+
+
+def model_info(m, versions, serving_backend):
+    """The ModelInfo message for a loaded model version."""
+    info, provenance = m.info, m.info.get("provenance") or {}
+    data = provenance.get("data") or {}
+    train = struct_pb2.Struct()
+    train.update(provenance.get("train") or {})
+    return mpb.ModelInfo(
+        model_spec=mpb.ModelSpec(name=m.name, version=m.version), versions=versions,
+        kind=KINDS.get(info.get("kind"), mpb.MODEL_KIND_UNSPECIFIED),
+        task=TASKS.get(info.get("task"), mpb.TASK_UNSPECIFIED),
+        labels=info.get("labels") or [], context_length=m.context_length,
+        tokenizer=mpb.TokenizerInfo(kind=TOKENIZERS.get(m.tokenizer.kind, mpb.TOKENIZER_KIND_UNSPECIFIED),
+                                    vocabulary_size=m.tokenizer.vocabulary_size,
+                                    end_token=(info.get("special_tokens") or {}).get("end", ""),
+                                    end_token_id=m.tokenizer.end_token_id),
+        serving_backend=BACKENDS.get(serving_backend, mpb.BACKEND_UNSPECIFIED),
+        provenance=mpb.Provenance(
+            backend=BACKENDS.get(provenance.get("backend"), mpb.BACKEND_UNSPECIFIED),
+            library_versions={k: str(v) for k, v in (provenance.get("versions") or {}).items() if v is not None},
+            data=mpb.TrainingData(path=str(data.get("path") or ""), sha256=data.get("sha256") or "",
+                                  train_tokens=data.get("train_tokens") or 0, val_tokens=data.get("val_tokens") or 0),
+            steps=provenance.get("steps") or 0,
+            final_metrics={k: float(v) for k, v in (provenance.get("final_metrics") or {}).items()},
+            train_settings=train, command=[str(c) for c in provenance.get("command") or []]))
+
+
+class InferenceServicer(pb_grpc.InferenceServiceServicer):
+    def __init__(self, repository, backend, executor, step_delay=0.0):
+        self.repository, self.backend, self.executor, self.step_delay = repository, backend, executor, step_delay
+        self.draining = False
+        self.generators = {(m.name, m.version): Generator(m.model, _PromptTokenizer(m.tokenizer))
+                           for versions in repository.models.values() for m in versions.values()}
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _model(self, spec):
+        if self.draining:
+            raise _Abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        if spec.version < 0:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"model_spec.version must be >= 0, got {spec.version}")
+        try:
+            return self.repository.get(spec.name, spec.version)
+        except KeyError as e:
+            code = grpc.StatusCode.INVALID_ARGUMENT if not spec.name else grpc.StatusCode.NOT_FOUND
+            raise _Abort(code, e.args[0]) from None
+
+    def _generation_request(self, request):
+        """(model, generator, prompt, SamplingConfig) for a valid request; raises _Abort."""
+        m = self._model(request.model_spec)
+        if m.task != "generate":
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"model {m.name!r} version {m.version} has task {m.task!r}; Generate needs a generation model")
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        s, context = request.sampling, m.context_length
+        max_new_tokens = s.max_new_tokens if s.HasField("max_new_tokens") else None
+        if max_new_tokens is not None and max_new_tokens <= 0:
+            raise _Abort(invalid, f"sampling.max_new_tokens must be positive, got {max_new_tokens}")
+        if max_new_tokens is not None and max_new_tokens >= context:
+            raise _Abort(invalid, f"sampling.max_new_tokens {max_new_tokens} must be below the context length "
+                                  f"{context} of model {m.name!r}")
+        temperature = s.temperature if s.HasField("temperature") else 1.0
+        if not (temperature >= 0 and math.isfinite(temperature)):
+            raise _Abort(invalid, f"sampling.temperature must be >= 0, got {temperature}")
+        if s.top_k < 0:
+            raise _Abort(invalid, f"sampling.top_k must be >= 0, got {s.top_k}")
+        top_p = s.top_p if s.HasField("top_p") else 1.0
+        if not 0 < top_p <= 1:
+            raise _Abort(invalid, f"sampling.top_p must be in (0, 1], got {top_p}")
+        for i, stop in enumerate(s.stop_sequences):
+            if not stop:
+                raise _Abort(invalid, f"sampling.stop_sequences[{i}] must not be empty")
+        config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=s.top_k, top_p=top_p,
+                                seed=s.seed if s.HasField("seed") else None, stop=tuple(s.stop_sequences),
+                                truncate_prompt=s.truncate_prompt)
+        which = request.WhichOneof("prompt")
+        if which == "text" and request.text:
+            prompt = request.text
+        elif which == "token_ids" and request.token_ids.ids:
+            prompt = list(request.token_ids.ids)
+            vocabulary = m.tokenizer.vocabulary_size
+            for i, token in enumerate(prompt):
+                if not 0 <= token < vocabulary:
+                    raise _Abort(invalid, f"token_ids.ids[{i}] = {token} is outside the vocabulary [0, {vocabulary})")
+        else:
+            raise _Abort(invalid, "prompt: set text or token_ids; the prompt must not be empty")
+        generator = self.generators[(m.name, m.version)]
+        try:
+            generator.prompt_ids(prompt, config)
+        except ZooError as e:
+            raise _Abort(invalid, f"{which}: {e}") from None
+        return m, generator, prompt, config
+
+    async def _steps(self, m, generator, prompt, config):
+        """Yields the Generator's Steps, one decode step per thread-pool task; returns via
+        StopAsyncIteration after yielding the Result as the last item (a Result, not a Step)."""
+        steps = generator.stream(prompt, config)
+        counter = DECODE_STEPS.labels(m.name, str(m.version))
+
+        def advance():
+            if self.step_delay:
+                time.sleep(self.step_delay)
+            with m.lock:
+                try:
+                    step = next(steps)
+                except StopIteration as done:
+                    return None, done.value
+            if step.token_id is not None:
+                counter.inc()
+            return step, None
+
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                step, result = await loop.run_in_executor(self.executor, advance)
+            except ZooError as e:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+            if step is None:
+                yield result
+                return
+            yield step
+
+    @staticmethod
+    def _response(m, result, return_logprobs):
+        return pb.GenerateResponse(
+            model_spec=mpb.ModelSpec(name=m.name, version=m.version), text=result.text, token_ids=result.token_ids,
+            finish_reason=FINISH_REASONS[result.finish_reason],
+            usage=pb.Usage(prompt_tokens=result.prompt_tokens, generated_tokens=len(result.token_ids)),
+            logprobs=[pb.TokenLogprob(token_id=t, logprob=p) for t, p in zip(result.token_ids, result.logprobs)]
+            if return_logprobs else [])
+
+    async def _handle(self, method, context, body):
+        """Runs `body()` (a coroutine), turning _Abort into a status and counting the outcome."""
+        IN_FLIGHT.inc()
+        code = grpc.StatusCode.OK
+        try:
+            return await body()
+        except _Abort as e:
+            code = e.code
+            await context.abort(e.code, e.message)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", method)
+            raise
+        finally:
+            IN_FLIGHT.dec()
+            REQUESTS.labels(method, code.name).inc()
+
+    # --- RPCs ----------------------------------------------------------------------------------
+
+    async def Generate(self, request, context):
+        async def body():
+            m, generator, prompt, config = self._generation_request(request)
+            async for item in self._steps(m, generator, prompt, config):
+                result = item
+            return self._response(m, result, request.return_logprobs)
+
+        return await self._handle("Generate", context, body)
+
+    async def GenerateStream(self, request, context):
+        IN_FLIGHT.inc()
+        code = grpc.StatusCode.OK
+        try:
+            m, generator, prompt, config = self._generation_request(request)
+            async for item in self._steps(m, generator, prompt, config):
+                if isinstance(item, Step):
+                    tokens = [item.token_id] if item.token_id is not None else []
+                    logprobs = ([pb.TokenLogprob(token_id=item.token_id, logprob=item.logprob)]
+                                if request.return_logprobs and tokens else [])
+                    yield pb.GenerateStreamResponse(chunk=pb.GenerateChunk(text=item.text, token_ids=tokens,
+                                                                           logprobs=logprobs))
+                else:
+                    yield pb.GenerateStreamResponse(final=self._response(m, item, request.return_logprobs))
+        except _Abort as e:
+            code = e.code
+            await context.abort(e.code, e.message)
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("GenerateStream failed")
+            raise
+        finally:
+            IN_FLIGHT.dec()
+            REQUESTS.labels("GenerateStream", code.name).inc()
+
+    async def Classify(self, request, context):
+        async def body():
+            m = self._model(request.model_spec)
+            if m.task != "classify":
+                raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"model {m.name!r} version {m.version} is a {m.info.get('kind')} model with task "
+                             f"{m.task!r}; Classify needs a classification model")
+            if not request.texts:
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "texts: give at least one text to classify")
+            raise _Abort(grpc.StatusCode.UNIMPLEMENTED, "classification models are not supported by this server yet")
+
+        return await self._handle("Classify", context, body)
+
+    async def ListModels(self, request, context):
+        async def body():
+            repo = self.repository
+            return mpb.ListModelsResponse(models=[model_info(repo.get(name), repo.versions(name), self.backend)
+                                                  for name in repo.names()])
+
+        return await self._handle("ListModels", context, body)
+
+    async def GetModelInfo(self, request, context):
+        async def body():
+            m = self._model(request.model_spec)
+            return mpb.GetModelInfoResponse(model=model_info(m, self.repository.versions(m.name), self.backend))
+
+        return await self._handle("GetModelInfo", context, body)
+
+
+async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_port=None, step_delay=0.0,
+                workers=8):
+    """Loads the repository at `path` and serves it until SIGTERM or SIGINT; then stops accepting
+    RPCs, lets those in flight finish for up to `grace_period` seconds, and returns."""
+    import keras
+
+    backend = keras.backend.backend()
+    Repository.scan(path)  # a bad path fails before anything loads
+    log.info("loading %s on backend %s", path, backend)
+    repository = Repository.load(path, log=log.info)
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zoo-model")
+    servicer = InferenceServicer(repository, backend, executor, step_delay=step_delay)
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    pb_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    address = f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise ZooError(f"cannot listen on {address}: {e}") from None
+    if not bound:
+        raise ZooError(f"cannot listen on {address} (in use, or not a local address?)")
+    await server.start()
+    for status_name in ["", SERVICE_NAME, *repository.names()]:
+        await health.set(status_name, health_pb2.HealthCheckResponse.SERVING)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        metrics_server, _ = start_http_server(metrics_port, addr=host)
+        log.info("metrics on http://%s:%d/metrics", host, metrics_server.server_port)
+    for name in repository.names():
+        log.info("model %s: versions %s (serving %d) on backend %s", name,
+                 ", ".join(map(str, repository.versions(name))), max(repository.versions(name)), backend)
+    log.info("serving %s on %s:%d", SERVICE_NAME, host, bound)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: no new requests; waiting up to %gs for those in flight", grace_period)
+    servicer.draining = True
+    await health.enter_graceful_shutdown()
+    await server.stop(grace_period)
+    executor.shutdown(wait=False, cancel_futures=True)
+    log.info("stopped")
+
+
+def run(path, host="127.0.0.1", port=8500, **kwargs):
+    """Runs `serve` in a new event loop, with start-up and shutdown logged to stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s zoo serve: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    asyncio.run(serve(path, host, port, **kwargs))

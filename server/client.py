@@ -1,0 +1,128 @@
+"""A Python client for `zoo serve`:
+
+    from server.client import ZooClient
+
+    with ZooClient("127.0.0.1:8500") as client:
+        print(client.generate("shakespeare", "ROMEO.", max_new_tokens=50, temperature=0).text)
+        for message in client.stream("shakespeare", "ROMEO.", max_new_tokens=50):
+            if message.HasField("chunk"):
+                print(message.chunk.text, end="", flush=True)
+
+Methods return the response messages of `zoo.v1` (see protos/zoo/v1/); failed calls raise
+`grpc.RpcError` with the server's status code and message.
+"""
+
+import grpc
+
+from server.gen.zoo.v1 import inference_pb2 as pb
+from server.gen.zoo.v1 import inference_pb2_grpc as pb_grpc
+from server.gen.zoo.v1 import model_pb2 as mpb
+
+FINISH_REASONS = {pb.FINISH_REASON_LENGTH: "length", pb.FINISH_REASON_STOP_SEQUENCE: "stop",
+                  pb.FINISH_REASON_END_TOKEN: "end_token", pb.FINISH_REASON_UNSPECIFIED: "unspecified"}
+
+
+def generate_request(model, prompt=None, *, token_ids=None, version=0, max_new_tokens=None, temperature=None,
+                     top_k=0, top_p=None, seed=None, stop=(), truncate_prompt=False, return_logprobs=False):
+    """A GenerateRequest; None leaves an optional field unset (the server's default)."""
+    sampling = pb.SamplingParams(top_k=top_k, stop_sequences=list(stop), truncate_prompt=truncate_prompt)
+    for field, value in (("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_p", top_p),
+                         ("seed", seed)):
+        if value is not None:
+            setattr(sampling, field, value)
+    request = pb.GenerateRequest(model_spec=mpb.ModelSpec(name=model, version=version), sampling=sampling,
+                                 return_logprobs=return_logprobs)
+    if token_ids is not None:
+        request.token_ids.ids.extend(token_ids)
+    else:
+        request.text = prompt or ""
+    return request
+
+
+class ZooClient:
+    """A connection to a zoo server at `target` ("host:port"). `timeout` (seconds) is the default
+    deadline of every call; each method also takes `timeout=`."""
+
+    def __init__(self, target, timeout=None):
+        self.target, self.timeout = target, timeout
+        self.channel = grpc.insecure_channel(target)
+        self.stub = pb_grpc.InferenceServiceStub(self.channel)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.channel.close()
+
+    def wait_ready(self, timeout=10.0):
+        """Blocks until the channel connects; raises grpc.FutureTimeoutError after `timeout` seconds."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def _timeout(self, timeout):
+        return self.timeout if timeout is None else timeout
+
+    def generate(self, model, prompt=None, *, timeout=None, **kwargs):
+        """Generates a continuation of `prompt` (text) or `token_ids=[...]`; returns a GenerateResponse.
+        Keyword arguments: version, max_new_tokens, temperature, top_k, top_p, seed, stop,
+        truncate_prompt, return_logprobs."""
+        return self.stub.Generate(generate_request(model, prompt, **kwargs), timeout=self._timeout(timeout))
+
+    def stream(self, model, prompt=None, *, timeout=None, **kwargs):
+        """Like generate, but yields GenerateStreamResponse messages as they arrive: chunks, then the
+        final result. The returned iterator has .cancel() to stop the generation."""
+        return self.stub.GenerateStream(generate_request(model, prompt, **kwargs), timeout=self._timeout(timeout))
+
+    def classify(self, model, texts, *, version=0, timeout=None):
+        """Classifies a batch of texts; returns a ClassifyResponse."""
+        request = pb.ClassifyRequest(model_spec=mpb.ModelSpec(name=model, version=version), texts=list(texts))
+        return self.stub.Classify(request, timeout=self._timeout(timeout))
+
+    def list_models(self, *, timeout=None):
+        """The served models (their highest versions), as a list of ModelInfo."""
+        return list(self.stub.ListModels(mpb.ListModelsRequest(), timeout=self._timeout(timeout)).models)
+
+    def model_info(self, model, *, version=0, timeout=None):
+        """The ModelInfo of a model version (0: the highest)."""
+        request = mpb.GetModelInfoRequest(model_spec=mpb.ModelSpec(name=model, version=version))
+        return self.stub.GetModelInfo(request, timeout=self._timeout(timeout)).model
+
+
+def response_dict(response):
+    """A GenerateResponse as plain data, shaped like `zoo generate --json` plus usage and model."""
+    data = {"text": response.text, "token_ids": list(response.token_ids),
+            "finish_reason": FINISH_REASONS[response.finish_reason], "prompt_tokens": response.usage.prompt_tokens,
+            "generated_tokens": response.usage.generated_tokens, "model": response.model_spec.name,
+            "version": response.model_spec.version}
+    if response.logprobs:
+        data["logprobs"] = [p.logprob for p in response.logprobs]
+    return data
+
+
+def _enum_name(enum, value, prefix):
+    return enum.Name(value).removeprefix(prefix).lower()
+
+
+def model_info_dict(info):
+    """A ModelInfo as plain data."""
+    from google.protobuf.json_format import MessageToDict
+
+    p = info.provenance
+    return {
+        "name": info.model_spec.name, "version": info.model_spec.version, "versions": list(info.versions),
+        "kind": _enum_name(mpb.ModelKind, info.kind, "MODEL_KIND_"),
+        "task": _enum_name(mpb.Task, info.task, "TASK_"), "labels": list(info.labels),
+        "context_length": info.context_length,
+        "tokenizer": {"kind": _enum_name(mpb.TokenizerKind, info.tokenizer.kind, "TOKENIZER_KIND_"),
+                      "vocabulary_size": info.tokenizer.vocabulary_size, "end_token": info.tokenizer.end_token,
+                      "end_token_id": info.tokenizer.end_token_id},
+        "serving_backend": _enum_name(mpb.Backend, info.serving_backend, "BACKEND_"),
+        "provenance": {
+            "backend": _enum_name(mpb.Backend, p.backend, "BACKEND_"), "library_versions": dict(p.library_versions),
+            "data": {"path": p.data.path, "sha256": p.data.sha256, "train_tokens": p.data.train_tokens,
+                     "val_tokens": p.data.val_tokens},
+            "steps": p.steps, "final_metrics": dict(p.final_metrics),
+            "train_settings": MessageToDict(p.train_settings), "command": list(p.command)},
+    }

@@ -1,0 +1,422 @@
+"""The gRPC server, end to end: a real `zoo serve` process on a loopback port serving a tiny bundle
+trained in this session (as a two-version repository), called through the Python client, the
+`zoo client` command and raw gRPC (health, reflection)."""
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from conftest import ROOT, run_zoo, zoo_json
+from server.client import FINISH_REASONS, ZooClient
+from server.gen.zoo.v1 import inference_pb2 as pb
+from server.gen.zoo.v1 import model_pb2 as mpb
+
+MODEL = "tiny"
+CONTEXT = 32  # conftest's TINY_MODEL --max-length
+BACKEND_ENUM = {"jax": mpb.BACKEND_JAX, "tensorflow": mpb.BACKEND_TENSORFLOW, "torch": mpb.BACKEND_TORCH}
+
+
+class ServerProcess:
+    """`zoo serve PATH --port 0` in a subprocess; the address and metrics port are read from its log."""
+
+    def __init__(self, path, *args, backend, timeout=180):
+        env = {**__import__("os").environ, "KERAS_BACKEND": backend}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "serve", str(path), "--port", "0", "--metrics-port", "0", *args],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines = []
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        self.address = self.metrics_port = None
+        while self.address is None:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("zoo serve did not start:\n" + self.log[-5000:])
+            for line in list(self.lines):
+                if m := re.search(r"metrics on http://127\.0\.0\.1:(\d+)/", line):
+                    self.metrics_port = int(m.group(1))
+                if m := re.search(r"serving zoo\.v1\.InferenceService on (127\.0\.0\.1:\d+)", line):
+                    self.address = m.group(1)
+            time.sleep(0.1)
+
+    def _read(self):
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    @property
+    def log(self):
+        return "".join(self.lines)
+
+    def metric(self, name, **labels):
+        """The value of a Prometheus sample from the server's /metrics (0 if absent)."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        for line in text.splitlines():
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def decode_steps(self):
+        return self.metric("zoo_decode_steps_total", model=MODEL, version="2")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def repository(tiny_run, tmp_path_factory):
+    """REPO/tiny/{1,2}: two versions of the session's tiny bundle."""
+    repo = tmp_path_factory.mktemp("repo")
+    for version in (1, 2):
+        shutil.copytree(tiny_run[1], repo / MODEL / str(version))
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repository, backend):
+    process = ServerProcess(repository, backend=backend)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with ZooClient(server.address, timeout=60) as zoo_client:
+        yield zoo_client
+
+
+@pytest.fixture(scope="module")
+def slow_server(repository, backend):
+    """A server whose decode steps take at least 50 ms, so cancellation and draining can be observed."""
+    process = ServerProcess(repository, "--step-delay", "0.05", "--grace-period", "30", backend=backend)
+    yield process
+    process.stop()
+
+
+def greedy(client, prompt="ROMEO.", **kwargs):
+    return client.generate(MODEL, prompt, temperature=0, max_new_tokens=kwargs.pop("max_new_tokens", 10), **kwargs)
+
+
+def assert_status(call, code, *words):
+    with pytest.raises(grpc.RpcError) as info:
+        result = call()
+        if hasattr(result, "__iter__") and not isinstance(result, pb.GenerateResponse):
+            list(result)
+    assert info.value.code() == code, info.value.details()
+    for word in words:
+        assert word in info.value.details()
+    return info.value.details()
+
+
+def zoo_client_cli(server, *args):
+    return run_zoo("client", *args, "--server", server.address, timeout=120)
+
+
+# --- the API definition ----------------------------------------------------------------------------
+
+
+def test_generated_stubs_are_up_to_date(tmp_path):
+    from server import gen_protos
+
+    # protoc in its own process: loaded beside torch's libraries in the test process it can crash.
+    subprocess.run([sys.executable, "-m", "server.gen_protos", str(tmp_path / "gen")], cwd=ROOT, check=True,
+                   capture_output=True)
+    fresh = gen_protos.generated_files(tmp_path / "gen")
+    committed = gen_protos.generated_files(gen_protos.GEN)
+    assert fresh.keys() == committed.keys()
+    stale = [name for name in fresh if fresh[name] != committed[name]]
+    assert not stale, f"stale stubs {stale}: run python -m server.gen_protos"
+
+
+def test_every_message_and_field_is_documented():
+    for proto in sorted((ROOT / "protos").rglob("*.proto")):
+        lines = proto.read_text().splitlines()
+        for i, line in enumerate(lines):
+            stripped = line.strip()
+            declares = re.match(r"(message|enum|service|rpc|oneof)\s", stripped) or re.search(r"=\s*\d+;$", stripped)
+            if declares:
+                assert lines[i - 1].strip().startswith("//"), f"{proto.name}:{i + 1} has no comment: {stripped}"
+
+
+# --- start-up, listing and metadata ------------------------------------------------------------------
+
+
+def test_start_up_log_names_models_backend_and_address(server, backend):
+    assert f"model {MODEL}: versions 1, 2 (serving 2) on backend {backend}" in server.log
+    assert f"on {server.address}" in server.log
+
+
+def test_list_models_and_model_info(client, server, tiny_run, backend):
+    bundle_info = json.loads((tiny_run[1] / "zoo.json").read_text())
+    [info] = client.list_models()
+    assert info.model_spec.name == MODEL and info.model_spec.version == 2 and list(info.versions) == [1, 2]
+    assert info.kind == mpb.MODEL_KIND_GPT and info.task == mpb.TASK_GENERATION
+    assert info.context_length == CONTEXT and list(info.labels) == []
+    assert info.tokenizer.kind == mpb.TOKENIZER_KIND_BPE and info.tokenizer.vocabulary_size == 300
+    assert info.serving_backend == BACKEND_ENUM[backend]
+    assert info.provenance.backend == BACKEND_ENUM[bundle_info["provenance"]["backend"]]
+    assert info.provenance.steps == 30
+    assert info.provenance.data.sha256 == bundle_info["provenance"]["data"]["sha256"]
+    assert info.provenance.final_metrics["val_loss"] == pytest.approx(bundle_info["provenance"]["final_metrics"]["val_loss"])
+    assert info.provenance.train_settings["max_steps"] == 30
+    assert list(info.provenance.command)[:3] == ["zoo", "train", "gpt"]
+    assert client.model_info(MODEL, version=1).model_spec.version == 1
+    assert client.model_info(MODEL) == info
+    assert_status(lambda: client.model_info("nope"), grpc.StatusCode.NOT_FOUND, "model_spec.name", "nope")
+    assert_status(lambda: client.model_info(MODEL, version=3), grpc.StatusCode.NOT_FOUND, "model_spec.version")
+
+    listed = json.loads(zoo_client_cli(server, "models", "--json").stdout)
+    assert [(m["name"], m["versions"], m["task"]) for m in listed] == [(MODEL, [1, 2], "generation")]
+    details = json.loads(zoo_client_cli(server, "info", MODEL, "--version", "1", "--json").stdout)
+    assert details["version"] == 1 and details["tokenizer"]["kind"] == "bpe" and details["serving_backend"] == backend
+
+
+# --- generation -----------------------------------------------------------------------------------------
+
+
+def test_greedy_generation_equals_zoo_generate(client, server, tiny_run):
+    bundle = tiny_run[1]
+    expected = zoo_json("generate", bundle, "--prompt", "ROMEO.", "--temperature", "0", "--max-new-tokens", "12")
+    response = greedy(client, max_new_tokens=12)
+    assert response.text == expected["text"] and list(response.token_ids) == expected["token_ids"]
+    assert FINISH_REASONS[response.finish_reason] == expected["finish_reason"]
+    assert response.usage.prompt_tokens == expected["prompt_tokens"]
+    assert response.usage.generated_tokens == len(expected["token_ids"])
+    assert (response.model_spec.name, response.model_spec.version) == (MODEL, 2)
+    assert greedy(client, max_new_tokens=12, version=1).model_spec.version == 1
+
+    # The same prompt as token ids gives the same result.
+    from zoo.tokenizers import TextTokenizer
+
+    ids = TextTokenizer.load(bundle).encode("ROMEO.")
+    by_ids = client.generate(MODEL, token_ids=ids, temperature=0, max_new_tokens=12)
+    assert by_ids.text == response.text and by_ids.usage.prompt_tokens == response.usage.prompt_tokens
+
+    # And through `zoo client generate --json`.
+    cli = json.loads(zoo_client_cli(server, "generate", MODEL, "--prompt", "ROMEO.", "--temperature", "0",
+                                    "--max-new-tokens", "12", "--json").stdout)
+    assert (cli["text"], cli["token_ids"], cli["finish_reason"]) == (expected["text"], expected["token_ids"],
+                                                                     expected["finish_reason"])
+
+    # A stop sequence taken from the greedy text ends it there, as `zoo generate --stop` does.
+    stop = expected["text"][3:5]
+    assert stop
+    stopped = zoo_json("generate", bundle, "--prompt", "ROMEO.", "--temperature", "0", "--max-new-tokens", "12",
+                       "--stop", stop)
+    response = greedy(client, max_new_tokens=12, stop=[stop])
+    assert response.text == stopped["text"] == expected["text"][:expected["text"].find(stop)]
+    assert response.finish_reason == pb.FINISH_REASON_STOP_SEQUENCE and stopped["finish_reason"] == "stop"
+
+
+def test_stream_sends_chunks_in_order_then_one_final_message(client, server):
+    unary = greedy(client, max_new_tokens=12, return_logprobs=True)
+    messages = list(client.stream(MODEL, "ROMEO.", temperature=0, max_new_tokens=12, return_logprobs=True))
+    kinds = [m.WhichOneof("event") for m in messages]
+    assert kinds == ["chunk"] * (len(messages) - 1) + ["final"]
+    chunks, final = [m.chunk for m in messages[:-1]], messages[-1].final
+    assert "".join(c.text for c in chunks) == final.text == unary.text
+    assert [t for c in chunks for t in c.token_ids] == list(final.token_ids) == list(unary.token_ids)
+    assert final.finish_reason == unary.finish_reason == pb.FINISH_REASON_LENGTH
+    assert final.usage == unary.usage and final.usage.generated_tokens == 12
+    assert len(final.logprobs) == 12 and all(p.logprob <= 0 for p in final.logprobs)
+    assert [p.logprob for c in chunks for p in c.logprobs] == pytest.approx([p.logprob for p in unary.logprobs])
+    assert not greedy(client).logprobs  # only when asked for
+
+    printed = zoo_client_cli(server, "stream", MODEL, "--prompt", "ROMEO.", "--temperature", "0",
+                             "--max-new-tokens", "12")
+    assert printed.returncode == 0 and printed.stdout == unary.text + "\n"
+
+
+def test_sampling_with_a_seed_is_reproducible(client):
+    a = client.generate(MODEL, "KING.", temperature=0.9, top_k=20, top_p=0.9, seed=7, max_new_tokens=8)
+    b = client.generate(MODEL, "KING.", temperature=0.9, top_k=20, top_p=0.9, seed=7, max_new_tokens=8)
+    assert a.token_ids == b.token_ids and len(a.token_ids) <= 8
+
+
+# --- errors -------------------------------------------------------------------------------------------------
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("rpc", ["generate", "stream"])
+@pytest.mark.parametrize("kwargs, code, field", [
+    (dict(prompt=""), INVALID, "prompt"),
+    (dict(token_ids=[]), INVALID, "prompt"),
+    (dict(max_new_tokens=0), INVALID, "max_new_tokens"),
+    (dict(max_new_tokens=CONTEXT), INVALID, "max_new_tokens"),
+    (dict(temperature=-0.5), INVALID, "temperature"),
+    (dict(top_p=0.0), INVALID, "top_p"),
+    (dict(top_p=1.5), INVALID, "top_p"),
+    (dict(top_k=-1), INVALID, "top_k"),
+    (dict(stop=[""]), INVALID, "stop_sequences"),
+    (dict(token_ids=[1, 100000]), INVALID, "token_ids"),
+    (dict(prompt="To be, or not to be, that is the question " * 4), INVALID, "prompt"),
+    (dict(model="nope"), grpc.StatusCode.NOT_FOUND, "model_spec.name"),
+    (dict(version=3), grpc.StatusCode.NOT_FOUND, "model_spec.version"),
+])
+def test_bad_requests_get_precise_status_codes(client, rpc, kwargs, code, field):
+    kwargs = {"model": MODEL, "prompt": "ROMEO.", "max_new_tokens": 4, **kwargs}
+    if "token_ids" in kwargs:
+        kwargs.pop("prompt")
+    assert_status(lambda: getattr(client, rpc)(kwargs.pop("model"), **kwargs), code, field)
+
+
+def test_classify_on_a_generative_model_is_a_failed_precondition(client, server):
+    details = assert_status(lambda: client.classify(MODEL, ["a fine day"]), grpc.StatusCode.FAILED_PRECONDITION,
+                            MODEL, "generate")
+    assert "Classify" in details
+    assert_status(lambda: client.classify("nope", ["x"]), grpc.StatusCode.NOT_FOUND, "model_spec.name")
+    result = zoo_client_cli(server, "classify", MODEL, "a fine day")
+    assert result.returncode == 1 and result.stderr.startswith("Error: FAILED_PRECONDITION")
+
+
+def test_cli_client_errors_are_one_line(server):
+    unreachable = run_zoo("client", "models", "--server", "127.0.0.1:1", "--timeout", "5")
+    for result, words in ((zoo_client_cli(server, "generate", "nope", "--prompt", "x"), "NOT_FOUND"),
+                          (unreachable, "cannot reach a zoo server at 127.0.0.1:1"),
+                          (zoo_client_cli(server, "generate", MODEL, "--prompt", "x", "--top-p", "2"), "top_p")):
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert words in result.stderr and "Traceback" not in result.stderr
+    for command in ("serve", "client", "client generate", "client stream", "client classify", "client models",
+                    "client info"):
+        help_text = run_zoo(*command.split(), "--help").stdout
+        assert "Example:" in help_text, command
+
+
+# --- health and reflection -------------------------------------------------------------------------------
+
+
+def test_health_overall_and_per_model(server):
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", MODEL, "zoo.v1.InferenceService"):
+            response = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+        assert_status(lambda: health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=10),
+                      grpc.StatusCode.NOT_FOUND)
+
+
+def test_reflection_lists_the_services(server):
+    with grpc.insecure_channel(server.address) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = set(database.get_services())
+        assert {"zoo.v1.InferenceService", "grpc.health.v1.Health"} <= services
+        descriptor = database.FindFileContainingSymbol("zoo.v1.InferenceService")
+        assert descriptor.name == "zoo/v1/inference.proto" and descriptor.package == "zoo.v1"
+
+
+# --- concurrency ---------------------------------------------------------------------------------------------
+
+
+def test_32_concurrent_clients_mixing_unary_and_streaming(client, server):
+    prompts = ["ROMEO.", "KING.", "To be", "First Citizen:"]
+    expected = {p: greedy(client, p, max_new_tokens=8).text for p in prompts}
+
+    def call(i):
+        prompt = prompts[i % len(prompts)]
+        with ZooClient(server.address, timeout=120) as own:
+            if i % 2:
+                return prompt, greedy(own, prompt, max_new_tokens=8).text
+            messages = list(own.stream(MODEL, prompt, temperature=0, max_new_tokens=8))
+            assert messages[-1].HasField("final")
+            return prompt, "".join(m.chunk.text for m in messages[:-1])
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(call, range(32)))
+    assert len(results) == 32
+    for prompt, text in results:
+        assert text == expected[prompt], prompt
+
+
+# --- cancellation, deadlines and shutdown (on the slow server; the SIGTERM test stops it) ---------------
+
+
+def wait_until_steady(server, seconds=0.5):
+    """Decode steps once the count stops changing for `seconds` (10 steps of the slow server)."""
+    before = server.decode_steps()
+    while True:
+        time.sleep(seconds)
+        now = server.decode_steps()
+        if now == before:
+            return now
+        before = now
+
+
+def test_cancelling_a_stream_stops_its_generation(slow_server):
+    start = wait_until_steady(slow_server)
+    with ZooClient(slow_server.address, timeout=60) as own:
+        stream = own.stream(MODEL, "ROMEO.", temperature=0, max_new_tokens=20)
+        next(stream), next(stream)
+        stream.cancel()
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream)
+        assert info.value.code() == grpc.StatusCode.CANCELLED
+    steps = wait_until_steady(slow_server) - start
+    assert 2 <= steps <= 4, f"{steps} decode steps after cancelling at the second of 20"
+    assert slow_server.metric("zoo_requests_total", method="GenerateStream", code="CANCELLED") >= 1
+
+
+def test_a_deadline_stops_the_work(slow_server):
+    start = wait_until_steady(slow_server)
+    with ZooClient(slow_server.address) as own:
+        began = time.monotonic()
+        assert_status(lambda: greedy(own, max_new_tokens=20, timeout=0.4), grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert time.monotonic() - began < 2
+    steps = wait_until_steady(slow_server) - start
+    assert steps < 15, f"{steps} decode steps for a request cancelled by its deadline (20 without it)"
+
+
+def test_sigterm_drains_in_flight_streams_and_exits_0(slow_server):
+    with ZooClient(slow_server.address, timeout=60) as own:
+        stream = own.stream(MODEL, "ROMEO.", temperature=0, max_new_tokens=20)
+        first = next(stream)
+        slow_server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with ZooClient(slow_server.address, timeout=10) as late:
+            assert_status(lambda: greedy(late, max_new_tokens=2), grpc.StatusCode.UNAVAILABLE)
+        rest = list(stream)
+    assert rest[-1].HasField("final") and rest[-1].final.usage.generated_tokens == 20
+    assert first.chunk.text + "".join(m.chunk.text for m in rest[:-1]) == rest[-1].final.text
+    assert slow_server.process.wait(60) == 0, slow_server.log[-3000:]
+    assert "shutting down" in slow_server.log
+
+
+# --- a bundle served on another backend ----------------------------------------------------------------
+
+
+@pytest.mark.cross_backend
+def test_serving_a_bundle_on_another_backend(tiny_run):
+    bundle = tiny_run[1]
+    trained_on = json.loads((bundle / "zoo.json").read_text())["provenance"]["backend"]
+    serve_on = "torch" if trained_on != "torch" else "jax"
+    expected = zoo_json("generate", bundle, "--prompt", "ROMEO.", "--temperature", "0", "--max-new-tokens", "10",
+                        backend=trained_on)
+    process = ServerProcess(bundle, "--backend", serve_on, backend=trained_on)
+    try:
+        assert f"on backend {serve_on}" in process.log
+        with ZooClient(process.address, timeout=60) as own:
+            info = own.model_info(bundle.name)
+            assert info.model_spec.version == 1 and info.serving_backend == BACKEND_ENUM[serve_on]
+            assert info.provenance.backend == BACKEND_ENUM[trained_on]
+            response = own.generate(bundle.name, "ROMEO.", temperature=0, max_new_tokens=10)
+        assert response.text == expected["text"] and list(response.token_ids) == expected["token_ids"]
+    finally:
+        process.stop()
