@@ -1,14 +1,20 @@
 """Put on PYTHONPATH to make this Python behave as if TensorFlow were not installed (as on the GPU
-machines, which have CUDA builds of JAX and torch only)."""
+machines, which have CUDA builds of JAX and torch only): the path finder no longer finds it, so
+`importlib.util.find_spec("tensorflow")` is None and `import tensorflow` raises ModuleNotFoundError,
+exactly as when it is absent."""
 
+import importlib.machinery
 import sys
 
-
-class _NoTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "tensorflow_text", "tf_keras"):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked for this test)", name=name)
-        return None
+BLOCKED = ("tensorflow", "tensorflow_text", "tf_keras")
 
 
-sys.meta_path.insert(0, _NoTensorFlow())
+class _PathFinderWithoutTensorFlow(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            return None
+        return super().find_spec(name, path, target)
+
+
+sys.meta_path[:] = [_PathFinderWithoutTensorFlow if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
