@@ -48,6 +48,7 @@ class BlockBatches:
                             f"for one block of --seq-len {seq_len}; use more data or a smaller --seq-len")
         self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
         self.blocks_per_epoch = (len(tokens) - 1 - seq_len) // seq_len
+        self.tokens_per_batch = batch_size * seq_len
         self._epoch, self._starts = None, None
 
     def _epoch_starts(self, epoch):

@@ -5,36 +5,15 @@ Data is read and checked before keras is imported, so a bad path fails in a frac
 """
 
 import dataclasses
-import datetime
-import json
+import math
 import sys
 from pathlib import Path
 
-from zoo.bundle import RUN_CONFIG, read_json
-from zoo.data import (BlockBatches, data_checksum, encode_documents, read_documents, split_documents,
+from zoo.data import (DEFAULT_CORPUS, BlockBatches, encode_documents, read_documents, split_documents,
                       validation_blocks)
 from zoo.errors import ZooError
 from zoo.tokenizers import TextTokenizer, train_bpe, train_char
-from zoo.atomic import atomic_write_text
-
-# Settings a resumed run may change; every other setting comes from the run's config.json.
-RESUMABLE_CHANGES = {"max_steps", "eval_every", "save_every", "log_every"}
-
-
-def _flag(setting):
-    """The `zoo train` flag of a TrainConfig field."""
-    return "--lr" if setting == "learning_rate" else "--" + setting.replace("_", "-")
-
-
-def _versions():
-    import keras
-
-    versions = {"keras": keras.__version__}
-    for name in ("keras_hub", "jax", "tensorflow", "torch", "tokenizers"):
-        module = sys.modules.get(name)
-        if module is not None and hasattr(module, "__version__"):
-            versions[name] = module.__version__
-    return versions
+from zoo.training import run
 
 
 def _new_run_config(data, preset, model_overrides, tokenizer_kind, vocabulary_size, seq_len, val_fraction,
@@ -66,31 +45,18 @@ def _new_run_config(data, preset, model_overrides, tokenizer_kind, vocabulary_si
         "seq_len": seq_len,
         "tokenizer": {"kind": tokenizer.kind, "vocabulary_size": tokenizer.vocabulary_size},
         "train": dataclasses.asdict(train_config),
-        "data": {"path": str(data) if data else "shipped:shakespeare.txt", "sha256": data_checksum(data),
-                 "text_field": text_field, "val_fraction": val_fraction},
+        "data": run.data_entry(data, DEFAULT_CORPUS, text_field=text_field, val_fraction=val_fraction),
     }
     return config, tokenizer, train_docs, val_docs
 
 
-def _resumed_run_config(out, data, explicit_train_changes):
-    config = read_json(out / RUN_CONFIG)
-    if config.get("kind") != "gpt":
-        raise ZooError(f"{out}: is a {config.get('kind')!r} run, not a gpt run")
-    refused = {k: v for k, v in explicit_train_changes.items() if k not in RESUMABLE_CHANGES and config["train"].get(k) != v}
-    if refused:
-        name, value = next(iter(refused.items()))
-        raise ZooError(f"{_flag(name)} {value} differs from the run's {config['train'][name]}: a resumed run "
-                       f"keeps its settings (only {', '.join(sorted(map(_flag, RESUMABLE_CHANGES)))} may change)")
-    config["train"].update({k: v for k, v in explicit_train_changes.items() if k in RESUMABLE_CHANGES})
-    data_path = config["data"]["path"]
-    wanted = None if data_path.startswith("shipped:") else data_path
-    if data is not None and str(data) != str(wanted):
-        raise ZooError(f"--data {data} differs from the run's data {data_path}")
-    if data_checksum(wanted) != config["data"]["sha256"]:
-        raise ZooError(f"the data at {data_path} changed since the run started (checksum differs); cannot resume")
-    documents = read_documents(wanted, config["data"]["text_field"])
-    train_docs, val_docs = split_documents(documents, config["data"]["val_fraction"])
-    return config, TextTokenizer.load(out), train_docs, val_docs
+def _language_model_evaluation(validation, batch_size):
+    def evaluate(model):
+        inputs, targets = validation
+        loss = float(model.evaluate(inputs, targets, batch_size=batch_size, verbose=0, return_dict=True)["loss"])
+        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
+
+    return evaluate
 
 
 def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kind="bpe", vocabulary_size=2048,
@@ -100,15 +66,15 @@ def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kin
     from zoo.training.config import TrainConfig
 
     out = Path(out)
-    train_config = train_config or TrainConfig()
     if resume:
-        if not (out / RUN_CONFIG).is_file():
-            raise ZooError(f"--resume: {out} is not a run directory (no {RUN_CONFIG})")
-        config, tokenizer, train_docs, val_docs = _resumed_run_config(out, data, explicit_train_changes or {})
+        config = run.resumed_config(out, "gpt", data, explicit_train_changes or {}, DEFAULT_CORPUS)
+        train_docs, val_docs = split_documents(read_documents(run.data_path(config), config["data"]["text_field"]),
+                                               config["data"]["val_fraction"])
+        tokenizer = TextTokenizer.load(out)
         train_config = TrainConfig(**config["train"])
     else:
-        if out.exists() and any(out.iterdir()):
-            raise ZooError(f"{out}: already exists and is not empty (pass --resume to continue it, or another --out)")
+        run.check_new_run(out)
+        train_config = train_config or TrainConfig()
         config, tokenizer, train_docs, val_docs = _new_run_config(
             data, preset, model_overrides or {}, tokenizer_kind, vocabulary_size, seq_len, val_fraction,
             text_field, train_config)
@@ -117,31 +83,17 @@ def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kin
     val_tokens = encode_documents(tokenizer, val_docs)
     batches = BlockBatches(train_tokens, seq_len, train_config.batch_size, train_config.seed)
     validation = validation_blocks(val_tokens, seq_len, train_config.eval_blocks)
-
-    # Only now the heavy imports: everything above failed fast on bad input.
-    import keras
-
-    from zoo.models.gpt import GPT
-    from zoo.training.checkpoints import latest_checkpoint
-    from zoo.training.loop import compile_for_training, set_precision, train
-
     config["data"].update(train_tokens=int(train_tokens.size), val_tokens=int(val_tokens.size))
-    if not resume or latest_checkpoint(out / "checkpoints") is None:
-        config.update(backend=keras.backend.backend(), versions=_versions(), command=command or sys.argv,
-                      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / RUN_CONFIG, json.dumps(config, indent=2))
-    tokenizer.save(out)
+    run.write_run(out, config, {"": tokenizer}, resume, command)
 
-    keras.utils.set_random_seed(train_config.seed)
-    set_precision(train_config.precision)
-    model = GPT(**config["model"])
-    model.build()
-    schedule = compile_for_training(model, train_config)
-    params = model.count_params()
-    print(f"gpt: {params / 1e6:.2f}M parameters, {config['tokenizer']['kind']} tokenizer of "
-          f"{tokenizer.vocabulary_size} tokens, {train_tokens.size:,} training / {val_tokens.size:,} validation tokens, "
-          f"backend {keras.backend.backend()}, {train_config.precision}", file=sys.stderr)
-    summary = train(model, schedule, batches, validation, train_config, out, resume=resume)
-    summary["parameters"] = params
-    return summary
+    def build_model():
+        from zoo.models.gpt import GPT
+
+        model = GPT(**config["model"])
+        model.build()
+        return model
+
+    return run.fit(out, config, train_config, build_model, batches, validation,
+                   _language_model_evaluation(validation, train_config.batch_size), resume,
+                   describe=f"{tokenizer.kind} tokenizer of {tokenizer.vocabulary_size} tokens, "
+                            f"{train_tokens.size:,} training / {val_tokens.size:,} validation tokens, ")

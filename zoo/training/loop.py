@@ -25,8 +25,11 @@ def set_precision(precision):
     keras.config.set_dtype_policy(policies[precision])
 
 
-def compile_for_training(model, config):
-    """AdamW with linear warmup then cosine decay, gradient clipping, decoupled weight decay."""
+def compile_for_training(model, config, loss=None, metrics=None):
+    """AdamW with linear warmup then cosine decay, gradient clipping, decoupled weight decay.
+
+    `loss` defaults to next-token cross-entropy on logits; a family passes its own (and metrics).
+    """
     warmup = config.resolved_warmup()
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=config.learning_rate / (warmup + 1), decay_steps=max(config.max_steps - warmup, 1),
@@ -36,7 +39,8 @@ def compile_for_training(model, config):
                                        beta_2=config.beta_2, clipnorm=config.grad_clip or None)
     # Like GPT-2: no decay on biases and LayerNorm scales/offsets.
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer=optimizer, loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=metrics)
     optimizer.build(model.trainable_variables)
     return schedule
 
@@ -113,13 +117,15 @@ def _drop_metrics_after(path, step):
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def train(model, schedule, batches, validation, config, run_dir, resume=False):
+def train(model, schedule, batches, validation, evaluate, config, run_dir, resume=False):
     """Trains `model` (compiled by `compile_for_training`) until `config.max_steps`.
 
-    `batches.batch(step)` gives the (inputs, targets) of a step; `validation` is (inputs, targets)
-    arrays. Writes `run_dir/metrics.jsonl` and `run_dir/checkpoints/`. With `resume`, continues
-    from the newest checkpoint. Returns a summary dict; `summary["stopped"]` names the signal
-    when one ended the run early.
+    `batches.batch(step)` gives the (inputs, targets[, sample_weight]) of a step, a pure function
+    of the step so that a resumed run sees the same data; `batches.tokens_per_batch` counts the
+    tokens a step trains on, for tokens/s. `evaluate(model)` returns the validation metrics
+    ({"val_loss": ..., ...}). Writes `run_dir/metrics.jsonl` and `run_dir/checkpoints/`. With
+    `resume`, continues from the newest checkpoint. Returns a summary dict;
+    `summary["stopped"]` names the signal when one ended the run early.
     """
     run_dir = Path(run_dir)
     checkpoints = run_dir / "checkpoints"
@@ -128,15 +134,11 @@ def train(model, schedule, batches, validation, config, run_dir, resume=False):
         print(f"resumed from {path}", file=sys.stderr)
     step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     _drop_metrics_after(run_dir / "metrics.jsonl", step)
-    tokens_per_step = config.batch_size * batches.seq_len
+    tokens_per_step = batches.tokens_per_batch
     progress = _Progress(config.max_steps, step)
     summary = {"start_step": step, "stopped": None}
     last = {}
     started = time.time()
-
-    def evaluate():
-        result = model.evaluate(*validation, batch_size=config.batch_size, verbose=0, return_dict=True)
-        return {"val_loss": float(result["loss"]), "val_perplexity": math.exp(min(float(result["loss"]), 50.0))}
 
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics, _StopRequests() as stop:
         while step < config.max_steps and not stop.requested:
@@ -150,7 +152,7 @@ def train(model, schedule, batches, validation, config, run_dir, resume=False):
                           "tokens_per_s": round(progress.rate(step, tokens_per_step), 1),
                           "epoch": round(batches.epoch_of(step), 3)}
             if evaluating:
-                record.update(evaluate())
+                record.update(evaluate(model))
                 progress.mark_time = time.time()  # evaluation time is not training throughput
             if record:
                 record["elapsed_s"] = round(time.time() - started, 2)
@@ -158,13 +160,15 @@ def train(model, schedule, batches, validation, config, run_dir, resume=False):
                 metrics.flush()
                 last.update(record)
                 text = f"loss {last.get('loss', float('nan')):.4f} lr {last.get('lr', 0):.2e} {last.get('tokens_per_s', 0):,.0f} tok/s"
-                if "val_loss" in record:
-                    text += f" | val_loss {record['val_loss']:.4f} ppl {record['val_perplexity']:.2f}"
-                progress.show(step, text, final="val_loss" in record)
+                if evaluating:
+                    text += " | " + " ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                             if k.startswith("val_") and isinstance(v, float))
+                progress.show(step, text, final=evaluating)
             if step % config.save_every == 0 or is_last or stop.requested:
                 save_checkpoint(checkpoints, model, step)
     if stop.requested and step < config.max_steps:
         print(f"saved a checkpoint at step {step}; continue with --resume", file=sys.stderr)
     summary.update(step=step, stopped=stop.requested if step < config.max_steps else None,
-                   wall_s=round(time.time() - started, 1), **{k: last[k] for k in ("loss", "val_loss", "val_perplexity") if k in last})
+                   wall_s=round(time.time() - started, 1),
+                   **{k: v for k, v in last.items() if k == "loss" or k.startswith("val_")})
     return summary

@@ -1,0 +1,121 @@
+"""The run directory every model family trains in, and the steps they share.
+
+A family (`zoo/training/gpt.py`, `bert.py`, `seq2seq.py`) reads its data, trains its tokenizer
+and packs batches; everything else is here, once: refusing a non-empty `--out`, checking that a
+resumed run keeps its settings and data, writing `config.json` with provenance, building and
+compiling the model, and running the loop.
+
+keras is imported only inside `fit`, so bad flags and bad data fail before the slow imports.
+"""
+
+import datetime
+import json
+import sys
+from pathlib import Path
+
+from zoo.atomic import atomic_write_text
+from zoo.bundle import RUN_CONFIG, read_json
+from zoo.data import data_checksum
+from zoo.errors import ZooError
+
+# Settings a resumed run may change; every other setting comes from the run's config.json.
+RESUMABLE_CHANGES = {"max_steps", "eval_every", "save_every", "log_every"}
+SHIPPED = "shipped:"
+
+
+def flag(setting):
+    """The `zoo train` flag of a TrainConfig field."""
+    return "--lr" if setting == "learning_rate" else "--" + setting.replace("_", "-")
+
+
+def library_versions():
+    import keras
+
+    versions = {"keras": keras.__version__}
+    for name in ("keras_hub", "jax", "tensorflow", "torch", "tokenizers"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "__version__"):
+            versions[name] = module.__version__
+    return versions
+
+
+def data_entry(data, default, **extra):
+    """The `data` entry of a run config: where the data came from (`default`: the shipped file
+    used when there is no --data), and its checksum."""
+    return {"path": str(data) if data else SHIPPED + Path(default).name, "sha256": data_checksum(data or default),
+            **extra}
+
+
+def data_path(config):
+    """The path to read a run's data from: None for the family's shipped data."""
+    path = config["data"]["path"]
+    return None if path.startswith(SHIPPED) else path
+
+
+def check_new_run(out):
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ZooError(f"{out}: already exists and is not empty (pass --resume to continue it, or another --out)")
+
+
+def resumed_config(out, kind, data, explicit_train_changes, default_data):
+    """The config.json of the run in `out`, with the allowed changes applied; refuses the others,
+    a different `--data`, and data changed on disk since the run started."""
+    out = Path(out)
+    if not (out / RUN_CONFIG).is_file():
+        raise ZooError(f"--resume: {out} is not a run directory (no {RUN_CONFIG})")
+    config = read_json(out / RUN_CONFIG)
+    if config.get("kind") != kind:
+        raise ZooError(f"{out}: is a {config.get('kind')!r} run, not a {kind} run")
+    refused = {k: v for k, v in explicit_train_changes.items()
+               if k not in RESUMABLE_CHANGES and config["train"].get(k) != v}
+    if refused:
+        name, value = next(iter(refused.items()))
+        raise ZooError(f"{flag(name)} {value} differs from the run's {config['train'][name]}: a resumed run "
+                       f"keeps its settings (only {', '.join(sorted(map(flag, RESUMABLE_CHANGES)))} may change)")
+    config["train"].update({k: v for k, v in explicit_train_changes.items() if k in RESUMABLE_CHANGES})
+    wanted = data_path(config)
+    if data is not None and str(data) != str(wanted):
+        raise ZooError(f"--data {data} differs from the run's data {config['data']['path']}")
+    if data_checksum(wanted or default_data) != config["data"]["sha256"]:
+        raise ZooError(f"the data at {config['data']['path']} changed since the run started (checksum differs); cannot resume")
+    return config
+
+
+def write_run(out, config, tokenizers, resume, command):
+    """Creates the run directory and writes config.json (with provenance) and the tokenizers.
+
+    `tokenizers` maps a subdirectory ("" for the run directory itself) to a tokenizer with `save`.
+    """
+    import keras
+
+    from zoo.training.checkpoints import latest_checkpoint
+
+    out = Path(out)
+    if not resume or latest_checkpoint(out / "checkpoints") is None:
+        config.update(backend=keras.backend.backend(), versions=library_versions(), command=command or sys.argv,
+                      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / RUN_CONFIG, json.dumps(config, indent=2))
+    for subdirectory, tokenizer in tokenizers.items():
+        (out / subdirectory).mkdir(exist_ok=True)
+        tokenizer.save(out / subdirectory)
+
+
+def fit(out, config, train_config, build_model, batches, validation, evaluate, resume, describe="", **compile_args):
+    """Builds the model (`build_model()`, under the run's precision and seed), compiles it, and
+    trains it in `out`. Returns the loop's summary with the parameter count."""
+    import keras
+
+    from zoo.training.loop import compile_for_training, set_precision, train
+
+    keras.utils.set_random_seed(train_config.seed)
+    set_precision(train_config.precision)
+    model = build_model()
+    schedule = compile_for_training(model, train_config, **compile_args)
+    params = model.count_params()
+    print(f"{config['kind']}: {params / 1e6:.2f}M parameters, {describe}backend {keras.backend.backend()}, "
+          f"{train_config.precision}", file=sys.stderr)
+    summary = train(model, schedule, batches, validation, evaluate, train_config, out, resume=resume)
+    summary["parameters"] = params
+    return summary
