@@ -134,24 +134,27 @@ def stream(model, server, timeout, as_json, **kwargs):
 @click.argument("model")
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--version", type=int, default=0, help="Model version; default the highest.")
+@click.option("--pair", "pairs", multiple=True, help="Second segment of each text, for sentence-pair models "
+                                                    "(repeat once per text).")
 @click.option("--json", "as_json", is_flag=True, help="Print every class probability as JSON.")
 @server_option
 @timeout_option
-def classify(model, texts, version, as_json, server, timeout):
+def classify(model, texts, version, pairs, as_json, server, timeout):
     """Classify one or more texts with a served classification model.
 
     \b
     Example:
-      zoo client classify sentiment "what a lovely day" "dreadful" --json
+      zoo client classify language-id "Mot de passe oublié" "Passwort zurücksetzen" --json
     """
     with connect(server, timeout) as zoo_client:
-        response = zoo_client.classify(model, texts, version=version)
+        response = zoo_client.classify(model, texts, pairs=pairs, version=version)
     for text, result in zip(texts, response.results):
         if as_json:
             click.echo(json.dumps({"text": text, "label": result.label, "probability": result.probability,
+                                   "truncated": result.truncated,
                                    "classes": {c.label: c.probability for c in result.classes}}))
         else:
-            click.echo(f"{result.label}\t{result.probability:.4f}\t{text}")
+            click.echo(f"{result.label}\t{result.probability:.4f}\t{text}" + ("\t(truncated)" if result.truncated else ""))
 
 
 @client.command()

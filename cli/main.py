@@ -11,9 +11,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import zoo
 from cli.client import client
 from cli.common import ZooGroup, backend_option
+from cli.evaluate import classify, evaluate
 from cli.generate import export, generate
 from cli.serve import serve
 from cli.train import train
+from cli.train_bert import bert
 
 
 @click.group(cls=ZooGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -50,9 +52,12 @@ def info(as_json):
         click.echo(f"{key:>12}: {', '.join(value) if isinstance(value, list) else value}")
 
 
+train.add_command(bert)
 cli.add_command(train)
 cli.add_command(export)
 cli.add_command(generate)
+cli.add_command(classify)
+cli.add_command(evaluate)
 cli.add_command(serve)
 cli.add_command(client)
 

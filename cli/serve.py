@@ -17,7 +17,14 @@ from cli.common import backend_option
               help="Serve Prometheus metrics on this port (0 picks a free one); default off.")
 @click.option("--step-delay", type=click.FloatRange(min=0), default=0.0, hidden=True,
               help="Sleep this many seconds before each decode step (for tests and demos of cancellation).")
-def serve(path, port, host, grace_period, metrics_port, step_delay):
+@click.option("--max-batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Classify/Embed: most texts one forward pass takes from concurrent requests.")
+@click.option("--max-batch-delay-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Classify/Embed: how long the first request of a batch waits for others to join.")
+@click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True,
+              help="Classify/Embed: batch concurrent requests together, or run each alone.")
+def serve(path, port, host, grace_period, metrics_port, step_delay, max_batch_size, max_batch_delay_ms,
+          dynamic_batching):
     """Serve a bundle or a model repository over gRPC (zoo.v1.InferenceService, health, reflection).
 
     BUNDLE_OR_REPO is one bundle (served under its directory name as version 1) or a repository
@@ -28,7 +35,9 @@ def serve(path, port, host, grace_period, metrics_port, step_delay):
     Example:
       zoo serve bundles/shakespeare --port 8500
       zoo serve models/ --host 0.0.0.0 --backend torch --metrics-port 9100
+      zoo serve bundles/language-id --max-batch-size 64 --max-batch-delay-ms 2
     """
     from server.app import run
 
-    run(path, host=host, port=port, grace_period=grace_period, metrics_port=metrics_port, step_delay=step_delay)
+    run(path, host=host, port=port, grace_period=grace_period, metrics_port=metrics_port, step_delay=step_delay,
+        batching=dict(max_batch_size=max_batch_size, max_delay=max_batch_delay_ms / 1000, enabled=dynamic_batching))

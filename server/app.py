@@ -22,11 +22,13 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Gauge
 
+from server.batching import DynamicBatcher
 from server.gen.zoo.v1 import inference_pb2 as pb
 from server.gen.zoo.v1 import inference_pb2_grpc as pb_grpc
 from server.gen.zoo.v1 import model_pb2 as mpb
 from server.repository import Repository
 from zoo.engine import FINISH_END, FINISH_LENGTH, FINISH_STOP, Generator, SamplingConfig, Step
+from zoo.engine.classify import Classifier
 from zoo.errors import ZooError
 
 log = logging.getLogger("zoo.serve")
@@ -69,6 +71,7 @@ class _PromptTokenizer:
 def model_info(m, versions, serving_backend):
     """The ModelInfo message for a loaded model version."""
     info, provenance = m.info, m.info.get("provenance") or {}
+    end_token = (info.get("special_tokens") or {}).get("end", "")
     data = provenance.get("data") or {}
     train = struct_pb2.Struct()
     train.update(provenance.get("train") or {})
@@ -79,8 +82,7 @@ def model_info(m, versions, serving_backend):
         labels=info.get("labels") or [], context_length=m.context_length,
         tokenizer=mpb.TokenizerInfo(kind=TOKENIZERS.get(m.tokenizer.kind, mpb.TOKENIZER_KIND_UNSPECIFIED),
                                     vocabulary_size=m.tokenizer.vocabulary_size,
-                                    end_token=(info.get("special_tokens") or {}).get("end", ""),
-                                    end_token_id=m.tokenizer.end_token_id),
+                                    end_token=end_token, end_token_id=m.tokenizer.tokenizer.token_to_id(end_token) or 0),
         serving_backend=BACKENDS.get(serving_backend, mpb.BACKEND_UNSPECIFIED),
         provenance=mpb.Provenance(
             backend=BACKENDS.get(provenance.get("backend"), mpb.BACKEND_UNSPECIFIED),
@@ -92,12 +94,49 @@ def model_info(m, versions, serving_backend):
             train_settings=train, command=[str(c) for c in provenance.get("command") or []]))
 
 
+def _classify_items(classifier, method):
+    """The batcher's `run` for Classify or Embed: items are (text, pair or None) tuples; texts
+    with and without a pair run as separate calls."""
+
+    def run(items):
+        results = [None] * len(items)
+        for with_pairs in (False, True):
+            chosen = [i for i, (_, pair) in enumerate(items) if (pair is not None) == with_pairs]
+            if not chosen:
+                continue
+            texts = [items[i][0] for i in chosen]
+            pairs = [items[i][1] for i in chosen] if with_pairs else None
+            if method == "Embed":
+                vectors, truncated = classifier.embed(texts, pairs)
+                outputs = list(zip(vectors, truncated))
+            else:
+                outputs = classifier.classify(texts, pairs)
+            for i, output in zip(chosen, outputs):
+                results[i] = output
+        return results
+
+    return run
+
+
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, repository, backend, executor, step_delay=0.0):
+    def __init__(self, repository, backend, executor, step_delay=0.0, batching=None):
         self.repository, self.backend, self.executor, self.step_delay = repository, backend, executor, step_delay
         self.draining = False
+        models = [m for versions in repository.models.values() for m in versions.values()]
         self.generators = {(m.name, m.version): Generator(m.model, _PromptTokenizer(m.tokenizer))
-                           for versions in repository.models.values() for m in versions.values()}
+                           for m in models if m.task == "generate"}
+        self.batchers = {}
+        for m in (m for m in models if m.task == "classify"):
+            classifier = Classifier(m.model, m.tokenizer, m.info["labels"])
+            for method in ("Classify", "Embed"):
+                run = _classify_items(classifier, method)
+
+                def locked(items, run=run, lock=m.lock):
+                    with lock:
+                        return run(items)
+
+                self.batchers[(m.name, m.version, method)] = DynamicBatcher(
+                    locked, executor, (m.name, str(m.version), method), **(batching or {}))
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -255,18 +294,47 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             IN_FLIGHT.dec()
             REQUESTS.labels("GenerateStream", code.name).inc()
 
+    def _encoder_request(self, request, method):
+        """(model, [(text, pair or None)]) for a valid Classify/Embed request; raises _Abort."""
+        m = self._model(request.model_spec)
+        if m.task != "classify":
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"model {m.name!r} version {m.version} is a {m.info.get('kind')} model with task "
+                         f"{m.task!r}; {method} needs a classification model")
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        if not request.texts:
+            raise _Abort(invalid, f"texts: give at least one text to {method.lower()}")
+        for i, text in enumerate(request.texts):
+            if not text.strip():
+                raise _Abort(invalid, f"texts[{i}] is empty")
+        pairs = list(getattr(request, "text_pairs", []))
+        if pairs and len(pairs) != len(request.texts):
+            raise _Abort(invalid, f"text_pairs: {len(pairs)} given for {len(request.texts)} texts; give one per "
+                                  "text, or none")
+        return m, list(zip(request.texts, pairs or [None] * len(request.texts)))
+
     async def Classify(self, request, context):
         async def body():
-            m = self._model(request.model_spec)
-            if m.task != "classify":
-                raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
-                             f"model {m.name!r} version {m.version} is a {m.info.get('kind')} model with task "
-                             f"{m.task!r}; Classify needs a classification model")
-            if not request.texts:
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "texts: give at least one text to classify")
-            raise _Abort(grpc.StatusCode.UNIMPLEMENTED, "classification models are not supported by this server yet")
+            m, items = self._encoder_request(request, "Classify")
+            results = await self.batchers[(m.name, m.version, "Classify")].submit(items)
+            return pb.ClassifyResponse(
+                model_spec=mpb.ModelSpec(name=m.name, version=m.version),
+                results=[pb.Classification(
+                    label=r.label, probability=r.probability, truncated=r.truncated,
+                    classes=[pb.ClassProbability(label=label, probability=float(p))
+                             for label, p in zip(m.info["labels"], r.probabilities)]) for r in results])
 
         return await self._handle("Classify", context, body)
+
+    async def Embed(self, request, context):
+        async def body():
+            m, items = self._encoder_request(request, "Embed")
+            results = await self.batchers[(m.name, m.version, "Embed")].submit(items)
+            return pb.EmbedResponse(model_spec=mpb.ModelSpec(name=m.name, version=m.version),
+                                    embeddings=[pb.Embedding(values=vector.tolist(), truncated=bool(cut))
+                                                for vector, cut in results])
+
+        return await self._handle("Embed", context, body)
 
     async def ListModels(self, request, context):
         async def body():
@@ -285,9 +353,12 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
 
 async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_port=None, step_delay=0.0,
-                workers=8):
+                workers=8, batching=None):
     """Loads the repository at `path` and serves it until SIGTERM or SIGINT; then stops accepting
-    RPCs, lets those in flight finish for up to `grace_period` seconds, and returns."""
+    RPCs, lets those in flight finish for up to `grace_period` seconds, and returns.
+
+    `batching`: DynamicBatcher settings for Classify/Embed (max_batch_size, max_delay, enabled).
+    """
     import keras
 
     backend = keras.backend.backend()
@@ -295,7 +366,7 @@ async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_po
     log.info("loading %s on backend %s", path, backend)
     repository = Repository.load(path, log=log.info)
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zoo-model")
-    servicer = InferenceServicer(repository, backend, executor, step_delay=step_delay)
+    servicer = InferenceServicer(repository, backend, executor, step_delay=step_delay, batching=batching)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_InferenceServiceServicer_to_server(servicer, server)
     health = health_aio.HealthServicer()

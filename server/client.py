@@ -75,10 +75,16 @@ class ZooClient:
         final result. The returned iterator has .cancel() to stop the generation."""
         return self.stub.GenerateStream(generate_request(model, prompt, **kwargs), timeout=self._timeout(timeout))
 
-    def classify(self, model, texts, *, version=0, timeout=None):
-        """Classifies a batch of texts; returns a ClassifyResponse."""
-        request = pb.ClassifyRequest(model_spec=mpb.ModelSpec(name=model, version=version), texts=list(texts))
+    def classify(self, model, texts, *, pairs=None, version=0, timeout=None):
+        """Classifies a batch of texts (with `pairs`: sentence pairs); returns a ClassifyResponse."""
+        request = pb.ClassifyRequest(model_spec=mpb.ModelSpec(name=model, version=version), texts=list(texts),
+                                     text_pairs=list(pairs or []))
         return self.stub.Classify(request, timeout=self._timeout(timeout))
+
+    def embed(self, model, texts, *, version=0, timeout=None):
+        """The pooled sentence vectors of a batch of texts; returns an EmbedResponse."""
+        request = pb.EmbedRequest(model_spec=mpb.ModelSpec(name=model, version=version), texts=list(texts))
+        return self.stub.Embed(request, timeout=self._timeout(timeout))
 
     def list_models(self, *, timeout=None):
         """The served models (their highest versions), as a list of ModelInfo."""

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from zoo.errors import ZooError
-from zoo.tokenizers import END_TOKEN, TextTokenizer
+from zoo.tokenizers import END_TOKEN, load_tokenizer
 
 FORMAT_VERSION = 1
 RUN_CONFIG = "config.json"
@@ -44,14 +44,30 @@ def is_run(path):
     return Path(path, RUN_CONFIG).is_file() and Path(path, "checkpoints").is_dir()
 
 
-def _build_model(kind, model_args):
-    if kind != "gpt":
-        raise ZooError(f"model kind {kind!r} is not supported by this version of zoo")
-    from zoo.models.gpt import GPT
+def _model_class(kind, task):
+    if kind == "gpt":
+        from zoo.models.gpt import GPT
 
-    model = GPT(**model_args, dtype="float32")
+        return GPT
+    if kind == "bert":
+        from zoo.models.bert import BertClassifier, BertMaskedLM
+
+        return BertClassifier if task == "classify" else BertMaskedLM
+    raise ZooError(f"model kind {kind!r} is not supported by this version of zoo")
+
+
+def _build_model(kind, task, model_args):
+    model = _model_class(kind, task)(**model_args, dtype="float32")
     model.build()
     return model
+
+
+def _special_tokens(tokenizer):
+    if tokenizer.kind == "wordpiece":
+        from zoo.tokenizers.wordpiece import CLS, MASK, PAD, SEP, UNK
+
+        return {"end": SEP, "cls": CLS, "sep": SEP, "pad": PAD, "mask": MASK, "unknown": UNK}
+    return {"end": END_TOKEN}
 
 
 def load_run(run_dir):
@@ -63,10 +79,11 @@ def load_run(run_dir):
     checkpoint = latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise ZooError(f"{run_dir}: has no checkpoint yet (train it first)")
-    model = _build_model(config["kind"], config["model"])
+    model = _build_model(config["kind"], config["task"], config["model"])
     restore_checkpoint(checkpoint, model, with_optimizer=False)
-    info = _bundle_info(run_dir, config, checkpoint_step(checkpoint))
-    return model, TextTokenizer.load(run_dir), info
+    tokenizer = load_tokenizer(run_dir)
+    info = _bundle_info(run_dir, config, checkpoint_step(checkpoint), tokenizer)
+    return model, tokenizer, info
 
 
 def _final_metrics(run_dir, step):
@@ -76,11 +93,11 @@ def _final_metrics(run_dir, step):
         for line in path.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
             if record.get("step", 0) <= step:
-                metrics.update({k: v for k, v in record.items() if k in ("loss", "val_loss", "val_perplexity")})
+                metrics.update({k: v for k, v in record.items() if k == "loss" or k.startswith("val_")})
     return metrics
 
 
-def _bundle_info(run_dir, config, step):
+def _bundle_info(run_dir, config, step, tokenizer):
     return {
         "format_version": FORMAT_VERSION,
         "kind": config["kind"],
@@ -88,7 +105,7 @@ def _bundle_info(run_dir, config, step):
         "max_length": config["model"]["max_length"],
         "vocabulary_size": config["model"]["vocabulary_size"],
         "tokenizer": config["tokenizer"],
-        "special_tokens": {"end": END_TOKEN},
+        "special_tokens": _special_tokens(tokenizer),
         "labels": config.get("labels"),
         "provenance": {
             "backend": config["backend"],
@@ -141,7 +158,8 @@ def load_bundle(path):
     """(model, tokenizer, info) from a bundle directory, deserialized in Keras safe mode."""
     import keras
 
-    import zoo.models.gpt  # noqa: F401  (registers the model classes for deserialization)
+    import zoo.models.bert  # noqa: F401  (these imports register the model classes for deserialization)
+    import zoo.models.gpt  # noqa: F401
 
     path = Path(path)
     info = read_json(path / BUNDLE_INFO)
@@ -150,7 +168,7 @@ def load_bundle(path):
     model = keras.saving.deserialize_keras_object(read_json(path / "config.json"), safe_mode=True)
     model.build()
     model.load_weights(path / "model.weights.h5")
-    return model, TextTokenizer.load(path), info
+    return model, load_tokenizer(path), info
 
 
 def load_model(path):

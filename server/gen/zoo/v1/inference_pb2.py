@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from server.gen.zoo.v1 import model_pb2 as zoo_dot_v1_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16zoo/v1/inference.proto\x12\x06zoo.v1\x1a\x12zoo/v1/model.proto\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"\xe4\x01\n\x0eSamplingParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\x05top_p\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x03\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x06 \x03(\t\x12\x17\n\x0ftruncate_prompt\x18\x07 \x01(\x08\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\xbc\x01\n\x0fGenerateRequest\x12%\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x11.zoo.v1.ModelSpec\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12%\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x10.zoo.v1.TokenIdsH\x00\x12(\n\x08sampling\x18\x04 \x01(\x0b\x32\x16.zoo.v1.SamplingParams\x12\x17\n\x0freturn_logprobs\x18\x05 \x01(\x08\x42\x08\n\x06prompt\"8\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x02 \x01(\x05\"1\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x03\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\"\xcd\x01\n\x10GenerateResponse\x12%\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x11.zoo.v1.ModelSpec\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x03\x12+\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x14.zoo.v1.FinishReason\x12\x1c\n\x05usage\x18\x05 \x01(\x0b\x32\r.zoo.v1.Usage\x12&\n\x08logprobs\x18\x06 \x03(\x0b\x32\x14.zoo.v1.TokenLogprob\"X\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12&\n\x08logprobs\x18\x03 \x03(\x0b\x32\x14.zoo.v1.TokenLogprob\"t\n\x16GenerateStreamResponse\x12&\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x15.zoo.v1.GenerateChunkH\x00\x12)\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x18.zoo.v1.GenerateResponseH\x00\x42\x07\n\x05\x65vent\"G\n\x0f\x43lassifyRequest\x12%\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x11.zoo.v1.ModelSpec\x12\r\n\x05texts\x18\x02 \x03(\t\"6\n\x10\x43lassProbability\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"_\n\x0e\x43lassification\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\x12)\n\x07\x63lasses\x18\x03 \x03(\x0b\x32\x18.zoo.v1.ClassProbability\"b\n\x10\x43lassifyResponse\x12%\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x11.zoo.v1.ModelSpec\x12\'\n\x07results\x18\x02 \x03(\x0b\x32\x16.zoo.v1.Classification*\x85\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x02\x12\x1b\n\x17\x46INISH_REASON_END_TOKEN\x10\x03\x32\xed\x02\n\x10InferenceService\x12=\n\x08Generate\x12\x17.zoo.v1.GenerateRequest\x1a\x18.zoo.v1.GenerateResponse\x12K\n\x0eGenerateStream\x12\x17.zoo.v1.GenerateRequest\x1a\x1e.zoo.v1.GenerateStreamResponse0\x01\x12=\n\x08\x43lassify\x12\x17.zoo.v1.ClassifyRequest\x1a\x18.zoo.v1.ClassifyResponse\x12\x43\n\nListModels\x12\x19.zoo.v1.ListModelsRequest\x1a\x1a.zoo.v1.ListModelsResponse\x12I\n\x0cGetModelInfo\x12\x1b.zoo.v1.GetModelInfoRequest\x1a\x1c.zoo.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16zoo/v1/inference.proto\x12\x06zoo.v1\x1a\x12zoo/v1/model.proto\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"\xe4\x01\n\x0eSamplingParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\x05top_p\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x03\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x06 \x03(\t\x12\x17\n\x0ftruncate_prompt\x18\x07 \x01(\x08\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\xbc\x01\n\x0fGenerateRequest\x12%\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x11.zoo.v1.ModelSpec\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12%\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x10.zoo.v1.TokenIdsH\x00\x12(\n\x08sampling\x18\x04 \x01(\x0b\x32\x16.zoo.v1.SamplingParams\x12\x17\n\x0freturn_logprobs\x18\x05 \x01(\x08\x42\x08\n\x06prompt\"8\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x18\n\x10generated_tokens\x18\x02 \x01(\x05\"1\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x03\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\"\xcd\x01\n\x10GenerateResponse\x12%\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x11.zoo.v1.ModelSpec\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x03\x12+\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x14.zoo.v1.FinishReason\x12\x1c\n\x05usage\x18\x05 \x01(\x0b\x32\r.zoo.v1.Usage\x12&\n\x08logprobs\x18\x06 \x03(\x0b\x32\x14.zoo.v1.TokenLogprob\"X\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12&\n\x08logprobs\x18\x03 \x03(\x0b\x32\x14.zoo.v1.TokenLogprob\"t\n\x16GenerateStreamResponse\x12&\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x15.zoo.v1.GenerateChunkH\x00\x12)\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x18.zoo.v1.GenerateResponseH\x00\x42\x07\n\x05\x65vent\"[\n\x0f\x43lassifyRequest\x12%\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x11.zoo.v1.ModelSpec\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x12\n\ntext_pairs\x18\x03 \x03(\t\"6\n\x10\x43lassProbability\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"r\n\x0e\x43lassification\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\x12)\n\x07\x63lasses\x18\x03 \x03(\x0b\x32\x18.zoo.v1.ClassProbability\x12\x11\n\ttruncated\x18\x04 \x01(\x08\"b\n\x10\x43lassifyResponse\x12%\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x11.zoo.v1.ModelSpec\x12\'\n\x07results\x18\x02 \x03(\x0b\x32\x16.zoo.v1.Classification\"D\n\x0c\x45mbedRequest\x12%\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x11.zoo.v1.ModelSpec\x12\r\n\x05texts\x18\x02 \x03(\t\".\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"]\n\rEmbedResponse\x12%\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x11.zoo.v1.ModelSpec\x12%\n\nembeddings\x18\x02 \x03(\x0b\x32\x11.zoo.v1.Embedding*\x85\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x1f\n\x1b\x46INISH_REASON_STOP_SEQUENCE\x10\x02\x12\x1b\n\x17\x46INISH_REASON_END_TOKEN\x10\x03\x32\xa3\x03\n\x10InferenceService\x12=\n\x08Generate\x12\x17.zoo.v1.GenerateRequest\x1a\x18.zoo.v1.GenerateResponse\x12K\n\x0eGenerateStream\x12\x17.zoo.v1.GenerateRequest\x1a\x1e.zoo.v1.GenerateStreamResponse0\x01\x12=\n\x08\x43lassify\x12\x17.zoo.v1.ClassifyRequest\x1a\x18.zoo.v1.ClassifyResponse\x12\x34\n\x05\x45mbed\x12\x14.zoo.v1.EmbedRequest\x1a\x15.zoo.v1.EmbedResponse\x12\x43\n\nListModels\x12\x19.zoo.v1.ListModelsRequest\x1a\x1a.zoo.v1.ListModelsResponse\x12I\n\x0cGetModelInfo\x12\x1b.zoo.v1.GetModelInfoRequest\x1a\x1c.zoo.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zoo.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1353
-  _globals['_FINISHREASON']._serialized_end=1486
+  _globals['_FINISHREASON']._serialized_start=1605
+  _globals['_FINISHREASON']._serialized_end=1738
   _globals['_TOKENIDS']._serialized_start=54
   _globals['_TOKENIDS']._serialized_end=77
   _globals['_SAMPLINGPARAMS']._serialized_start=80
@@ -51,13 +51,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATESTREAMRESPONSE']._serialized_start=908
   _globals['_GENERATESTREAMRESPONSE']._serialized_end=1024
   _globals['_CLASSIFYREQUEST']._serialized_start=1026
-  _globals['_CLASSIFYREQUEST']._serialized_end=1097
-  _globals['_CLASSPROBABILITY']._serialized_start=1099
-  _globals['_CLASSPROBABILITY']._serialized_end=1153
-  _globals['_CLASSIFICATION']._serialized_start=1155
-  _globals['_CLASSIFICATION']._serialized_end=1250
-  _globals['_CLASSIFYRESPONSE']._serialized_start=1252
-  _globals['_CLASSIFYRESPONSE']._serialized_end=1350
-  _globals['_INFERENCESERVICE']._serialized_start=1489
-  _globals['_INFERENCESERVICE']._serialized_end=1854
+  _globals['_CLASSIFYREQUEST']._serialized_end=1117
+  _globals['_CLASSPROBABILITY']._serialized_start=1119
+  _globals['_CLASSPROBABILITY']._serialized_end=1173
+  _globals['_CLASSIFICATION']._serialized_start=1175
+  _globals['_CLASSIFICATION']._serialized_end=1289
+  _globals['_CLASSIFYRESPONSE']._serialized_start=1291
+  _globals['_CLASSIFYRESPONSE']._serialized_end=1389
+  _globals['_EMBEDREQUEST']._serialized_start=1391
+  _globals['_EMBEDREQUEST']._serialized_end=1459
+  _globals['_EMBEDDING']._serialized_start=1461
+  _globals['_EMBEDDING']._serialized_end=1507
+  _globals['_EMBEDRESPONSE']._serialized_start=1509
+  _globals['_EMBEDRESPONSE']._serialized_end=1602
+  _globals['_INFERENCESERVICE']._serialized_start=1741
+  _globals['_INFERENCESERVICE']._serialized_end=2160
 # @@protoc_insertion_point(module_scope)

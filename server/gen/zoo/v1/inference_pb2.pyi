@@ -108,12 +108,14 @@ class GenerateStreamResponse(_message.Message):
     def __init__(self, chunk: _Optional[_Union[GenerateChunk, _Mapping]] = ..., final: _Optional[_Union[GenerateResponse, _Mapping]] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("model_spec", "texts")
+    __slots__ = ("model_spec", "texts", "text_pairs")
     MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_PAIRS_FIELD_NUMBER: _ClassVar[int]
     model_spec: _model_pb2.ModelSpec
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_spec: _Optional[_Union[_model_pb2.ModelSpec, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    text_pairs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_spec: _Optional[_Union[_model_pb2.ModelSpec, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ..., text_pairs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClassProbability(_message.Message):
     __slots__ = ("label", "probability")
@@ -124,14 +126,16 @@ class ClassProbability(_message.Message):
     def __init__(self, label: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class Classification(_message.Message):
-    __slots__ = ("label", "probability", "classes")
+    __slots__ = ("label", "probability", "classes", "truncated")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     label: str
     probability: float
     classes: _containers.RepeatedCompositeFieldContainer[ClassProbability]
-    def __init__(self, label: _Optional[str] = ..., probability: _Optional[float] = ..., classes: _Optional[_Iterable[_Union[ClassProbability, _Mapping]]] = ...) -> None: ...
+    truncated: bool
+    def __init__(self, label: _Optional[str] = ..., probability: _Optional[float] = ..., classes: _Optional[_Iterable[_Union[ClassProbability, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
     __slots__ = ("model_spec", "results")
@@ -140,3 +144,27 @@ class ClassifyResponse(_message.Message):
     model_spec: _model_pb2.ModelSpec
     results: _containers.RepeatedCompositeFieldContainer[Classification]
     def __init__(self, model_spec: _Optional[_Union[_model_pb2.ModelSpec, _Mapping]] = ..., results: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ...) -> None: ...
+
+class EmbedRequest(_message.Message):
+    __slots__ = ("model_spec", "texts")
+    MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    model_spec: _model_pb2.ModelSpec
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_spec: _Optional[_Union[_model_pb2.ModelSpec, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Embedding(_message.Message):
+    __slots__ = ("values", "truncated")
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    truncated: bool
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class EmbedResponse(_message.Message):
+    __slots__ = ("model_spec", "embeddings")
+    MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    model_spec: _model_pb2.ModelSpec
+    embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
+    def __init__(self, model_spec: _Optional[_Union[_model_pb2.ModelSpec, _Mapping]] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ...) -> None: ...

@@ -51,6 +51,11 @@ class InferenceServiceStub:
                 request_serializer=zoo_dot_v1_dot_inference__pb2.ClassifyRequest.SerializeToString,
                 response_deserializer=zoo_dot_v1_dot_inference__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/zoo.v1.InferenceService/Embed',
+                request_serializer=zoo_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=zoo_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/zoo.v1.InferenceService/ListModels',
                 request_serializer=zoo_dot_v1_dot_model__pb2.ListModelsRequest.SerializeToString,
@@ -83,7 +88,15 @@ class InferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Classify(self, request, context):
-        """Classifies a batch of texts.
+        """Classifies a batch of texts. Concurrent requests to one model are batched together on the
+        server (dynamic batching), so many small requests cost about as much as one large one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Embed(self, request, context):
+        """Returns the pooled sentence vector of each text, from a classification model's encoder.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,6 +133,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Classify,
                     request_deserializer=zoo_dot_v1_dot_inference__pb2.ClassifyRequest.FromString,
                     response_serializer=zoo_dot_v1_dot_inference__pb2.ClassifyResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=zoo_dot_v1_dot_inference__pb2.EmbedRequest.FromString,
+                    response_serializer=zoo_dot_v1_dot_inference__pb2.EmbedResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -214,6 +232,33 @@ class InferenceService:
             '/zoo.v1.InferenceService/Classify',
             zoo_dot_v1_dot_inference__pb2.ClassifyRequest.SerializeToString,
             zoo_dot_v1_dot_inference__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zoo.v1.InferenceService/Embed',
+            zoo_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
+            zoo_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,53 @@
+"""`zoo eval`: scores a run or bundle on held-out data, whatever its kind.
+
+Without `data`, the validation split the model was trained with is rebuilt from the provenance
+(data path, columns, fraction and seed), so `zoo eval` reproduces the figures `zoo train` printed;
+with `data`, every row of that file is scored.
+"""
+
+from pathlib import Path
+
+from zoo.errors import ZooError
+
+
+def _provenance(info):
+    """The training settings a model was made with: a run's config or a bundle's provenance."""
+    provenance = info.get("provenance") or {}
+    return {"data": provenance.get("data") or {}, "train": provenance.get("train") or {}}
+
+
+def evaluate_classifier(model, tokenizer, info, data=None):
+    """Accuracy, macro-F1 and the confusion matrix of a BERT classifier (see classification_report)."""
+    from zoo.data.labelled import DEFAULT_LABELLED, encode_labels, read_labelled, split_labelled
+    from zoo.engine.classify import Classifier, classification_report
+    from zoo.training.run import SHIPPED
+
+    settings = _provenance(info)
+    columns = {k: settings["data"].get(k) for k in ("text_column", "label_column", "pair_column")}
+    columns["label_column"] = columns["label_column"] or "label"
+    if data is not None:
+        rows = read_labelled(data, **columns)
+    else:
+        path = settings["data"].get("path", "")
+        source = DEFAULT_LABELLED if path.startswith(SHIPPED) else Path(path)
+        if not source.is_file():
+            raise ZooError(f"the training data {path} is not here; give the evaluation data with --data")
+        _, rows = split_labelled(read_labelled(source, **columns), settings["data"]["val_fraction"],
+                                 settings["train"]["seed"])
+    labels = info["labels"]
+    true_ids = encode_labels(rows, labels)
+    probabilities, _ = Classifier(model, tokenizer, labels).probabilities(rows.texts, rows.pairs)
+    return classification_report(true_ids, probabilities.argmax(axis=1), labels)
+
+
+def evaluate(path, data=None):
+    """The evaluation report of the run or bundle at `path` (a dict; "kind" and "task" included)."""
+    from zoo.bundle import load_model
+
+    model, tokenizer, info = load_model(path)
+    kind, task = info["kind"], info["task"]
+    if kind == "bert" and task == "classify":
+        report = evaluate_classifier(model, tokenizer, info, data)
+    else:
+        raise ZooError(f"zoo eval does not score {kind} models with task {task!r} yet")
+    return {"kind": kind, "task": task, **report}
