@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-BACKENDS := jax tensorflow torch
 
 .PHONY: install demo test bench clean
 
@@ -24,11 +23,14 @@ demo: install
 	  $(BIN)/zoo generate demo/bundle --prompt "$$prompt" --max-new-tokens 80 --temperature 0.8 --top-k 40 --seed 1 || exit 1; \
 	done
 
-# The suite once per backend, then the tests that compare backends (each in its own process).
+# The suite once per backend (the backend-independent tests only with the first), then the tests
+# that compare backends (each in its own process).
 test: install
-	@for backend in $(BACKENDS); do \
+	@echo "=== tests on jax (and the backend-independent tests)"
+	KERAS_BACKEND=jax $(BIN)/pytest -q -m "not cross_backend"
+	@for backend in tensorflow torch; do \
 	  echo "=== tests on $$backend"; \
-	  KERAS_BACKEND=$$backend $(BIN)/pytest -q -m "not cross_backend" || exit 1; \
+	  KERAS_BACKEND=$$backend $(BIN)/pytest -q -m "not cross_backend and not backend_independent" || exit 1; \
 	done
 	@echo "=== cross-backend tests"
 	$(BIN)/pytest -q -m cross_backend

@@ -6,9 +6,11 @@ import pytest
 
 from conftest import TINY_MODEL, run_zoo, zoo_json
 
-COMMANDS = [[], ["info"], ["train"], ["train", "gpt"], ["export"], ["generate"]]
+COMMANDS = [[], ["info"], ["train"], ["train", "gpt"], ["train", "bert"], ["export"], ["generate"], ["classify"],
+            ["eval"], ["serve"], ["client", "classify"]]
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "zoo")
 def test_every_command_has_help_with_an_example(command):
     result = run_zoo(*command, "--help")
@@ -35,6 +37,7 @@ def _assert_one_line_error(result, *fragments):
         assert fragment in error_lines[0], result.stderr
 
 
+@pytest.mark.backend_independent
 def test_data_errors(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
@@ -50,6 +53,7 @@ def test_data_errors(tmp_path):
     _assert_one_line_error(run_zoo("train", "gpt", "--data", bad, "--out", out), "line 2", "not a string")
 
 
+@pytest.mark.backend_independent
 def test_flag_errors(tmp_path, small_corpus):
     out = tmp_path / "run"
     _assert_one_line_error(run_zoo("train", "gpt", "--backend", "mxnet", "--out", out), "mxnet")

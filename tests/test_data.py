@@ -10,6 +10,8 @@ from zoo.data import (DEFAULT_CORPUS, BlockBatches, encode_documents, read_docum
 from zoo.errors import DataError
 from zoo.tokenizers import train_char
 
+pytestmark = pytest.mark.backend_independent
+
 
 def test_shipped_corpus_is_real_text_of_the_promised_size():
     size = DEFAULT_CORPUS.stat().st_size

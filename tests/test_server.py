@@ -8,9 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -19,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from conftest import ROOT, run_zoo, zoo_json
+from server_process import ServerProcess
 from server.client import FINISH_REASONS, ZooClient
 from server.gen.zoo.v1 import inference_pb2 as pb
 from server.gen.zoo.v1 import model_pb2 as mpb
@@ -26,58 +25,6 @@ from server.gen.zoo.v1 import model_pb2 as mpb
 MODEL = "tiny"
 CONTEXT = 32  # conftest's TINY_MODEL --max-length
 BACKEND_ENUM = {"jax": mpb.BACKEND_JAX, "tensorflow": mpb.BACKEND_TENSORFLOW, "torch": mpb.BACKEND_TORCH}
-
-
-class ServerProcess:
-    """`zoo serve PATH --port 0` in a subprocess; the address and metrics port are read from its log."""
-
-    def __init__(self, path, *args, backend, timeout=180):
-        env = {**__import__("os").environ, "KERAS_BACKEND": backend}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "serve", str(path), "--port", "0", "--metrics-port", "0", *args],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines = []
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        self.address = self.metrics_port = None
-        while self.address is None:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError("zoo serve did not start:\n" + self.log[-5000:])
-            for line in list(self.lines):
-                if m := re.search(r"metrics on http://127\.0\.0\.1:(\d+)/", line):
-                    self.metrics_port = int(m.group(1))
-                if m := re.search(r"serving zoo\.v1\.InferenceService on (127\.0\.0\.1:\d+)", line):
-                    self.address = m.group(1)
-            time.sleep(0.1)
-
-    def _read(self):
-        for line in self.process.stderr:
-            self.lines.append(line)
-
-    @property
-    def log(self):
-        return "".join(self.lines)
-
-    def metric(self, name, **labels):
-        """The value of a Prometheus sample from the server's /metrics (0 if absent)."""
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
-        for line in text.splitlines():
-            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def decode_steps(self):
-        return self.metric("zoo_decode_steps_total", model=MODEL, version="2")
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +79,7 @@ def zoo_client_cli(server, *args):
 # --- the API definition ----------------------------------------------------------------------------
 
 
+@pytest.mark.backend_independent
 def test_generated_stubs_are_up_to_date(tmp_path):
     from server import gen_protos
 
@@ -145,6 +93,7 @@ def test_generated_stubs_are_up_to_date(tmp_path):
     assert not stale, f"stale stubs {stale}: run python -m server.gen_protos"
 
 
+@pytest.mark.backend_independent
 def test_every_message_and_field_is_documented():
     for proto in sorted((ROOT / "protos").rglob("*.proto")):
         lines = proto.read_text().splitlines()

@@ -4,6 +4,8 @@ import pytest
 
 from zoo.tokenizers import END_TOKEN, TextTokenizer, train_bpe, train_char
 
+pytestmark = pytest.mark.backend_independent
+
 TEXTS = {
     "ascii": "Hello, world!\n\tTabs,  double  spaces and trailing space ",
     "accented": "Café, naïve façade, Ærøskøbing, señor, Überstraße",
