@@ -45,22 +45,27 @@ def classify(model_path, texts, pairs, as_json):
 @click.argument("model_path", metavar="RUN_OR_BUNDLE", type=click.Path())
 @click.option("--data", type=click.Path(), default=None,
               help="Score every row of this file; default: the validation split the model was trained with.")
+@click.option("--beam-width", type=click.IntRange(1), default=4, show_default=True,
+              help="seq2seq: the beam width of the beam-search scores.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def evaluate(model_path, data, as_json):
+def evaluate(model_path, data, beam_width, as_json):
     """Score a run or bundle on held-out data.
 
-    Classifiers: accuracy, macro-F1 and the confusion matrix.
+    Classifiers: accuracy, macro-F1 and the confusion matrix. Seq2seq models: BLEU and chrF
+    (sacrebleu) of greedy and beam-search decoding, with examples.
 
     \b
     Example:
       zoo eval bundles/language-id
       zoo eval runs/sst2 --data glue/SST-2/dev.tsv --json
+      zoo eval bundles/en-fr --beam-width 5
     """
     from zoo.engine.classify import format_report
     from zoo.evaluate import evaluate as evaluate_model
+    from zoo.training.seq2seq import format_scores
 
-    report = evaluate_model(model_path, data)
+    report = evaluate_model(model_path, data, beam_width)
     if as_json:
         click.echo(json.dumps(report))
     else:
-        click.echo(format_report(report))
+        click.echo(format_scores(report) if report["kind"] == "seq2seq" else format_report(report))

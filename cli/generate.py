@@ -27,36 +27,85 @@ def export(run, out, force):
 @click.command()
 @backend_option
 @click.argument("model_path", metavar="RUN_OR_BUNDLE", type=click.Path())
-@click.option("--prompt", default="", help="Text to continue; empty samples from scratch.")
+@click.option("--prompt", default="", help="Text to continue (gpt) or the source text to transform (seq2seq).")
 @click.option("--max-new-tokens", type=int, help="Default: up to the end of the context.")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="0 is greedy.")
 @click.option("--top-k", type=int, default=0, show_default=True, help="Sample among the k likeliest; 0 is off.")
 @click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass; 1 is off.")
 @click.option("--seed", type=int, help="Random seed for sampling.")
 @click.option("--stop", multiple=True, help="Stop before this text (repeatable).")
-@click.option("--truncate-prompt", is_flag=True, help="Drop the prompt's oldest tokens if it does not fit the context.")
+@click.option("--truncate-prompt", is_flag=True, help="Cut a prompt that does not fit instead of refusing it.")
+@click.option("--beam-width", type=click.IntRange(1), default=None,
+              help="seq2seq: beam search with this many beams instead of sampling.")
+@click.option("--length-penalty", type=float, default=1.0, show_default=True,
+              help="seq2seq beam search: GNMT's length penalty exponent (0: plain sum of log-probs).")
 @click.option("--json", "as_json", is_flag=True, help="Print text, token ids and finish reason as JSON.")
-def generate(model_path, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, truncate_prompt, as_json):
+def generate(model_path, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, truncate_prompt, beam_width,
+             length_penalty, as_json):
     """Generate text from a run directory or a bundle, streaming it as it is produced.
+
+    For a gpt model the prompt is continued; for a seq2seq model it is the source text and the
+    output is its translation (or summary).
 
     \b
     Example:
       zoo generate bundles/shakespeare --prompt "ROMEO." --max-new-tokens 200 --temperature 0.8 --top-k 40
       zoo generate runs/shakespeare --prompt "To be" --temperature 0 --stop "." --json
+      zoo translate bundles/en-fr "Forgot your password?" --beam-width 4
     """
-    from zoo.bundle import load_model
-    from zoo.engine import Generator, SamplingConfig
+    from zoo.engine import SamplingConfig
+    from zoo.engine.factory import load_generator
+    from zoo.errors import ZooError
 
     config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                             seed=seed, stop=tuple(stop), truncate_prompt=truncate_prompt)
     config.validate()  # before the model loads: bad flags fail fast
-    model, tokenizer, info = load_model(model_path)
-    generator = Generator(model, tokenizer)
-    if as_json:
+    generator, info = load_generator(model_path)
+    seq2seq = info["kind"] == "seq2seq"
+    if beam_width:
+        if not seq2seq:
+            raise ZooError("--beam-width is for seq2seq models; sample or decode greedily (--temperature 0) instead")
+        result = generator.beam_search(prompt, beam_width, length_penalty, max_new_tokens=max_new_tokens,
+                                       truncate_prompt=truncate_prompt)
+    elif as_json:
         result = generator.generate(prompt, config)
+    else:
+        if not seq2seq:
+            click.echo(prompt, nl=False)
+        generator.generate(prompt, config, on_text=lambda text: click.echo(text, nl=False))
+        click.echo()
+        return
+    if as_json:
         click.echo(json.dumps({"text": result.text, "token_ids": result.token_ids, "finish_reason": result.finish_reason,
                                "prompt_tokens": result.prompt_tokens}))
-        return
-    click.echo(prompt, nl=False)
-    generator.generate(prompt, config, on_text=lambda text: click.echo(text, nl=False))
-    click.echo()
+    else:
+        click.echo(result.text)
+
+
+@click.command()
+@backend_option
+@click.argument("model_path", metavar="RUN_OR_BUNDLE", type=click.Path())
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--beam-width", type=click.IntRange(1), default=4, show_default=True, help="1 is greedy decoding.")
+@click.option("--length-penalty", type=float, default=1.0, show_default=True, help="GNMT's length penalty exponent.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per text.")
+def translate(model_path, texts, beam_width, length_penalty, as_json):
+    """Translate (or summarize) texts with a seq2seq run or bundle, by beam search; one output line per text.
+
+    \b
+    Example:
+      zoo translate bundles/en-fr "Forgot your password?" "Show all results" --beam-width 4
+    """
+    from zoo.engine.factory import load_generator
+    from zoo.errors import ZooError
+
+    generator, info = load_generator(model_path)
+    if info["kind"] != "seq2seq":
+        raise ZooError(f"{model_path}: is a {info['kind']} model; zoo translate needs a seq2seq model")
+    for text in texts:
+        result = generator.beam_search(text, beam_width, length_penalty, truncate_prompt=True)
+        if as_json:
+            click.echo(json.dumps({"source": text, "text": result.text, "token_ids": result.token_ids,
+                                   "finish_reason": result.finish_reason}))
+        else:
+            click.echo(result.text)

@@ -12,10 +12,12 @@ import zoo
 from cli.client import client
 from cli.common import ZooGroup, backend_option
 from cli.evaluate import classify, evaluate
-from cli.generate import export, generate
+from cli.generate import export, generate, translate
+from cli.prepare import prepare
 from cli.serve import serve
 from cli.train import train
 from cli.train_bert import bert
+from cli.train_seq2seq import seq2seq
 
 
 @click.group(cls=ZooGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -53,9 +55,12 @@ def info(as_json):
 
 
 train.add_command(bert)
+train.add_command(seq2seq)
 cli.add_command(train)
+cli.add_command(prepare)
 cli.add_command(export)
 cli.add_command(generate)
+cli.add_command(translate)
 cli.add_command(classify)
 cli.add_command(evaluate)
 cli.add_command(serve)

@@ -25,6 +25,7 @@ from zoo.tokenizers import END_TOKEN, load_tokenizer
 FORMAT_VERSION = 1
 RUN_CONFIG = "config.json"
 BUNDLE_INFO = "zoo.json"
+SOURCE_TOKENIZER = "source_tokenizer"  # seq2seq with separate vocabularies: the source side's tokenizer
 
 
 def read_json(path):
@@ -53,6 +54,10 @@ def _model_class(kind, task):
         from zoo.models.bert import BertClassifier, BertMaskedLM
 
         return BertClassifier if task == "classify" else BertMaskedLM
+    if kind == "seq2seq":
+        from zoo.models.seq2seq import Seq2Seq
+
+        return Seq2Seq
     raise ZooError(f"model kind {kind!r} is not supported by this version of zoo")
 
 
@@ -102,8 +107,10 @@ def _bundle_info(run_dir, config, step, tokenizer):
         "format_version": FORMAT_VERSION,
         "kind": config["kind"],
         "task": config["task"],
-        "max_length": config["model"]["max_length"],
-        "vocabulary_size": config["model"]["vocabulary_size"],
+        # Tokens the model reads: its context (gpt, bert) or its longest source (seq2seq).
+        "max_length": config["model"].get("max_length") or config["model"]["max_source_length"],
+        "max_target_length": config["model"].get("max_target_length"),
+        "vocabulary_size": tokenizer.vocabulary_size,
         "tokenizer": config["tokenizer"],
         "special_tokens": _special_tokens(tokenizer),
         "labels": config.get("labels"),
@@ -136,10 +143,14 @@ def export_bundle(run_dir, out, force=False):
         (tmp / "config.json").write_text(json.dumps(keras.saving.serialize_keras_object(model), indent=2))
         model.save_weights(tmp / "model.weights.h5")
         tokenizer.save(tmp)
+        if (run_dir / SOURCE_TOKENIZER).is_dir():  # a seq2seq model's separate source vocabulary
+            (tmp / SOURCE_TOKENIZER).mkdir()
+            shutil.copy2(run_dir / SOURCE_TOKENIZER / "tokenizer.json", tmp / SOURCE_TOKENIZER / "tokenizer.json")
         (tmp / BUNDLE_INFO).write_text(json.dumps(info, indent=2))
-        for file in tmp.iterdir():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -160,6 +171,7 @@ def load_bundle(path):
 
     import zoo.models.bert  # noqa: F401  (these imports register the model classes for deserialization)
     import zoo.models.gpt  # noqa: F401
+    import zoo.models.seq2seq  # noqa: F401
 
     path = Path(path)
     info = read_json(path / BUNDLE_INFO)
@@ -169,6 +181,12 @@ def load_bundle(path):
     model.build()
     model.load_weights(path / "model.weights.h5")
     return model, load_tokenizer(path), info
+
+
+def load_source_tokenizer(path):
+    """The source-side tokenizer of a seq2seq run or bundle (the target's, when they share one)."""
+    separate = Path(path, SOURCE_TOKENIZER)
+    return load_tokenizer(separate if separate.is_dir() else path)
 
 
 def load_model(path):

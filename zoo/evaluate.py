@@ -40,7 +40,27 @@ def evaluate_classifier(model, tokenizer, info, data=None):
     return classification_report(true_ids, probabilities.argmax(axis=1), labels)
 
 
-def evaluate(path, data=None):
+def evaluate_translator(model, tokenizer, info, path, data=None, beam_width=4):
+    """BLEU and chrF, greedy and beam search, of a seq2seq model (see translation_scores)."""
+    from zoo.bundle import load_source_tokenizer
+    from zoo.data.pairs import DEFAULT_PAIRS, read_pairs, split_pairs
+    from zoo.training.run import SHIPPED
+    from zoo.training.seq2seq import translation_scores
+
+    settings = _provenance(info)
+    columns = {k: settings["data"].get(k) for k in ("source_column", "target_column")}
+    if data is not None:
+        pairs = read_pairs(data, **columns)
+    else:
+        source = settings["data"].get("path", "")
+        source = DEFAULT_PAIRS if source.startswith(SHIPPED) else Path(source)
+        if not source.is_file():
+            raise ZooError(f"the training data {source} is not here; give the evaluation data with --data")
+        _, pairs = split_pairs(read_pairs(source, **columns), settings["data"]["val_fraction"])
+    return translation_scores(model, load_source_tokenizer(path), tokenizer, pairs, beam_width)
+
+
+def evaluate(path, data=None, beam_width=4):
     """The evaluation report of the run or bundle at `path` (a dict; "kind" and "task" included)."""
     from zoo.bundle import load_model
 
@@ -48,6 +68,9 @@ def evaluate(path, data=None):
     kind, task = info["kind"], info["task"]
     if kind == "bert" and task == "classify":
         report = evaluate_classifier(model, tokenizer, info, data)
+    elif kind == "seq2seq":
+        report = evaluate_translator(model, tokenizer, info, path, data, beam_width)
     else:
-        raise ZooError(f"zoo eval does not score {kind} models with task {task!r} yet")
+        raise ZooError(f"zoo eval scores classifiers and seq2seq models; for a {kind} model, see the validation "
+                       "loss in its metrics.jsonl")
     return {"kind": kind, "task": task, **report}
