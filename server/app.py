@@ -27,8 +27,10 @@ from server.gen.zoo.v1 import inference_pb2 as pb
 from server.gen.zoo.v1 import inference_pb2_grpc as pb_grpc
 from server.gen.zoo.v1 import model_pb2 as mpb
 from server.repository import Repository
-from zoo.engine import FINISH_END, FINISH_LENGTH, FINISH_STOP, Generator, SamplingConfig, Step
+from zoo.bundle import load_source_tokenizer
+from zoo.engine import FINISH_END, FINISH_LENGTH, FINISH_STOP, SamplingConfig, Step
 from zoo.engine.classify import Classifier
+from zoo.engine.factory import generator_for
 from zoo.errors import ZooError
 
 log = logging.getLogger("zoo.serve")
@@ -56,7 +58,7 @@ class _Abort(Exception):
 
 class _PromptTokenizer:
     """The model's tokenizer, except that a prompt given as token ids is passed through as is, so
-    that `Generator.prompt_ids` (start token, context check, truncation) applies to both kinds."""
+    that the generator's prompt checks (start token, context, truncation) apply to both kinds."""
 
     def __init__(self, tokenizer):
         self._tokenizer = tokenizer
@@ -80,6 +82,7 @@ def model_info(m, versions, serving_backend):
         kind=KINDS.get(info.get("kind"), mpb.MODEL_KIND_UNSPECIFIED),
         task=TASKS.get(info.get("task"), mpb.TASK_UNSPECIFIED),
         labels=info.get("labels") or [], context_length=m.context_length,
+        max_new_tokens=m.max_new_tokens_bound if m.task == "generate" else 0,
         tokenizer=mpb.TokenizerInfo(kind=TOKENIZERS.get(m.tokenizer.kind, mpb.TOKENIZER_KIND_UNSPECIFIED),
                                     vocabulary_size=m.tokenizer.vocabulary_size,
                                     end_token=end_token, end_token_id=m.tokenizer.tokenizer.token_to_id(end_token) or 0),
@@ -123,8 +126,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self.repository, self.backend, self.executor, self.step_delay = repository, backend, executor, step_delay
         self.draining = False
         models = [m for versions in repository.models.values() for m in versions.values()]
-        self.generators = {(m.name, m.version): Generator(m.model, _PromptTokenizer(m.tokenizer))
-                           for m in models if m.task == "generate"}
+        self.generators = {}
+        for m in (m for m in models if m.task == "generate"):
+            # Token-id prompts pass through whichever tokenizer reads the prompt (seq2seq: the source's).
+            if m.info["kind"] == "seq2seq":
+                source = _PromptTokenizer(load_source_tokenizer(m.path))
+                self.generators[(m.name, m.version)] = generator_for("seq2seq", m.model, m.tokenizer, source)
+            else:
+                self.generators[(m.name, m.version)] = generator_for(m.info["kind"], m.model, _PromptTokenizer(m.tokenizer))
         self.batchers = {}
         for m in (m for m in models if m.task == "classify"):
             classifier = Classifier(m.model, m.tokenizer, m.info["labels"])
@@ -158,13 +167,13 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
                          f"model {m.name!r} version {m.version} has task {m.task!r}; Generate needs a generation model")
         invalid = grpc.StatusCode.INVALID_ARGUMENT
-        s, context = request.sampling, m.context_length
+        s, context = request.sampling, m.max_new_tokens_bound
         max_new_tokens = s.max_new_tokens if s.HasField("max_new_tokens") else None
         if max_new_tokens is not None and max_new_tokens <= 0:
             raise _Abort(invalid, f"sampling.max_new_tokens must be positive, got {max_new_tokens}")
-        if max_new_tokens is not None and max_new_tokens >= context:
-            raise _Abort(invalid, f"sampling.max_new_tokens {max_new_tokens} must be below the context length "
-                                  f"{context} of model {m.name!r}")
+        if max_new_tokens is not None and max_new_tokens > context:
+            raise _Abort(invalid, f"sampling.max_new_tokens {max_new_tokens} must be at most {context} for model "
+                                  f"{m.name!r} ({'its longest output' if m.info['kind'] == 'seq2seq' else 'below its context'})")
         temperature = s.temperature if s.HasField("temperature") else 1.0
         if not (temperature >= 0 and math.isfinite(temperature)):
             raise _Abort(invalid, f"sampling.temperature must be >= 0, got {temperature}")
@@ -179,18 +188,18 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=s.top_k, top_p=top_p,
                                 seed=s.seed if s.HasField("seed") else None, stop=tuple(s.stop_sequences),
                                 truncate_prompt=s.truncate_prompt)
+        generator = self.generators[(m.name, m.version)]
         which = request.WhichOneof("prompt")
         if which == "text" and request.text:
             prompt = request.text
         elif which == "token_ids" and request.token_ids.ids:
             prompt = list(request.token_ids.ids)
-            vocabulary = m.tokenizer.vocabulary_size
+            vocabulary = getattr(generator, "source_tokenizer", m.tokenizer).vocabulary_size
             for i, token in enumerate(prompt):
                 if not 0 <= token < vocabulary:
                     raise _Abort(invalid, f"token_ids.ids[{i}] = {token} is outside the vocabulary [0, {vocabulary})")
         else:
             raise _Abort(invalid, "prompt: set text or token_ids; the prompt must not be empty")
-        generator = self.generators[(m.name, m.version)]
         try:
             generator.prompt_ids(prompt, config)
         except ZooError as e:

@@ -120,7 +120,7 @@ def model_info_dict(info):
         "name": info.model_spec.name, "version": info.model_spec.version, "versions": list(info.versions),
         "kind": _enum_name(mpb.ModelKind, info.kind, "MODEL_KIND_"),
         "task": _enum_name(mpb.Task, info.task, "TASK_"), "labels": list(info.labels),
-        "context_length": info.context_length,
+        "context_length": info.context_length, "max_new_tokens": info.max_new_tokens,
         "tokenizer": {"kind": _enum_name(mpb.TokenizerKind, info.tokenizer.kind, "TOKENIZER_KIND_"),
                       "vocabulary_size": info.tokenizer.vocabulary_size, "end_token": info.tokenizer.end_token,
                       "end_token_id": info.tokenizer.end_token_id},

@@ -27,7 +27,14 @@ class LoadedModel:
 
     @property
     def context_length(self):
+        """Tokens the model reads: its context (gpt, bert) or its longest source (seq2seq)."""
         return int(self.info.get("max_length") or self.model.max_length)
+
+    @property
+    def max_new_tokens_bound(self):
+        """The most tokens one request may generate: the longest target (seq2seq), or one less
+        than the context (gpt: the prompt takes at least one position)."""
+        return int(self.info["max_target_length"]) if self.info.get("max_target_length") else self.context_length - 1
 
 
 class Repository:

@@ -115,7 +115,7 @@ class Provenance(_message.Message):
     def __init__(self, backend: _Optional[_Union[Backend, str]] = ..., library_versions: _Optional[_Mapping[str, str]] = ..., data: _Optional[_Union[TrainingData, _Mapping]] = ..., steps: _Optional[int] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., train_settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., command: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_spec", "versions", "kind", "task", "labels", "context_length", "tokenizer", "serving_backend", "provenance")
+    __slots__ = ("model_spec", "versions", "kind", "task", "labels", "context_length", "tokenizer", "serving_backend", "provenance", "max_new_tokens")
     MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class ModelInfo(_message.Message):
     TOKENIZER_FIELD_NUMBER: _ClassVar[int]
     SERVING_BACKEND_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model_spec: ModelSpec
     versions: _containers.RepeatedScalarFieldContainer[int]
     kind: ModelKind
@@ -134,7 +135,8 @@ class ModelInfo(_message.Message):
     tokenizer: TokenizerInfo
     serving_backend: Backend
     provenance: Provenance
-    def __init__(self, model_spec: _Optional[_Union[ModelSpec, _Mapping]] = ..., versions: _Optional[_Iterable[int]] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., task: _Optional[_Union[Task, str]] = ..., labels: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., tokenizer: _Optional[_Union[TokenizerInfo, _Mapping]] = ..., serving_backend: _Optional[_Union[Backend, str]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ...) -> None: ...
+    max_new_tokens: int
+    def __init__(self, model_spec: _Optional[_Union[ModelSpec, _Mapping]] = ..., versions: _Optional[_Iterable[int]] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., task: _Optional[_Union[Task, str]] = ..., labels: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., tokenizer: _Optional[_Union[TokenizerInfo, _Mapping]] = ..., serving_backend: _Optional[_Union[Backend, str]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
