@@ -6,6 +6,7 @@ absorb compilation. Prints one table with each backend's ratio to the fastest fo
 
     python benchmarks/train_throughput.py                       # nano and small, all backends
     python benchmarks/train_throughput.py --presets small --steps 20 --json results.json
+    python benchmarks/train_throughput.py --backends torch --jit-compile on    # torch.compile'd step
 """
 
 import argparse
@@ -20,7 +21,7 @@ BACKENDS = ("jax", "tensorflow", "torch")
 DEFAULT_SHAPES = {"nano": (32, 128), "small": (8, 256), "gpt2": (4, 1024)}
 
 
-def worker(preset, batch_size, seq_len, steps, warmup, vocabulary_size, precision):
+def worker(preset, batch_size, seq_len, steps, warmup, vocabulary_size, precision, jit_compile="auto"):
     """Runs in a child process whose KERAS_BACKEND is already set; prints one JSON line."""
     import keras
     import numpy as np
@@ -33,7 +34,8 @@ def worker(preset, batch_size, seq_len, steps, warmup, vocabulary_size, precisio
     set_precision(precision)
     started = time.perf_counter()
     model = gpt_from_preset(preset, vocabulary_size, max_length=max(seq_len, 1))
-    compile_for_training(model, TrainConfig(max_steps=steps + warmup, batch_size=batch_size, precision=precision))
+    compile_for_training(model, TrainConfig(max_steps=steps + warmup, batch_size=batch_size, precision=precision,
+                                            jit_compile=jit_compile))
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, vocabulary_size, (batch_size, seq_len + 1)).astype("int32")
     x, y = tokens[:, :-1], tokens[:, 1:]
@@ -49,7 +51,7 @@ def worker(preset, batch_size, seq_len, steps, warmup, vocabulary_size, precisio
     print(json.dumps({"preset": preset, "backend": keras.backend.backend(), "batch_size": batch_size,
                       "seq_len": seq_len, "parameters": model.count_params(), "steps": steps,
                       "step_ms": round(1000 * elapsed / steps, 2), "tokens_per_s": round(steps * batch_size * seq_len / elapsed, 1),
-                      "first_step_s": round(compile_s, 2)}))
+                      "first_step_s": round(compile_s, 2), "jit_compile": jit_compile}))
 
 
 def main():
@@ -61,13 +63,16 @@ def main():
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seq-len", type=int)
     parser.add_argument("--vocab-size", type=int, default=2048)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--jit-compile", choices=["auto", "on", "off"], default="auto",
+                        help="auto: XLA on jax/tensorflow, eager torch; on: torch.compile on torch.")
     parser.add_argument("--json", help="Also write the rows to this file.")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         preset, batch_size, seq_len = args.worker
-        worker(preset, int(batch_size), int(seq_len), args.steps, args.warmup, args.vocab_size, args.precision)
+        worker(preset, int(batch_size), int(seq_len), args.steps, args.warmup, args.vocab_size, args.precision,
+               args.jit_compile)
         return
 
     rows = []
@@ -78,7 +83,8 @@ def main():
             print(f"{preset} on {backend} (batch {batch_size} x {seq_len}) ...", file=sys.stderr, flush=True)
             env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
             cmd = [sys.executable, __file__, "--worker", preset, str(batch_size), str(seq_len), "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--vocab-size", str(args.vocab_size), "--precision", args.precision]
+                   "--warmup", str(args.warmup), "--vocab-size", str(args.vocab_size), "--precision", args.precision,
+                   "--jit-compile", args.jit_compile]
             result = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if result.returncode != 0:
                 print(f"  failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}",

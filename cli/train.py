@@ -15,7 +15,8 @@ def train():
 
 @train.command()
 @click.option("--data", type=click.Path(), default=None,
-              help="A .txt file, a directory of .txt/.jsonl files, or a .jsonl file; default: the shipped Shakespeare corpus.")
+              help="A .txt file, a directory of .txt/.jsonl files, a .jsonl file, or a corpus prepared by `zoo prepare`; "
+                   "default: the shipped Shakespeare corpus.")
 @click.option("--text-field", default="text", show_default=True, help="The text field of .jsonl records.")
 @click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Share of the corpus (its end) held out.")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default="nano", show_default=True, help="Model shape.")
@@ -43,8 +44,19 @@ def gpt(data, text_field, val_fraction, preset, num_layers, num_heads, hidden_di
       zoo train gpt --preset nano --max-steps 500 --out runs/shakespeare
       zoo train gpt --data my_corpus/ --tokenizer char --preset small --out runs/mine --precision bf16
       zoo train gpt --out runs/shakespeare --resume --max-steps 1000
+      zoo prepare --data big_corpus/ --out prepared/big && zoo train gpt --data prepared/big --grad-accum 4
     """
+    from zoo.data.prepared import is_prepared
     from zoo.training.gpt import train_gpt
+
+    ctx = click.get_current_context()
+    if is_prepared(data):
+        fixed = [name for name in ("tokenizer_kind", "vocab_size", "val_fraction", "text_field")
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if fixed:
+            flag = "--tokenizer" if fixed[0] == "tokenizer_kind" else "--" + fixed[0].replace("_", "-")
+            raise click.UsageError(f"{flag}: {data} is a prepared corpus, whose tokenizer and split were fixed by "
+                                   "`zoo prepare`; prepare it again to change them")
 
     return train_gpt(
         run["out"], data=data, preset=preset,

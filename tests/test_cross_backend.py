@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_MODEL, run_zoo
+from conftest import ROOT, TINY_BERT, TINY_MODEL, TINY_SEQ2SEQ, run_zoo
 
 pytestmark = pytest.mark.cross_backend
 BACKENDS = ["jax", "tensorflow", "torch"]
@@ -18,14 +18,18 @@ NO_TF = {"PYTHONPATH": str(ROOT / "tests" / "helpers" / "no_tensorflow")}
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory, small_corpus):
-    """One tiny bundle trained on each backend."""
+    """Tiny bundles of every kind (gpt, a bert classifier, seq2seq), each trained on each backend."""
+    commands = {"gpt": ["gpt", "--data", small_corpus, *TINY_MODEL],
+                "bert": ["bert", "--task", "classify", *TINY_BERT, "--vocab-size", "600", "--cased"],
+                "seq2seq": ["seq2seq", *TINY_SEQ2SEQ, "--bleu-pairs", "0"]}
     made = {}
     for backend in BACKENDS:
-        run = tmp_path_factory.mktemp(f"run-{backend}") / "run"
-        run_zoo("train", "gpt", "--data", small_corpus, "--out", run, *TINY_MODEL, "--max-steps", "20",
-                "--eval-every", "20", "--lr", "3e-3", backend=backend, check=True)
-        made[backend] = run.parent / "bundle"
-        run_zoo("export", run, "--out", made[backend], backend=backend, check=True)
+        for kind, command in commands.items():
+            run = tmp_path_factory.mktemp(f"{kind}-{backend}") / "run"
+            run_zoo("train", *command, "--out", run, "--max-steps", "20", "--eval-every", "20", "--lr", "3e-3",
+                    backend=backend, check=True)
+            made[(kind, backend)] = run.parent / "bundle"
+            run_zoo("export", run, "--out", made[(kind, backend)], backend=backend, check=True)
     return made
 
 
@@ -38,17 +42,19 @@ def _probe(backend, paths, env=None):
 
 
 def test_every_bundle_gives_the_same_results_on_every_backend(bundles):
+    """gpt and seq2seq: logits within 1e-4 and the same greedy tokens; bert: class probabilities
+    within 1e-4 and the same labels; whichever backend trained the bundle."""
     paths = list(bundles.values())
     seen = {backend: _probe(backend, paths) for backend in BACKENDS}
-    for trained_on, path in bundles.items():
+    for (kind, trained_on), path in bundles.items():
         reference = seen[trained_on][str(path)]
         assert reference["backend"] == trained_on
         for backend in BACKENDS:
             other = seen[backend][str(path)]
+            where = f"{kind} trained on {trained_on}, loaded on {backend}"
             assert other["backend"] == backend
-            np.testing.assert_allclose(other["logits"], reference["logits"], atol=1e-4, rtol=0,
-                                       err_msg=f"trained on {trained_on}, loaded on {backend}")
-            assert other["greedy"] == reference["greedy"], f"trained on {trained_on}, loaded on {backend}"
+            np.testing.assert_allclose(other["outputs"], reference["outputs"], atol=1e-4, rtol=0, err_msg=where)
+            assert other["answer"] == reference["answer"], where
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])

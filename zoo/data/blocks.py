@@ -5,14 +5,15 @@ import numpy as np
 from zoo.errors import DataError
 
 # Encode in pieces of about this many characters so the Rust tokenizer can use every core;
-# pieces end at line breaks, where both tokenizers split anyway.
-_PIECE_CHARS = 1 << 20
+# pieces end at line breaks, where both tokenizers split anyway. `zoo prepare` cuts its streamed
+# pieces by the same rule (zoo/data/prepared.py), so both paths give the same token stream.
+PIECE_CHARS = 1 << 20
 
 
 def _pieces(text):
     start = 0
     while start < len(text):
-        end = text.find("\n", start + _PIECE_CHARS)
+        end = text.find("\n", start + PIECE_CHARS)
         end = len(text) if end < 0 else end + 1
         yield text[start:end]
         start = end
@@ -36,6 +37,9 @@ def encode_documents(tokenizer, documents):
 
 class BlockBatches:
     """Batches of (inputs, targets) blocks of `seq_len` tokens, a pure function of the step number.
+
+    `tokens` is any 1-D integer array: in memory, or a `np.memmap` of a prepared corpus (only the
+    rows of each batch are read); batches are int32 whatever its dtype.
 
     Each epoch visits non-overlapping blocks in a fresh order, with a fresh offset into the
     stream, both drawn from `seed` and the epoch number. Because batch `step` depends on nothing
@@ -65,7 +69,7 @@ class BlockBatches:
         for i in range(first, first + self.batch_size):
             epoch, position = divmod(i, self.blocks_per_epoch)
             starts.append(self._epoch_starts(epoch)[position])
-        rows = np.stack([self.tokens[s:s + self.seq_len + 1] for s in starts])
+        rows = np.stack([self.tokens[s:s + self.seq_len + 1] for s in starts]).astype(np.int32, copy=False)
         return rows[:, :-1], rows[:, 1:]
 
     def epoch_of(self, step):
@@ -79,5 +83,5 @@ def validation_blocks(tokens, seq_len, max_blocks):
         raise DataError(f"the validation split has {len(tokens)} tokens, fewer than the {seq_len + 1} needed for one "
                         f"block of --seq-len {seq_len}; use more data, a larger --val-fraction or a smaller --seq-len")
     chosen = np.linspace(0, count - 1, num=min(count, max_blocks)).astype(int)
-    rows = np.stack([tokens[i * seq_len:i * seq_len + seq_len + 1] for i in chosen])
+    rows = np.stack([tokens[i * seq_len:i * seq_len + seq_len + 1] for i in chosen]).astype(np.int32, copy=False)
     return rows[:, :-1], rows[:, 1:]

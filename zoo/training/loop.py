@@ -1,9 +1,15 @@
 """The training loop: a plain loop over `model.train_on_batch`, nanoGPT style.
 
-`train_on_batch` gives each backend its compiled step (XLA on JAX and TensorFlow) while the loop
-keeps what `fit` makes awkward: a step counter that *is* the optimizer's (so the schedule and the
-data position resume exactly), evaluation and checkpoints at any step, and Ctrl-C handled between
-steps, never half-way through a variable update.
+`train_on_batch` gives each backend its compiled step (XLA on JAX and TensorFlow, torch.compile on
+torch with `--jit-compile on`) while the loop keeps what `fit` makes awkward: a step counter that
+is the number of optimizer updates (so the schedule and the data position resume exactly),
+evaluation and checkpoints at any step, and Ctrl-C handled between updates, never half-way
+through one.
+
+With `--grad-accum N`, an update is N batches: Keras's AdamW(gradient_accumulation_steps=N) sums
+their gradients and applies the mean on the Nth, and the loop feeds batch indices step*N .. step*N+N-1,
+which are exactly the rows of batch `step` at N times the batch size. The LR schedule is indexed
+by updates (`_PerUpdate`); Adam's bias correction already is.
 """
 
 import json
@@ -11,37 +17,55 @@ import math
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
 
 from zoo.atomic import atomic_write_text
-from zoo.training.checkpoints import latest_checkpoint, restore_checkpoint, save_checkpoint
+from zoo.training.accelerator import set_precision  # noqa: F401  (re-exported: benchmarks use it)
+from zoo.training.checkpoints import checkpoint_step, latest_checkpoint, restore_checkpoint, save_checkpoint
+
+_JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
 
 
-def set_precision(precision):
-    """Sets the global dtype policy; call before building the model."""
-    policies = {"fp32": "float32", "bf16": "mixed_bfloat16"}
-    keras.config.set_dtype_policy(policies[precision])
+class _PerUpdate(keras.optimizers.schedules.LearningRateSchedule):
+    """A schedule over updates, for an optimizer that counts micro-batches: Keras evaluates the
+    learning rate at its raw counter, which with gradient accumulation advances N per update."""
+
+    def __init__(self, schedule, micro_steps):
+        self.schedule, self.micro_steps = schedule, micro_steps
+
+    def __call__(self, step):
+        return self.schedule(keras.ops.floor_divide(step, self.micro_steps))
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "micro_steps": self.micro_steps}
 
 
 def compile_for_training(model, config, loss=None, metrics=None):
-    """AdamW with linear warmup then cosine decay, gradient clipping, decoupled weight decay.
+    """AdamW with linear warmup then cosine decay, global-norm gradient clipping, decoupled weight
+    decay, `config.grad_accum` batches per update. Returns the schedule, indexed by update.
 
     `loss` defaults to next-token cross-entropy on logits; a family passes its own (and metrics).
+    Under mixed_float16 Keras's compile wraps the optimizer in a LossScaleOptimizer (dynamic loss
+    scaling); an update whose gradients overflow is skipped and the scale halved.
     """
     warmup = config.resolved_warmup()
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=config.learning_rate / (warmup + 1), decay_steps=max(config.max_steps - warmup, 1),
         alpha=config.min_learning_rate_ratio, warmup_target=config.learning_rate if warmup else None,
         warmup_steps=warmup)
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay, beta_1=0.9,
-                                       beta_2=config.beta_2, clipnorm=config.grad_clip or None)
+    accum = config.grad_accum if config.grad_accum > 1 else None
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=_PerUpdate(schedule, accum) if accum else schedule, weight_decay=config.weight_decay,
+        beta_1=0.9, beta_2=config.beta_2, global_clipnorm=config.grad_clip or None,
+        gradient_accumulation_steps=accum)
     # Like GPT-2: no decay on biases and LayerNorm scales/offsets.
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     model.compile(optimizer=optimizer, loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=metrics)
-    optimizer.build(model.trainable_variables)
+                  metrics=metrics, jit_compile=_JIT_COMPILE[config.jit_compile])
+    model.optimizer.build(model.trainable_variables)
     return schedule
 
 
@@ -117,40 +141,56 @@ def _drop_metrics_after(path, step):
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def train(model, schedule, batches, validation, evaluate, config, run_dir, resume=False):
-    """Trains `model` (compiled by `compile_for_training`) until `config.max_steps`.
+def train(model, schedule, batches, validation, evaluate, config, run_dir, resume=False, throughput=None):
+    """Trains `model` (compiled by `compile_for_training`) until `config.max_steps` updates.
 
-    `batches.batch(step)` gives the (inputs, targets[, sample_weight]) of a step, a pure function
-    of the step so that a resumed run sees the same data; `batches.tokens_per_batch` counts the
-    tokens a step trains on, for tokens/s. `evaluate(model)` returns the validation metrics
-    ({"val_loss": ..., ...}). Writes `run_dir/metrics.jsonl` and `run_dir/checkpoints/`. With
-    `resume`, continues from the newest checkpoint. Returns a summary dict;
-    `summary["stopped"]` names the signal when one ended the run early.
+    `batches.batch(i)` gives the (inputs, targets[, sample_weight]) of batch i, a pure function of
+    i so that a resumed run sees the same data (update `step` trains on batches step*N .. step*N+N-1
+    for `config.grad_accum` N); `batches.tokens_per_batch` counts the tokens of one batch, for
+    tokens/s; `batches.epoch_of(i)` the epochs done after i batches. `evaluate(model)` returns the
+    validation metrics ({"val_loss": ..., ...}). `throughput` (a `zoo.training.flops.Throughput`)
+    adds MFU to the log. Writes `run_dir/metrics.jsonl` and `run_dir/checkpoints/`. With `resume`,
+    continues from the newest checkpoint. Returns a summary dict; `summary["stopped"]` names the
+    signal when one ended the run early.
     """
     run_dir = Path(run_dir)
     checkpoints = run_dir / "checkpoints"
+    step = 0
     if resume and (path := latest_checkpoint(checkpoints)) is not None:
         restore_checkpoint(path, model)
+        # The checkpoint's step, not the optimizer's counter: under fp16 an update skipped for an
+        # overflow does not advance the counter, but its data was consumed all the same.
+        step = checkpoint_step(path)
         print(f"resumed from {path}", file=sys.stderr)
-    step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     _drop_metrics_after(run_dir / "metrics.jsonl", step)
-    tokens_per_step = batches.tokens_per_batch
+    accum = max(config.grad_accum, 1)
+    tokens_per_step = batches.tokens_per_batch * accum
     progress = _Progress(config.max_steps, step)
     summary = {"start_step": step, "stopped": None}
     last = {}
     started = time.time()
 
-    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics, _StopRequests() as stop:
+    # One batch ahead on a worker thread, so that assembling it (and any page faults on a
+    # memory-mapped corpus) overlaps the device's step instead of delaying the next one.
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics, _StopRequests() as stop, \
+            ThreadPoolExecutor(1, thread_name_prefix="zoo-batches") as prefetch:
+        upcoming = prefetch.submit(batches.batch, step * accum)
         while step < config.max_steps and not stop.requested:
-            logs = model.train_on_batch(*batches.batch(step), return_dict=True)
+            losses = []
+            for micro in range(accum):
+                data = upcoming.result()
+                upcoming = prefetch.submit(batches.batch, step * accum + micro + 1)
+                losses.append(model.train_on_batch(*data, return_dict=True)["loss"])
             step += 1
             is_last = step == config.max_steps
             record = {}
             evaluating = step % config.eval_every == 0 or is_last
             if step % config.log_every == 0 or evaluating or stop.requested:
-                record = {"step": step, "loss": float(logs["loss"]), "lr": float(schedule(step - 1)),
-                          "tokens_per_s": round(progress.rate(step, tokens_per_step), 1),
-                          "epoch": round(batches.epoch_of(step), 3)}
+                tokens_per_s = progress.rate(step, tokens_per_step)
+                record = {"step": step, "loss": sum(map(float, losses)) / accum, "lr": float(schedule(step - 1)),
+                          "tokens_per_s": round(tokens_per_s, 1), "epoch": round(batches.epoch_of(step * accum), 3)}
+                if throughput is not None and (mfu := throughput.mfu(tokens_per_s)) is not None:
+                    record["mfu"] = round(mfu, 4)
             if evaluating:
                 record.update(evaluate(model))
                 progress.mark_time = time.time()  # evaluation time is not training throughput
@@ -160,6 +200,8 @@ def train(model, schedule, batches, validation, evaluate, config, run_dir, resum
                 metrics.flush()
                 last.update(record)
                 text = f"loss {last.get('loss', float('nan')):.4f} lr {last.get('lr', 0):.2e} {last.get('tokens_per_s', 0):,.0f} tok/s"
+                if "mfu" in last:
+                    text += f" MFU {last['mfu']:.1%}"
                 if evaluating:
                     text += " | " + " ".join(f"{k} {v:.4f}" for k, v in record.items()
                                              if k.startswith("val_") and isinstance(v, float))
@@ -170,5 +212,5 @@ def train(model, schedule, batches, validation, evaluate, config, run_dir, resum
         print(f"saved a checkpoint at step {step}; continue with --resume", file=sys.stderr)
     summary.update(step=step, stopped=stop.requested if step < config.max_steps else None,
                    wall_s=round(time.time() - started, 1),
-                   **{k: v for k, v in last.items() if k == "loss" or k.startswith("val_")})
+                   **{k: v for k, v in last.items() if k in ("loss", "tokens_per_s", "mfu") or k.startswith("val_")})
     return summary

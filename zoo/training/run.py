@@ -18,8 +18,10 @@ from zoo.bundle import RUN_CONFIG, read_json
 from zoo.data import data_checksum
 from zoo.errors import ZooError
 
-# Settings a resumed run may change; every other setting comes from the run's config.json.
-RESUMABLE_CHANGES = {"max_steps", "eval_every", "save_every", "log_every"}
+# Settings a resumed run may change; every other setting comes from the run's config.json. The
+# device settings change where the maths runs, not what it is (a checkpoint is plain arrays).
+RESUMABLE_CHANGES = {"max_steps", "eval_every", "save_every", "log_every", "devices", "model_parallel", "peak_flops",
+                     "jit_compile"}
 SHIPPED = "shipped:"
 
 
@@ -39,10 +41,18 @@ def library_versions():
     return versions
 
 
+def checksum(path):
+    """The data's checksum: of the corpus files, or for a prepared corpus (`zoo prepare`) the one
+    its meta.json records for its token files."""
+    from zoo.data.prepared import is_prepared, read_meta
+
+    return read_meta(path)["sha256"] if is_prepared(path) else data_checksum(path)
+
+
 def data_entry(data, default, **extra):
     """The `data` entry of a run config: where the data came from (`default`: the shipped file
     used when there is no --data), and its checksum."""
-    return {"path": str(data) if data else SHIPPED + Path(default).name, "sha256": data_checksum(data or default),
+    return {"path": str(data) if data else SHIPPED + Path(default).name, "sha256": checksum(data or default),
             **extra}
 
 
@@ -77,7 +87,7 @@ def resumed_config(out, kind, data, explicit_train_changes, default_data):
     wanted = data_path(config)
     if data is not None and str(data) != str(wanted):
         raise ZooError(f"--data {data} differs from the run's data {config['data']['path']}")
-    if data_checksum(wanted or default_data) != config["data"]["sha256"]:
+    if checksum(wanted or default_data) != config["data"]["sha256"]:
         raise ZooError(f"the data at {config['data']['path']} changed since the run started (checksum differs); cannot resume")
     return config
 
@@ -102,20 +112,56 @@ def write_run(out, config, tokenizers, resume, command):
         tokenizer.save(out / subdirectory)
 
 
-def fit(out, config, train_config, build_model, batches, validation, evaluate, resume, describe="", **compile_args):
-    """Builds the model (`build_model()`, under the run's precision and seed), compiles it, and
-    trains it in `out`. Returns the loop's summary with the parameter count."""
+def _seq_len(batches):
+    """Tokens per example, for the attention term of the FLOPs count and the attention probe."""
+    if getattr(batches, "seq_len", None):
+        return batches.seq_len
+    inputs = batches.batch(0)[0]
+    first = next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
+    return int(first.shape[1]) if len(getattr(first, "shape", ())) > 1 else None
+
+
+def fit(out, config, train_config, build_model, batches, validation, evaluate, resume, describe="",
+        layout_map=None, flops_per_token=None, **compile_args):
+    """Builds the model (`build_model()`, under the run's precision, seed and device layout),
+    compiles it, and trains it in `out`. Returns the loop's summary with the parameter count.
+
+    `layout_map(device_mesh)` shards the model for --model-parallel (`distribution.gpt_layout_map`);
+    `flops_per_token` overrides the estimate from the model (`flops.model_flops_per_token`).
+    """
+    import contextlib
+
     import keras
 
-    from zoo.training.loop import compile_for_training, set_precision, train
+    from zoo.training import accelerator, distribution, flops
+    from zoo.training.loop import compile_for_training, train
 
+    spread = distribution.make_distribution(train_config, layout_map)
+    previous_policy = keras.config.dtype_policy()
     keras.utils.set_random_seed(train_config.seed)
-    set_precision(train_config.precision)
-    model = build_model()
-    schedule = compile_for_training(model, train_config, **compile_args)
-    params = model.count_params()
-    print(f"{config['kind']}: {params / 1e6:.2f}M parameters, {describe}backend {keras.backend.backend()}, "
-          f"{train_config.precision}", file=sys.stderr)
-    summary = train(model, schedule, batches, validation, evaluate, train_config, out, resume=resume)
-    summary["parameters"] = params
+    precision = accelerator.set_precision(train_config.precision)
+    try:
+        with spread.scope() if spread else contextlib.nullcontext():
+            model = build_model()
+            schedule = compile_for_training(model, train_config, **compile_args)
+            keras.config.set_dtype_policy(previous_policy)  # the model keeps its own; later models get the default
+            params = model.count_params()
+            seq_len = _seq_len(batches)
+            devices = distribution.device_count(spread)
+            throughput = flops.Throughput(flops_per_token or flops.model_flops_per_token(model, seq_len), precision,
+                                          devices, train_config.peak_flops)
+            accum = (f", {train_config.grad_accum} x {train_config.batch_size} examples per update"
+                     if train_config.grad_accum > 1 else "")
+            print(f"{config['kind']}: {params / 1e6:.2f}M parameters, {describe}backend {keras.backend.backend()}, "
+                  f"{precision}{accum}", file=sys.stderr)
+            attention = accelerator.attention_path(model, seq_len) if seq_len else "not probed"
+            print(f"device: {throughput.device}, {distribution.describe(spread)}; step: "
+                  f"{accelerator.compiled_step(model)}; attention: {attention}", file=sys.stderr)
+            print(f"throughput: {throughput.describe()}", file=sys.stderr)
+            summary = train(model, schedule, batches, validation, evaluate, train_config, out, resume=resume,
+                            throughput=throughput)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    summary.update(parameters=params, precision=precision, attention=attention, devices=devices,
+                   flops_per_token=throughput.flops_per_token)
     return summary

@@ -1,0 +1,86 @@
+"""Training on more than one device with `keras.distribution` (JAX only).
+
+`--devices N` replicates the model on N devices and splits each batch between them
+(`keras.distribution.DataParallel`): the same maths as one device with the same global batch.
+`--model-parallel M` arranges the N devices as an (N/M) x M mesh, ("batch", "model"), and shards
+the large kernels over the "model" axis with a family's layout map (`gpt_layout_map`), Megatron
+style: the QKV and MLP-in kernels by output column, the attention-out and MLP-out kernels by input
+row, the embeddings by width.
+
+Keras 3 implements its distribution API for JAX only (the TensorFlow backend's is a prototype
+marked "DO NOT USE", and torch has none), so on TensorFlow and torch anything but one device is
+refused with that reason.
+"""
+
+from zoo.errors import ZooError
+
+
+def check(config, backend):
+    """Refuses settings that cannot work before anything slow happens."""
+    if config.devices < 0 or config.model_parallel < 1:
+        raise ZooError("--devices must be 0 (all) or more, --model-parallel 1 or more")
+    if (config.devices != 1 or config.model_parallel != 1) and backend != "jax":
+        raise ZooError(f"--devices {config.devices} / --model-parallel {config.model_parallel}: training on more than "
+                       f"one device uses keras.distribution, which Keras implements for the JAX backend only "
+                       f"(this is {backend}); use --backend jax, or one device")
+
+
+def make_distribution(config, layout_map=None):
+    """The keras.distribution for `config` (None for one device). `layout_map(device_mesh)` gives
+    the family's LayoutMap, needed for --model-parallel. Set it (`with distribution.scope():`)
+    before building the model, so its variables are created with their layouts."""
+    import keras
+
+    if config.devices == 1 and config.model_parallel == 1:
+        return None
+    check(config, keras.backend.backend())
+    visible = keras.distribution.list_devices()
+    count = config.devices or len(visible)
+    if count > len(visible):
+        raise ZooError(f"--devices {count}: only {len(visible)} device(s) visible ({', '.join(map(str, visible))})")
+    if count % config.model_parallel:
+        raise ZooError(f"--model-parallel {config.model_parallel} does not divide the {count} devices")
+    replicas = count // config.model_parallel
+    if config.batch_size % replicas:
+        raise ZooError(f"--batch-size {config.batch_size} is not a multiple of the {replicas} data-parallel "
+                       f"replicas: each gets an equal share of the batch")
+    devices = visible[:count]
+    if config.model_parallel == 1:
+        return keras.distribution.DataParallel(devices=devices)
+    if layout_map is None:
+        raise ZooError("--model-parallel: this model family has no layout map; use data parallelism (--devices)")
+    mesh = keras.distribution.DeviceMesh((replicas, config.model_parallel), ["batch", "model"], devices=devices)
+    return keras.distribution.ModelParallel(layout_map=layout_map(mesh), batch_dim_name="batch")
+
+
+def describe(distribution):
+    if distribution is None:
+        return "1 device"
+    mesh = distribution.device_mesh
+    shape = " x ".join(f"{size} {name}" for size, name in zip(mesh.shape, mesh.axis_names))
+    return f"{type(distribution).__name__} over {mesh.devices.size} devices ({shape})"
+
+
+def device_count(distribution):
+    return 1 if distribution is None else int(distribution.device_mesh.devices.size)
+
+
+def gpt_layout_map(device_mesh):
+    """Shards zoo's GPT (zoo/models/gpt.py) over the mesh's "model" axis; keys are regexes that
+    must match a whole variable path such as `gpt/block_0/attn/qkv/kernel`. Unlisted variables
+    (LayerNorms, the biases of row-parallel layers) are replicated."""
+    import keras
+
+    layout = keras.distribution.LayoutMap(device_mesh)
+    # Column-parallel: each device computes a slice of the outputs (heads, MLP units).
+    layout[r".*/attn/qkv/kernel"] = (None, "model")
+    layout[r".*/attn/qkv/bias"] = ("model",)
+    layout[r".*/mlp_in/kernel"] = (None, "model")
+    layout[r".*/mlp_in/bias"] = ("model",)
+    # Row-parallel: each device holds the rows for its slice; XLA sums the partial products.
+    layout[r".*/attn/out/kernel"] = ("model", None)
+    layout[r".*/mlp_out/kernel"] = ("model", None)
+    # Embeddings by width, which divides evenly whatever the vocabulary size.
+    layout[r".*/token_embedding/embeddings"] = (None, "model")
+    layout[r".*/position_embedding/embeddings"] = (None, "model")
+    return layout
