@@ -4,7 +4,9 @@ milliseconds of each other share one forward pass.
 One worker per model version takes the first waiting request, waits up to `max_delay` seconds
 for more, and runs every text it gathered (up to `max_batch_size`; a larger single request runs
 alone) in one call on the thread pool. While that call runs, new requests queue up and form the
-next batch, so under load batches grow without any delay at all. Written here because grpcio has
+next batch, so under load batches grow without any delay at all. The wait is skipped while
+requests come one at a time (the last batch held a single request and none is queued), so a lone
+client pays no batching delay. Written here because grpcio has
 no batching of its own, and TF Serving's and Triton's batchers are parts of those servers.
 """
 
@@ -29,6 +31,7 @@ class DynamicBatcher:
         self.queue = None
         self.worker = None
         self.carried = None  # a request that did not fit the last batch: it leads the next one
+        self.last_requests = 1  # requests in the previous batch: 1 means nobody else is around
 
     async def submit(self, items):
         """The results for `items`, computed in a batch with whatever else is waiting."""
@@ -44,7 +47,8 @@ class DynamicBatcher:
         batch = [self.carried or await self.queue.get()]
         self.carried = None
         size = len(batch[0][0])
-        deadline = time.monotonic() + self.max_delay
+        alone = self.last_requests == 1 and self.queue.empty()
+        deadline = time.monotonic() + (0 if alone else self.max_delay)
         while self.enabled and size < self.max_batch_size:
             if self.queue.empty():
                 remaining = deadline - time.monotonic()
@@ -61,6 +65,7 @@ class DynamicBatcher:
                 break
             batch.append(entry)
             size += len(entry[0])
+        self.last_requests = len(batch)
         return [(items, future) for items, future in batch if not future.done()]  # drop cancelled ones
 
     async def _work(self):
