@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from zoo.engine import FINISH_END, FINISH_LENGTH, FINISH_STOP, Generator, SamplingConfig
+from zoo.engine import FINISH_END, FINISH_LENGTH, FINISH_STOP, EagerEngine, Generator, SamplingConfig
 from zoo.engine.generation import sample
 from zoo.errors import ZooError
 from zoo.models.gpt import gpt_from_preset
@@ -22,13 +22,35 @@ def generator(small_corpus):
 def test_greedy_equals_uncached_recomputation(generator):
     result = generator.generate("ROMEO.", SamplingConfig(max_new_tokens=20, temperature=0))
     ids = [generator.tokenizer.end_token_id] + generator.tokenizer.encode("ROMEO.")
-    expected = []
+    # The whole sequence through the plain forward pass at every step, padded to the context
+    # (causal: padding after a token cannot change its logits) so eager backends see one shape.
+    expected, padded = [], np.zeros((1, generator.max_length), dtype="int32")
     for _ in range(len(result.token_ids)):
-        logits = keras.ops.convert_to_numpy(generator.model(np.asarray([ids + expected], dtype="int32")))
-        expected.append(int(np.argmax(logits[0, -1])))
+        padded[0, :len(ids) + len(expected)] = ids + expected
+        logits = keras.ops.convert_to_numpy(generator.model(padded))
+        expected.append(int(np.argmax(logits[0, len(ids) + len(expected) - 1])))
     assert result.token_ids == expected
     assert result.text == generator.tokenizer.decode(expected)
     assert result.prompt_tokens == len(ids)
+
+
+def test_generators_share_the_compiled_engine_and_prompt_lengths_do_not_recompile(generator):
+    again = Generator(generator.model, generator.tokenizer)
+    assert again.engine is generator.engine
+    greedy = SamplingConfig(max_new_tokens=3, temperature=0)
+    again.generate("To be", greedy)
+    compiled = generator.engine.compile_count
+    for prompt in ["A", "To be, or not", "KING. What say you?", "ROMEO. Peace, peace, Mercutio, peace!"]:
+        again.generate(prompt, greedy)  # 2, 15, 20 and 38 tokens: all within buckets 16, 32, 64
+    assert generator.engine.compile_count <= compiled + 2
+
+
+def test_the_eager_reference_engine_gives_the_same_text(generator):
+    config = SamplingConfig(max_new_tokens=12, temperature=0.9, seed=4)
+    eager = Generator(generator.model, generator.tokenizer, engine=EagerEngine(generator.model))
+    reference, compiled = eager.generate("KING.", config), generator.generate("KING.", config)
+    assert (reference.token_ids, reference.text) == (compiled.token_ids, compiled.text)
+    np.testing.assert_allclose(reference.logprobs, compiled.logprobs, atol=1e-5)
 
 
 def test_seeded_sampling_is_reproducible_and_seeds_differ(generator):

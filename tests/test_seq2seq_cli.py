@@ -28,23 +28,26 @@ def test_training_lowers_the_validation_loss_and_scores_bleu(tiny_translator):
     assert len(scores["examples"]) == 3 and all(e["reference"] for e in scores["examples"])
 
 
-def test_translate_generate_and_eval(tiny_translator):
+def test_translate_generate_and_eval(tiny_translator, tmp_path):
     run, bundle, _ = tiny_translator
-    greedy = [zoo_json("generate", bundle, "--prompt", s, "--temperature", "0")["text"] for s in SOURCES]
-    beam1 = [json.loads(line)["text"] for line in run_zoo("translate", bundle, *SOURCES, "--beam-width", "1", "--json",
-                                                          check=True).stdout.splitlines()]
-    assert beam1 == greedy  # beam search of width 1 is greedy decoding
-    sampled = [zoo_json("generate", run, "--prompt", SOURCES[0], "--temperature", "1", "--seed", str(seed))["text"]
-               for seed in (1, 1, 2)]
-    assert sampled[0] == sampled[1]
-    report = zoo_json("eval", bundle, "--beam-width", "2")
-    assert report["kind"] == "seq2seq" and report["pairs"] == 159  # the shipped data's validation split: 10% of 1,587
-    assert 0 <= report["greedy"]["bleu"] <= 100 and report["beam"]["width"] == 2
+    greedy = zoo_json("generate", run, "--prompt", SOURCES[0], "--temperature", "0")
+    beam1 = json.loads(run_zoo("translate", bundle, SOURCES[0], "--beam-width", "1", "--json", check=True).stdout)
+    assert beam1["text"] == greedy["text"] and beam1["token_ids"] == greedy["token_ids"]  # width 1 is greedy
+    pairs = tmp_path / "dev.tsv"
+    pairs.write_text("".join(f"{s}\t{s}\n" for s in SOURCES), encoding="utf-8")
+    report = zoo_json("eval", bundle, "--data", pairs, "--beam-width", "2")
+    assert report["kind"] == "seq2seq" and report["pairs"] == 3 and report["beam"]["width"] == 2
+    assert 0 <= report["greedy"]["bleu"] <= 100 and 0 <= report["beam"]["chrf"] <= 100
+    assert [e["source"] for e in report["examples"]] == SOURCES
 
 
 def test_generate_and_stream_over_a_server_equal_local_greedy(tiny_translator, backend):
+    from zoo.engine import SamplingConfig
+    from zoo.engine.factory import load_generator
+
     _, bundle, _ = tiny_translator
-    local = [zoo_json("generate", bundle, "--prompt", s, "--temperature", "0") for s in SOURCES[:2]]
+    generator, _ = load_generator(bundle)
+    local = [generator.generate(s, SamplingConfig(temperature=0)) for s in SOURCES[:2]]
     server = ServerProcess(bundle, backend=backend)
     try:
         with ZooClient(server.address, timeout=60) as client:
@@ -52,11 +55,11 @@ def test_generate_and_stream_over_a_server_equal_local_greedy(tiny_translator, b
             assert info.kind == 3 and info.max_new_tokens == 48 and info.context_length == 48  # MODEL_KIND_SEQ2SEQ
             for source, expected in zip(SOURCES, local):
                 response = client.generate("translator-bundle", source, temperature=0)
-                assert response.text == expected["text"]
-                assert list(response.token_ids) == expected["token_ids"]
+                assert response.text == expected.text
+                assert list(response.token_ids) == expected.token_ids
                 chunks = list(client.stream("translator-bundle", source, temperature=0))
-                assert "".join(c.chunk.text for c in chunks[:-1]) == expected["text"]
-                assert chunks[-1].final.text == expected["text"]
+                assert "".join(c.chunk.text for c in chunks[:-1]) == expected.text
+                assert chunks[-1].final.text == expected.text
             sampled = [client.generate("translator-bundle", SOURCES[0], temperature=0.9, top_k=20, top_p=0.9, seed=3,
                                        max_new_tokens=10, stop=["zzz"]).text for _ in range(2)]
             assert sampled[0] == sampled[1]

@@ -1,5 +1,6 @@
 """Text generation from a GPT with a KV cache: the prompt is run once (prefill), then one token
-per step. Used by `zoo generate` and by the server alike.
+per step, both by the model's compiled engine (`zoo.engine.compiled`). Used by `zoo generate` and
+by the server alike.
 
 Sampling is done here on the host, one logits row per step, rather than with keras-hub's
 samplers: those run the whole loop inside their own compiled while-loop, with no way to stream a
@@ -9,9 +10,9 @@ token, check a stop string, or stop a cancelled request between steps.
 import dataclasses
 import math
 
-import keras
 import numpy as np
 
+from zoo.engine.compiled import engine_for
 from zoo.errors import ZooError
 
 FINISH_LENGTH, FINISH_STOP, FINISH_END = "length", "stop", "end_token"
@@ -95,11 +96,23 @@ def _held_back(text, stops):
 
 
 class Generator:
-    """Generates text from a GPT model and its tokenizer."""
+    """Generates text from a GPT model and its tokenizer.
 
-    def __init__(self, model, tokenizer):
+    Steps run on `engine`: by default the model's shared compiled engine (`engine_for(model)`,
+    made on first use and reused by every Generator of the model); `EagerEngine(model)` gives the
+    uncompiled reference.
+    """
+
+    def __init__(self, model, tokenizer, engine=None):
         self.model, self.tokenizer = model, tokenizer
         self.max_length = model.max_length
+        self._engine = engine
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            self._engine = engine_for(self.model)
+        return self._engine
 
     def prompt_ids(self, prompt, config):
         """The prompt's token ids, led by the end token (the document boundary the model was
@@ -122,8 +135,7 @@ class Generator:
         ids = self.prompt_ids(prompt, config)
         budget = min(config.max_new_tokens or self.max_length, self.max_length - len(ids))
         rng = np.random.default_rng(config.seed)
-        cache = self.model.init_cache(1)
-        logits, cache = self.model.call_with_cache(np.asarray([ids], dtype="int32"), cache, 0)
+        row, cache = self.engine.prefill(ids)
         position, generated, logprobs = len(ids), [], []
         # Text is "settled" once the tokens since the last settling decode without a trailing
         # U+FFFD (a partial UTF-8 character); decoding only those tokens keeps settled text fixed,
@@ -131,7 +143,6 @@ class Generator:
         settled, settled_tokens, pending, emitted = "", 0, "", 0
         finish = FINISH_LENGTH
         while len(generated) < budget:
-            row = keras.ops.convert_to_numpy(logits[0, -1])
             token = sample(row, config, rng)
             if token == self.tokenizer.end_token_id:
                 finish = FINISH_END
@@ -154,8 +165,8 @@ class Generator:
             emitted = max(emitted, ready)
             if len(generated) == budget:
                 break
-            logits, cache = self.model.call_with_cache(np.asarray([[token]], dtype="int32"), cache, position)
-            position += 1
+            logits, cache = self.engine.decode([token], cache, [position])
+            row, position = logits[0], position + 1
         text = settled + pending
         if emitted < len(text):
             yield Step(None, text[emitted:], 0.0)  # held-back text, flushed at the end

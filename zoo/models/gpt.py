@@ -5,10 +5,12 @@ embedding, pre-LayerNorm blocks, causal multi-head self-attention via
 `keras.ops.dot_product_attention`, GELU MLP, dropout, and an output projection tied to the token
 embedding (keras-hub's `ReversibleEmbedding`).
 
-Decoding uses a static-shape KV cache: `init_cache` returns zeros of shape
-`(batch, num_layers, 2, max_length, num_heads, head_dim)` and `call_with_cache` runs any number of
-tokens starting at any position, writing their keys/values into the cache. Prefill (the whole
-prompt at position 0) and a decode step (one token at position i) are the same code.
+Decoding uses a static-shape KV cache: `init_cache` returns, per layer, a (keys, values) pair of
+zeros for `max_length` positions per row, and `call_with_cache` runs any number of tokens per row
+starting at any position (one start for all rows, or one per row), writing their keys/values into
+the cache at their positions. Prefill (the whole prompt at position 0) and a decode step (one token
+per row, each row at its own position) are the same code; `zoo.engine` compiles it. Attention over
+the cache is spelled out in two matmuls, so that it reads the cache in the layout it is kept in.
 
 The attention layer is our own rather than keras-hub's `TransformerDecoder` because that routes
 through `keras.layers.MultiHeadAttention`, whose cache layout and masking we cannot pick, and the
@@ -43,6 +45,11 @@ def _dropout(rate, policy):
     return keras.layers.Dropout(rate, seed=random.randint(0, 2**31 - 1), dtype=policy)
 
 
+def _index_grid(shape, *indices):
+    """Scatter indices (n, len(indices)): the index arrays broadcast to `shape`, flattened."""
+    return ops.reshape(ops.stack([ops.broadcast_to(i, shape) for i in indices], axis=-1), (-1, len(indices)))
+
+
 @keras.saving.register_keras_serializable(package="zoo")
 class CausalSelfAttention(keras.layers.Layer):
     """Multi-head causal self-attention with an optional rotary position encoding and KV cache."""
@@ -62,27 +69,45 @@ class CausalSelfAttention(keras.layers.Layer):
         self.qkv.build(input_shape)
         self.out.build(input_shape)
 
-    def call(self, x, cache=None, start=0):
+    def call(self, x, cache=None, positions=None):
+        """x: (batch, length, hidden). Without a cache, causal attention over x alone. With one (this
+        layer's (keys, values), laid out as `GPT.init_cache` says), `positions` (batch, length) gives
+        each token's absolute position: its key/value is written there and it attends to the cache
+        up to its own position. Returns (output, cache)."""
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         qkv = ops.reshape(self.qkv(x), (batch, length, 3, self.num_heads, self.head_dim))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.rotary_embedding is not None:
-            q = self.rotary_embedding(q, start_index=start)
-            k = self.rotary_embedding(k, start_index=start)
+            q = self.rotary_embedding(q, positions=positions)
+            k = self.rotary_embedding(k, positions=positions)
         if cache is None:
             out = ops.dot_product_attention(q, k, v, is_causal=True)
         else:
-            # cache: (batch, 2, max_length, heads, head_dim). Write this call's keys/values at
-            # `start`, then attend over the whole cache; the mask hides slots after each query.
-            k_all = ops.slice_update(cache[:, 0], [0, start, 0, 0], ops.cast(k, cache.dtype))
-            v_all = ops.slice_update(cache[:, 1], [0, start, 0, 0], ops.cast(v, cache.dtype))
-            cache = ops.stack([k_all, v_all], axis=1)
-            query_pos = start + ops.arange(length, dtype="int32")
-            key_pos = ops.arange(ops.shape(cache)[2], dtype="int32")
-            mask = key_pos[None, :] <= query_pos[:, None]
-            out = ops.dot_product_attention(q, ops.cast(k_all, q.dtype), ops.cast(v_all, q.dtype), mask=mask[None, None])
+            out, cache = self._cached_attention(q, k, v, cache, positions)
         out = ops.reshape(out, (batch, length, self.hidden_dim))
         return self.out(out), cache
+
+    def _cached_attention(self, q, k, v, cache, positions):
+        keys, values = cache  # (batch, heads, head_dim, max_length), (batch, heads, max_length, head_dim)
+        # Scatter each token's key/value to its own (row, position): rows of a decode batch sit at
+        # different positions. Keys are stored transposed, so they are written element by element.
+        shape = ops.shape(k)  # (batch, length, heads, head_dim)
+        row = ops.arange(shape[0], dtype="int32")[:, None, None, None]
+        head = ops.arange(self.num_heads, dtype="int32")[None, None, :, None]
+        dim = ops.arange(self.head_dim, dtype="int32")[None, None, None, :]
+        position = positions[:, :, None, None]
+        keys = ops.scatter_update(keys, _index_grid(shape, row, head, dim, position),
+                                  ops.reshape(ops.cast(k, keys.dtype), (-1,)))
+        values = ops.scatter_update(values, _index_grid(shape[:3], row[..., 0], head[..., 0], position[..., 0]),
+                                    ops.reshape(ops.cast(v, values.dtype), (-1, self.head_dim)))
+        # Each query sees the keys at or before its own position; later slots may hold another
+        # request's (or a padded prompt's) leftovers and are never read.
+        q = ops.transpose(q, (0, 2, 1, 3))  # (batch, heads, length, head_dim)
+        scores = ops.matmul(q, ops.cast(keys, q.dtype)) * ops.cast(self.head_dim ** -0.5, q.dtype)
+        visible = ops.arange(ops.shape(keys)[-1], dtype="int32")[None, None, :] <= positions[:, :, None]
+        scores = ops.where(visible[:, None], ops.cast(scores, "float32"), float("-inf"))
+        out = ops.matmul(ops.cast(ops.softmax(scores, axis=-1), q.dtype), ops.cast(values, q.dtype))
+        return ops.transpose(out, (0, 2, 1, 3)), (keys, values)
 
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads, "hidden_dim": self.hidden_dim,
@@ -112,8 +137,8 @@ class GPTBlock(keras.layers.Layer):
             layer.build(input_shape)
         self.mlp_out.build((*input_shape[:-1], self.intermediate_dim))
 
-    def call(self, x, cache=None, start=0, training=False):
-        h, cache = self.attn(self.attn_norm(x), cache=cache, start=start)
+    def call(self, x, cache=None, positions=None, training=False):
+        h, cache = self.attn(self.attn_norm(x), cache=cache, positions=positions)
         x = x + self.drop(h, training=training)
         h = self.mlp_out(ops.gelu(self.mlp_in(self.mlp_norm(x)), approximate=True))
         return x + self.drop(h, training=training), cache
@@ -170,39 +195,59 @@ class GPT(keras.Model):
         self.final_norm.build(hidden_shape)
         self.built = True
 
-    def _embed(self, token_ids, start, training=False):
+    def _embed(self, token_ids, positions=None, training=False):
         x = self.token_embedding(token_ids)
         if self.learned_positions is not None:
-            x = x + self.learned_positions(x, start_index=start)
+            x = x + (self.learned_positions(x) if positions is None else self.learned_positions(x, positions=positions))
         return self.embedding_dropout(x, training=training)
 
     def _logits(self, x):
         return ops.cast(self.token_embedding(self.final_norm(x), reverse=True), "float32")
 
     def call(self, token_ids, training=False):
-        x = self._embed(token_ids, 0, training)
+        x = self._embed(token_ids, training=training)
         for block in self.blocks:
             x, _ = block(x, training=training)
         return self._logits(x)
 
     def init_cache(self, batch_size):
-        """An empty KV cache for `batch_size` sequences of up to `max_length` tokens."""
-        head_dim = self.hidden_dim // self.num_heads
-        shape = (batch_size, self.num_layers, 2, self.max_length, self.num_heads, head_dim)
-        return ops.zeros(shape, dtype=self.dtype_policy.compute_dtype)
+        """An empty KV cache for `batch_size` sequences of up to `max_length` tokens: per layer, a
+        (keys, values) pair of shapes (batch, heads, head_dim, max_length) and (batch, heads,
+        max_length, head_dim). Separate arrays per layer, so that a compiled step can update each
+        in place, and laid out as attention's two matmuls read them, so that XLA does not copy the
+        whole cache into another layout at every step."""
+        head_dim, dtype = self.hidden_dim // self.num_heads, self.dtype_policy.compute_dtype
+        keys = (batch_size, self.num_heads, head_dim, self.max_length)
+        values = (batch_size, self.num_heads, self.max_length, head_dim)
+        return [(ops.zeros(keys, dtype=dtype), ops.zeros(values, dtype=dtype)) for _ in range(self.num_layers)]
 
-    def call_with_cache(self, token_ids, cache, start):
-        """Runs `token_ids` at positions start .. start+length-1 against `cache`.
+    def call_with_cache(self, token_ids, cache, start, logits_at=None):
+        """Runs `token_ids` (batch, length) against `cache`, row r at positions start[r] ..
+        start[r]+length-1; `start` is an int (or scalar tensor) for all rows, or a (batch,) vector.
 
-        Returns (logits, cache), the cache holding these tokens' keys and values too. The caller
-        keeps start + length <= max_length.
+        Returns (logits, cache), the cache holding these tokens' keys and values too; logits are
+        (batch, length, vocab), or (batch, vocab) for the token at index `logits_at` alone (a
+        prefill padded to a fixed length wants only its last real token's). The caller keeps
+        every position below max_length.
         """
-        x = self._embed(token_ids, start)
-        caches = []
-        for i, block in enumerate(self.blocks):
-            x, layer_cache = block(x, cache=cache[:, i], start=start)
-            caches.append(layer_cache)
-        return self._logits(x), ops.stack(caches, axis=1)
+        batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
+        start = ops.convert_to_tensor(start, dtype="int32")
+        if len(start.shape) == 0:
+            start = ops.broadcast_to(start, (batch,))
+        positions = start[:, None] + ops.arange(length, dtype="int32")[None, :]
+        x = self._embed(token_ids, positions)
+        new_cache = []
+        for block, layer_cache in zip(self.blocks, cache):
+            x, layer_cache = block(x, cache=layer_cache, positions=positions)
+            new_cache.append(layer_cache)
+        if logits_at is None:
+            return self._logits(x), new_cache
+        # One row of logits per sequence, computed as E·x rather than x·Eᵀ: the same numbers, but
+        # XLA on CPU then reads the (vocab, hidden) embedding as it lies instead of first copying
+        # it into transposed layout at every decode step.
+        x = self.final_norm(ops.take(x, logits_at, axis=1))
+        embeddings = ops.cast(self.token_embedding.embeddings, x.dtype)
+        return ops.cast(ops.transpose(ops.matmul(embeddings, ops.transpose(x))), "float32"), new_cache
 
     def get_config(self):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size, "num_layers": self.num_layers,

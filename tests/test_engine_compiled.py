@@ -1,0 +1,164 @@
+"""The decode engine on the current backend: compiled greedy decoding equals full recomputation,
+rows at different positions equal each prompt alone (also when one joins mid-way, as in
+continuous batching), prompt-length buckets compile once, seeded sampling repeats."""
+
+import keras
+import numpy as np
+import pytest
+
+from zoo.engine import SamplingConfig, new_engine, prompt_buckets
+from zoo.models.gpt import gpt_from_preset
+
+VOCAB = 97
+
+
+def _model(position_embedding):
+    keras.utils.set_random_seed(3)
+    model = gpt_from_preset("nano", VOCAB, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
+                            max_length=32, position_embedding=position_embedding)
+    # At the usual init every logit is nearly equal (argmax would hang on rounding) and the tied
+    # embedding makes each token predict itself; larger weights give clear winners and varied text.
+    rng = np.random.default_rng(0)
+    for variable in model.weights:
+        if len(variable.shape) == 2:
+            std = 1.0 if "embedding" in variable.path else 2 * variable.shape[0] ** -0.5
+            variable.assign(rng.normal(0, std, variable.shape).astype("float32"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {kind: _model(kind) for kind in ("learned", "rotary")}
+
+
+@pytest.fixture(scope="module")
+def engines(models):
+    return {kind: new_engine(model) for kind, model in models.items()}
+
+
+@pytest.fixture(scope="module")
+def engine(engines):
+    return engines["learned"]
+
+
+def _prompt(length, seed=0):
+    return np.random.default_rng(seed).integers(1, VOCAB, length).tolist()
+
+
+def _uncached_greedy(model, ids, new_tokens):
+    """The reference: the whole sequence through the model's plain forward pass at every step.
+    Padded to the context (causal, so padding after a token cannot change its logits) so that
+    eager backends see one shape, not a new one per step."""
+    out, padded = [], np.zeros((1, model.max_length), "int32")
+    for _ in range(new_tokens):
+        sequence = ids + out
+        padded[0, :len(sequence)] = sequence
+        logits = keras.ops.convert_to_numpy(model(padded))
+        out.append(int(np.argmax(logits[0, len(sequence) - 1])))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["learned", "rotary"])
+def test_greedy_equals_uncached_recomputation(models, engines, kind):
+    ids = _prompt(5)
+    expected = _uncached_greedy(models[kind], ids, 24)
+    assert engines[kind].generate_batch([ids], 24) == [expected]
+    assert len(set(expected)) > 3  # a real test: not one token repeated
+
+
+def test_batch_rows_at_their_own_positions_equal_each_prompt_alone(engine):
+    prompts = [_prompt(3, 1), _prompt(11, 2), _prompt(20, 3)]  # buckets 16, 16, 32
+    together = engine.generate_batch(prompts, 12)
+    assert together == [engine.generate_batch([p], 12)[0] for p in prompts]
+    assert len({tuple(t) for t in together}) == 3
+
+
+def test_eager_call_with_cache_takes_a_position_per_row(models, engine):
+    """The model's own call_with_cache, uncompiled (the reference engine's path): prompts padded
+    to one length and prefilled together, then decoded with each row at its own position, give
+    the compiled engine's tokens. (Two call shapes only: eager JAX compiles every op per shape.)"""
+    model, prompts = models["learned"], [_prompt(3, 1), _prompt(8, 2)]
+    padded = np.zeros((2, 8), "int32")
+    for row, ids in enumerate(prompts):
+        padded[row, :len(ids)] = ids
+    logits, cache = model.call_with_cache(padded, model.init_cache(2), 0)
+    logits = keras.ops.convert_to_numpy(logits)
+    tokens = np.asarray([logits[row, len(ids) - 1].argmax() for row, ids in enumerate(prompts)], "int32")
+    positions, out = np.asarray([len(ids) for ids in prompts], "int32"), [tokens]
+    for _ in range(7):
+        logits, cache = model.call_with_cache(tokens[:, None], cache, positions)
+        tokens, positions = keras.ops.convert_to_numpy(logits)[:, 0].argmax(axis=-1).astype("int32"), positions + 1
+        out.append(tokens)
+    assert np.stack(out, axis=1).tolist() == engine.generate_batch(prompts, 8)
+
+
+@pytest.mark.parametrize("kind", ["learned", "rotary"])
+def test_a_request_joining_mid_way_decodes_as_if_alone(engines, kind):
+    """Continuous batching with the slot primitives: slot 1 is prefilled after slot 0 has
+    decoded 5 tokens, then both step together, each at its own position."""
+    engine = engines[kind]
+    a, b = _prompt(7, 4), _prompt(13, 5)
+    alone_a, alone_b = engine.generate_batch([a], 14)[0], engine.generate_batch([b], 9)[0]
+    cache = engine.new_cache(2)
+    logits, cache = engine.prefill_slot(cache, 0, a)
+    tokens, positions, out = np.asarray([np.argmax(logits), 0]), np.asarray([len(a), 0]), [[], []]
+    for step in range(13):
+        if step == 5:  # b arrives: prefilled into the idle slot, it joins the next step
+            logits, cache = engine.prefill_slot(cache, 1, b)
+            tokens[1], positions[1] = np.argmax(logits), len(b)
+        out[0].append(int(tokens[0]))
+        if step >= 5:
+            out[1].append(int(tokens[1]))
+        logits, cache = engine.decode(tokens, cache, positions)
+        tokens, positions = logits.argmax(axis=-1), positions + 1
+    out[0].append(int(tokens[0]))
+    out[1].append(int(tokens[1]))
+    assert out == [alone_a, alone_b]
+
+
+def test_twenty_prompt_lengths_compile_each_bucket_once(engine):
+    before = {(what, shape) for what, shape, _ in engine.compile_log}
+    lengths = np.random.default_rng(6).choice(np.arange(1, 31), 20, replace=False)
+    for n in lengths:
+        engine.generate_batch([_prompt(int(n), int(n))], 2)
+    buckets_used = {engine.bucket(int(n)) for n in lengths}
+    assert buckets_used == set(prompt_buckets(32)) == {16, 32}
+    compiled = [(what, shape) for what, shape, _ in engine.compile_log]
+    assert len(compiled) == len(set(compiled))  # nothing compiled twice
+    if engine.compiled:
+        assert set(compiled) == before | {("decode", 1)} | {("prefill", b) for b in buckets_used}
+    else:  # torch runs eagerly: nothing to compile, nothing to recompile
+        assert compiled == []
+    # Every trace was a compilation we asked for: the backend never retraced on its own.
+    assert engine.trace_count == engine.compile_count == len(compiled)
+    assert engine.compile_seconds >= 0
+    for n in lengths:  # a second round with other prompts compiles nothing more
+        engine.generate_batch([_prompt(int(n), int(n) + 1)], 2)
+    assert engine.compile_count == engine.trace_count == len(compiled)
+
+
+def test_seeded_sampling_is_reproducible_per_row(engine):
+    prompts = [_prompt(4, 7), _prompt(9, 8)]
+    configs = [SamplingConfig(temperature=1.0, top_k=20, seed=1), SamplingConfig(temperature=0.8, top_p=0.9, seed=2)]
+    first = engine.generate_batch(prompts, 16, sampling=configs)
+    assert engine.generate_batch(prompts, 16, sampling=configs) == first
+    assert first[1] == engine.generate_batch([prompts[1]], 16, sampling=[configs[1]])[0]
+    other = engine.generate_batch(prompts, 16, sampling=SamplingConfig(temperature=1.0, seed=3))
+    assert other != first
+
+
+def test_end_token_stops_a_row(engine):
+    ids = _prompt(6, 9)
+    free = engine.generate_batch([ids], 10)[0]
+    end = free[4]
+    stopped = engine.generate_batch([ids, _prompt(3, 10)], 10, end_token_id=end)
+    assert stopped[0] == free[:free.index(end)]
+
+
+def test_lengths_and_positions_are_checked(engine):
+    with pytest.raises(ValueError, match="does not fit the context of 32"):
+        engine.prefill(_prompt(33))
+    with pytest.raises(ValueError, match="exceed the context of 32"):
+        engine.generate_batch([_prompt(30)], 5)
+    with pytest.raises(ValueError, match=r"decode positions must be in \[0, 32\)"):
+        engine.decode([1], engine.new_cache(1), [32])

@@ -1,0 +1,89 @@
+"""The TensorFlow engine: the model's own `call_with_cache` under `tf.function(jit_compile=True)`.
+
+The cache lives in tf.Variables that the compiled step reads and assigns, so XLA updates it in
+place (a cache passed in and returned as tensors is copied whole at every step). Each function is
+traced once per (what, shape) into a concrete function, which is then called directly: calling a
+concrete function costs about a millisecond less per step than going through tf.function's
+dispatch, a fifth of a small model's step. A cache's variables are arguments, not captures, so one
+concrete function serves every cache of its shape. The model's weights are captured by reference,
+so the compiled step always sees the current ones.
+"""
+
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from zoo.engine.compiled import DecodeEngine
+
+
+def _read(cache):
+    return [(keys.read_value(), values.read_value()) for keys, values in cache]
+
+
+def _assign(cache, new):
+    for (keys, values), (new_keys, new_values) in zip(cache, new):
+        keys.assign(new_keys)
+        values.assign(new_values)
+
+
+def _spec(x):
+    return x if isinstance(x, tf.Variable) else tf.TensorSpec(np.shape(x), tf.as_dtype(np.asarray(x).dtype))
+
+
+class TensorFlowEngine(DecodeEngine):
+    def __init__(self, model):
+        super().__init__(model)
+        self._functions = {}
+
+    # --- what is compiled: the model's own code -------------------------------------------------
+
+    def _prefill_fn(self, cache, ids, length):
+        self._traced()
+        logits, row = self.model.call_with_cache(ids, self.model.init_cache(1), 0, logits_at=length - 1)
+        _assign(cache, row)
+        return logits[0]
+
+    def _decode_fn(self, cache, tokens, positions):
+        self._traced()
+        logits, new = self.model.call_with_cache(tokens[:, None], _read(cache), positions, logits_at=0)
+        _assign(cache, new)
+        return logits
+
+    def _insert_fn(self, cache, slot, row_cache):
+        self._traced()
+        start = (slot, 0, 0, 0)
+        _assign(cache, [(ops.slice_update(k, start, rk), ops.slice_update(v, start, rv))
+                        for (k, v), (rk, rv) in zip(_read(cache), _read(row_cache))])
+        return tf.zeros(())
+
+    # --- compiling and running ------------------------------------------------------------------
+
+    def _run(self, what, shape, fn, args):
+        args = tf.nest.map_structure(lambda x: x if isinstance(x, tf.Variable) else tf.convert_to_tensor(x), args)
+
+        def build():
+            concrete = tf.function(fn, jit_compile=True, reduce_retracing=False).get_concrete_function(
+                *tf.nest.map_structure(_spec, args))
+            # XLA compiles on the first call: make it here, so that it is timed. Every function
+            # only assigns what it computes, so running it twice changes nothing.
+            concrete(*args)
+            return concrete
+
+        function = self._compiled(self._functions, what, shape, build)
+        return function(*args)
+
+    def new_cache(self, slots):
+        return [(tf.Variable(keys, trainable=False), tf.Variable(values, trainable=False))
+                for keys, values in self.model.init_cache(slots)]
+
+    def prefill(self, ids):
+        size, cache = self.bucket(len(ids)), self.new_cache(1)
+        logits = self._run("prefill", size, self._prefill_fn, (cache, self._padded(ids, size), np.int32(len(ids))))
+        return logits.numpy(), cache
+
+    def insert(self, cache, slot, row_cache):
+        self._run("insert", self._slots(cache), self._insert_fn, (cache, np.int32(slot), row_cache))
+        return cache
+
+    def _decode(self, tokens, cache, positions):
+        return self._run("decode", len(tokens), self._decode_fn, (cache, tokens, positions)).numpy(), cache
