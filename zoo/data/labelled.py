@@ -12,13 +12,13 @@ Every problem is a DataError naming the file and, where there is one, the line a
 
 import csv
 import io
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from zoo.data.text import jsonl_records
 from zoo.errors import DataError
 
 DEFAULT_LABELLED = Path(__file__).parent / "corpora" / "ui_messages_language_id.tsv"
@@ -104,25 +104,10 @@ def _read_table(path, text, text_column, label_column, pair_column):
 
 
 def _read_jsonl(path, text, text_column, label_column, pair_column):
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}, line {number}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}, line {number}: not a JSON object")
-        for field in (text_column, label_column, pair_column):
-            if field is not None and field not in record:
-                raise DataError(f"{path}, line {number}: no {field!r} field (fields: {', '.join(record)})")
-        for field in (text_column, pair_column):
-            if field is not None and not isinstance(record[field], str):
-                raise DataError(f"{path}, line {number}: the {field!r} field is not a string")
-        rows.append((record[text_column], None if pair_column is None else record[pair_column],
-                     _label(path, number, label_column, record[label_column]), number))
-    return rows
+    return [(record[text_column], None if pair_column is None else record[pair_column],
+             _label(path, number, label_column, record[label_column]), number)
+            for number, record in jsonl_records(path, text, [text_column, label_column, pair_column],
+                                                string_fields=[text_column, pair_column])]
 
 
 def read_labelled(path, text_column=None, label_column="label", pair_column=None):

@@ -13,11 +13,11 @@ have sample weight 0.
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
+from zoo.data.text import jsonl_records
 from zoo.errors import DataError
 
 DEFAULT_PAIRS = Path(__file__).parent / "corpora" / "ui_messages_en_fr.tsv"
@@ -121,25 +121,9 @@ def _read_jsonl(path, text, source_field, target_field):
     if isinstance(source_field, int) or isinstance(target_field, int):
         raise DataError(f"{path}: .jsonl fields are chosen by name, not by index")
     source_field, target_field = source_field or "source", target_field or "target"
-    pairs = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}, line {number}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}, line {number}: not a JSON object with {source_field!r} and {target_field!r}")
-        pair = []
-        for field, side in ((source_field, "source"), (target_field, "target")):
-            if field not in record:
-                raise DataError(f"{path}, line {number}: no {field!r} field; the line has "
-                                f"{', '.join(map(repr, record)) or 'no fields'}")
-            if not isinstance(record[field], str):
-                raise DataError(f"{path}, line {number}: the {field!r} field is not a string")
-            pair.append(_check_side(path, number, record[field], side))
-        pairs.append(tuple(pair))
+    pairs = [(_check_side(path, number, record[source_field], "source"),
+              _check_side(path, number, record[target_field], "target"))
+             for number, record in jsonl_records(path, text, [source_field, target_field])]
     if not pairs:
         raise DataError(f"{path}: is empty (no pairs)")
     return pairs

@@ -19,21 +19,35 @@ def _read_utf8(path):
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def _read_jsonl(path, text_field):
-    documents = []
-    for number, line in enumerate(_read_utf8(path).splitlines(), 1):
+def jsonl_records(path, text, fields, string_fields=None):
+    """(line number, record) for each non-blank line of the .jsonl `text` read from `path`.
+
+    Each record must be a JSON object holding every one of `fields` (None entries are skipped),
+    the `string_fields` among them strings (default: all of them); anything else is a DataError
+    naming the file, the line and the field.
+    """
+    fields = [f for f in fields if f is not None]
+    string_fields = fields if string_fields is None else [f for f in string_fields if f is not None]
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}, line {number}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict) or text_field not in record:
-            raise DataError(f"{path}, line {number}: no {text_field!r} field")
-        if not isinstance(record[text_field], str):
-            raise DataError(f"{path}, line {number}: the {text_field!r} field is not a string")
-        documents.append(record[text_field])
-    return documents
+        if not isinstance(record, dict):
+            raise DataError(f"{path}, line {number}: not a JSON object")
+        for field in fields:
+            if field not in record:
+                raise DataError(f"{path}, line {number}: no {field!r} field (fields: {', '.join(record) or 'none'})")
+        for field in string_fields:
+            if not isinstance(record[field], str):
+                raise DataError(f"{path}, line {number}: the {field!r} field is not a string")
+        yield number, record
+
+
+def _read_jsonl(path, text_field):
+    return [record[text_field] for _, record in jsonl_records(path, _read_utf8(path), [text_field])]
 
 
 def _corpus_files(path):

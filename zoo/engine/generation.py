@@ -174,11 +174,16 @@ class Generator:
 
     def generate(self, prompt, config, on_text=None):
         """Runs `stream` to the end; calls on_text(chunk) for each piece of text. Returns the Result."""
-        steps = self.stream(prompt, config)
-        while True:
-            try:
-                step = next(steps)
-            except StopIteration as done:
-                return done.value
-            if on_text and step.text:
-                on_text(step.text)
+        return run_stream(self.stream(prompt, config), on_text)
+
+
+def run_stream(steps, on_text=None):
+    """Runs a generator's `stream` to the end, calling on_text(chunk) for each piece of text;
+    returns its Result."""
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as done:
+            return done.value
+        if on_text and step.text:
+            on_text(step.text)

@@ -14,7 +14,8 @@ import weakref
 import keras
 import numpy as np
 
-from zoo.engine.generation import FINISH_END, FINISH_LENGTH, FINISH_STOP, Result, Step, _held_back, _log_softmax, sample
+from zoo.engine.generation import (FINISH_END, FINISH_LENGTH, FINISH_STOP, Result, Step, _held_back, _log_softmax,
+                                   run_stream, sample)
 from zoo.errors import ZooError
 
 
@@ -179,14 +180,7 @@ class Seq2SeqGenerator:
 
     def generate(self, prompt, config, on_text=None):
         """Runs `stream` to the end; calls on_text(chunk) for each piece of text. Returns the Result."""
-        steps = self.stream(prompt, config)
-        while True:
-            try:
-                step = next(steps)
-            except StopIteration as done:
-                return done.value
-            if on_text and step.text:
-                on_text(step.text)
+        return run_stream(self.stream(prompt, config), on_text)
 
     def translate_batch(self, sources, max_new_tokens=None, batch_size=32):
         """Greedy translations of many sources, `batch_size` at a time in lockstep (for
