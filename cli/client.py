@@ -11,7 +11,7 @@ from zoo.errors import ZooError
 
 @click.group(cls=ZooGroup)
 def client():
-    """Call a zoo gRPC server: generate, stream, classify, list models, describe a model.
+    """Call a zoo gRPC server: generate, stream, classify, embed, list models, describe a model.
 
     \b
     Example:
@@ -155,6 +155,25 @@ def classify(model, texts, version, pairs, as_json, server, timeout):
                                    "classes": {c.label: c.probability for c in result.classes}}))
         else:
             click.echo(f"{result.label}\t{result.probability:.4f}\t{text}" + ("\t(truncated)" if result.truncated else ""))
+
+
+@client.command()
+@click.argument("model")
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--version", type=int, default=0, help="Model version; default the highest.")
+@server_option
+@timeout_option
+def embed(model, texts, version, server, timeout):
+    """Print the sentence vector of each text from a served classifier's encoder, one JSON line each.
+
+    \b
+    Example:
+      zoo client embed language-id "Mot de passe oublié" "Show all results"
+    """
+    with connect(server, timeout) as zoo_client:
+        response = zoo_client.embed(model, texts, version=version)
+    for text, embedding in zip(texts, response.embeddings):
+        click.echo(json.dumps({"text": text, "embedding": list(embedding.values), "truncated": embedding.truncated}))
 
 
 @client.command()

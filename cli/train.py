@@ -10,7 +10,14 @@ PRESET_NAMES = ("nano", "small", "gpt2")  # zoo.models.gpt.PRESETS, named here s
 
 @click.group(cls=ZooGroup)
 def train():
-    """Train a model; see `zoo train gpt --help`."""
+    """Train a model: gpt (language model), bert (masked LM or classifier) or seq2seq.
+
+    \b
+    Example:
+      zoo train gpt --preset nano --max-steps 500 --out runs/shakespeare
+      zoo train bert --task classify --out runs/language-id
+      zoo train seq2seq --out runs/en-fr
+    """
 
 
 @train.command()

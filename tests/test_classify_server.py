@@ -1,6 +1,7 @@
 """Classify and Embed over a real `zoo serve` process: single, batched and 32 concurrent requests,
 dynamic batching observed in the server's metrics, truncation, and precise errors."""
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -100,7 +101,9 @@ def test_bad_classify_requests(client, texts, pairs, code, words):
     assert all(word in info.value.details() for word in words)
 
 
-def test_cli_client_classify(server):
+def test_cli_client_classify_and_embed(server):
     result = run_zoo("client", "classify", "classifier-bundle", *TEXTS[:2], "--server", server.address, check=True)
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and lines[0].endswith(TEXTS[0])
+    result = run_zoo("client", "embed", "classifier-bundle", TEXTS[0], "--server", server.address, check=True)
+    assert len(json.loads(result.stdout)["embedding"]) == 32
