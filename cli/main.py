@@ -9,6 +9,7 @@ import click
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import zoo
+from cli.bench import bench
 from cli.client import client
 from cli.common import ZooGroup, backend_option
 from cli.evaluate import classify, evaluate
@@ -65,6 +66,7 @@ cli.add_command(classify)
 cli.add_command(evaluate)
 cli.add_command(serve)
 cli.add_command(client)
+cli.add_command(bench)
 
 
 def main():
