@@ -27,13 +27,13 @@ demo: install
 # that compare backends (each in its own process).
 test: install
 	@echo "=== tests on jax (and the backend-independent tests)"
-	KERAS_BACKEND=jax $(BIN)/pytest -q -m "not cross_backend"
+	KERAS_BACKEND=jax $(BIN)/pytest -q --durations=10 -m "not cross_backend"
 	@for backend in tensorflow torch; do \
 	  echo "=== tests on $$backend"; \
-	  KERAS_BACKEND=$$backend $(BIN)/pytest -q -m "not cross_backend and not backend_independent" || exit 1; \
+	  KERAS_BACKEND=$$backend $(BIN)/pytest -q --durations=10 -m "not cross_backend and not backend_independent" || exit 1; \
 	done
 	@echo "=== cross-backend tests"
-	$(BIN)/pytest -q -m cross_backend
+	$(BIN)/pytest -q --durations=10 -m cross_backend
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
