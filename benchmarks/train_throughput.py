@@ -28,7 +28,8 @@ def worker(preset, batch_size, seq_len, steps, warmup, vocabulary_size, precisio
 
     from zoo.models.gpt import gpt_from_preset
     from zoo.training.config import TrainConfig
-    from zoo.training.loop import compile_for_training, set_precision
+    from zoo.training.accelerator import set_precision
+    from zoo.training.loop import compile_for_training
 
     keras.utils.set_random_seed(0)
     set_precision(precision)

@@ -130,7 +130,8 @@ def _train_tiny(tmp_path, name, tokens, **settings):
     import keras
 
     from zoo.data import BlockBatches, validation_blocks
-    from zoo.training.loop import compile_for_training, set_precision, train
+    from zoo.training.accelerator import set_precision
+    from zoo.training.loop import compile_for_training, train
 
     config = TrainConfig(max_steps=3, learning_rate=3e-3, warmup_steps=1, eval_every=100, log_every=1, **settings)
     keras.utils.set_random_seed(0)

@@ -23,7 +23,6 @@ from pathlib import Path
 import keras
 
 from zoo.atomic import atomic_write_text
-from zoo.training.accelerator import set_precision  # noqa: F401  (re-exported: benchmarks use it)
 from zoo.training.checkpoints import checkpoint_step, latest_checkpoint, restore_checkpoint, save_checkpoint
 
 _JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
