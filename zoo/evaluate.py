@@ -16,11 +16,21 @@ def _provenance(info):
     return {"data": provenance.get("data") or {}, "train": provenance.get("train") or {}}
 
 
+def _training_data(settings, default):
+    """Where the model's training data is: the shipped `default`, or the recorded path if it is here."""
+    from zoo.training.run import SHIPPED
+
+    path = settings["data"].get("path", "")
+    source = default if path.startswith(SHIPPED) else Path(path)
+    if not source.is_file():
+        raise ZooError(f"the training data {path} is not here; give the evaluation data with --data")
+    return source
+
+
 def evaluate_classifier(model, tokenizer, info, data=None):
     """Accuracy, macro-F1 and the confusion matrix of a BERT classifier (see classification_report)."""
     from zoo.data.labelled import DEFAULT_LABELLED, encode_labels, read_labelled, split_labelled
     from zoo.engine.classify import Classifier, classification_report
-    from zoo.training.run import SHIPPED
 
     settings = _provenance(info)
     columns = {k: settings["data"].get(k) for k in ("text_column", "label_column", "pair_column")}
@@ -28,11 +38,7 @@ def evaluate_classifier(model, tokenizer, info, data=None):
     if data is not None:
         rows = read_labelled(data, **columns)
     else:
-        path = settings["data"].get("path", "")
-        source = DEFAULT_LABELLED if path.startswith(SHIPPED) else Path(path)
-        if not source.is_file():
-            raise ZooError(f"the training data {path} is not here; give the evaluation data with --data")
-        _, rows = split_labelled(read_labelled(source, **columns), settings["data"]["val_fraction"],
+        _, rows = split_labelled(read_labelled(_training_data(settings, DEFAULT_LABELLED), **columns), settings["data"]["val_fraction"],
                                  settings["train"]["seed"])
     labels = info["labels"]
     true_ids = encode_labels(rows, labels)
@@ -44,7 +50,6 @@ def evaluate_translator(model, tokenizer, info, path, data=None, beam_width=4):
     """BLEU and chrF, greedy and beam search, of a seq2seq model (see translation_scores)."""
     from zoo.bundle import load_source_tokenizer
     from zoo.data.pairs import DEFAULT_PAIRS, read_pairs, split_pairs
-    from zoo.training.run import SHIPPED
     from zoo.training.seq2seq import translation_scores
 
     settings = _provenance(info)
@@ -52,11 +57,8 @@ def evaluate_translator(model, tokenizer, info, path, data=None, beam_width=4):
     if data is not None:
         pairs = read_pairs(data, **columns)
     else:
-        source = settings["data"].get("path", "")
-        source = DEFAULT_PAIRS if source.startswith(SHIPPED) else Path(source)
-        if not source.is_file():
-            raise ZooError(f"the training data {source} is not here; give the evaluation data with --data")
-        _, pairs = split_pairs(read_pairs(source, **columns), settings["data"]["val_fraction"])
+        _, pairs = split_pairs(read_pairs(_training_data(settings, DEFAULT_PAIRS), **columns),
+                               settings["data"]["val_fraction"])
     return translation_scores(model, load_source_tokenizer(path), tokenizer, pairs, beam_width)
 
 
