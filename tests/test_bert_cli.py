@@ -56,8 +56,8 @@ def test_classifier_on_the_shipped_data_beats_the_majority_class(tiny_classifier
     _, _, summary = tiny_classifier
     report = summary["report"]
     assert report["labels"] == ["dutch", "english", "french", "german", "italian", "portuguese", "spanish"]
-    assert report["accuracy"] > report["majority_baseline"] + 0.15
-    assert report["macro_f1"] > 0.2
+    assert report["accuracy"] > report["majority_baseline"] + 0.3
+    assert report["macro_f1"] > 0.4
     assert np.sum(report["confusion"]) == report["examples"] == 222
 
 

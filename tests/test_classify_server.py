@@ -84,7 +84,7 @@ def test_32_concurrent_clients_are_batched_together(client, server, local):
 def test_embed_returns_one_vector_per_text(client, local):
     response = client.embed("classifier-bundle", TEXTS[:3])
     vectors = np.array([e.values for e in response.embeddings])
-    assert vectors.shape == (3, 32)  # conftest's TINY_BERT --hidden-dim
+    assert vectors.shape == (3, 64)  # conftest's tiny_classifier --hidden-dim
     expected, _ = local.embed(TEXTS[:3])
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
 
@@ -106,4 +106,4 @@ def test_cli_client_classify_and_embed(server):
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and lines[0].endswith(TEXTS[0])
     result = run_zoo("client", "embed", "classifier-bundle", TEXTS[0], "--server", server.address, check=True)
-    assert len(json.loads(result.stdout)["embedding"]) == 32
+    assert len(json.loads(result.stdout)["embedding"]) == 64
