@@ -50,7 +50,6 @@ def bert(task, data, init, text_column, label_column, pair_column, text_field, c
       zoo train bert --task classify --init runs/bert-mlm --max-steps 300 --out runs/language-id
       zoo train bert --task classify --data glue/SST-2/train.tsv --class-weighting balanced --out runs/sst2
     """
-    from zoo.engine.classify import format_report
     from zoo.training.bert import train_bert
 
     summary = train_bert(
@@ -62,5 +61,7 @@ def bert(task, data, init, text_column, label_column, pair_column, text_field, c
         init=init, class_weighting=class_weighting, train_config=run["train_config"], resume=run["resume"],
         explicit_train_changes=run["explicit"], command=run["command"])
     if summary.get("report"):
+        from zoo.engine.classify import format_report  # after training: zoo.engine imports keras
+
         click.echo(format_report(summary["report"]), err=True)
     return summary
