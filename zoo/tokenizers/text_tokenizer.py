@@ -38,18 +38,33 @@ class TextTokenizer:
 
     def save(self, directory):
         """Writes `tokenizer.json` into `directory` (the kind goes into its "zoo" entry)."""
-        data = json.loads(self.tokenizer.to_str())
-        data["zoo"] = {"kind": self.kind}
-        Path(directory, FILE_NAME).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        write_tokenizer_file(self.tokenizer, directory, {"kind": self.kind})
 
     @classmethod
     def load(cls, directory):
-        path = Path(directory, FILE_NAME)
-        if not path.is_file():
-            raise ZooError(f"no {FILE_NAME} in {directory}")
+        tokenizer, zoo = read_tokenizer_file(directory)
+        return cls(tokenizer, zoo.get("kind", "bpe"))
+
+
+def write_tokenizer_file(tokenizer, directory, zoo):
+    """Writes the Hugging Face `tokenizer.json` of `tokenizer` into `directory`, with zoo's own
+    settings (`zoo`, a dict holding at least "kind") under a "zoo" key that HF tools ignore."""
+    data = json.loads(tokenizer.to_str())
+    data["zoo"] = zoo
+    Path(directory, FILE_NAME).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+def read_tokenizer_file(directory):
+    """(Hugging Face Tokenizer, zoo settings dict) from `directory/tokenizer.json`."""
+    path = Path(directory, FILE_NAME)
+    if not path.is_file():
+        raise ZooError(f"no {FILE_NAME} in {directory}")
+    try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        kind = data.pop("zoo", {}).get("kind", "bpe")
-        return cls(Tokenizer.from_str(json.dumps(data)), kind)
+        zoo = data.pop("zoo", {})
+        return Tokenizer.from_str(json.dumps(data)), zoo if isinstance(zoo, dict) else {}
+    except Exception as e:  # JSON, UTF-8, or the Rust parser's own (plain Exception) errors
+        raise ZooError(f"{path}: not a tokenizer file ({e})") from None
 
 
 def train_char(texts):

@@ -6,17 +6,16 @@ complete BERT tokenizer (normalizer, pre-tokenizer, [CLS]/[SEP] template, decode
 Face tools read it as is.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from zoo.errors import ZooError
+from zoo.tokenizers.text_tokenizer import FILE_NAME, read_tokenizer_file, write_tokenizer_file
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # trained in this order: ids 0 to 4
-FILE_NAME = "tokenizer.json"
 
 
 class WordPieceTokenizer:
@@ -100,20 +99,14 @@ class WordPieceTokenizer:
 
     def save(self, directory):
         """Writes `tokenizer.json` into `directory` (kind and lower-casing go into its "zoo" entry)."""
-        data = json.loads(self.tokenizer.to_str())
-        data["zoo"] = {"kind": self.kind, "lowercase": self.lowercase}
-        Path(directory, FILE_NAME).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        write_tokenizer_file(self.tokenizer, directory, {"kind": self.kind, "lowercase": self.lowercase})
 
     @classmethod
     def load(cls, directory):
-        path = Path(directory, FILE_NAME)
-        if not path.is_file():
-            raise ZooError(f"no {FILE_NAME} in {directory}")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        zoo = data.pop("zoo", {})
+        tokenizer, zoo = read_tokenizer_file(directory)
         if zoo.get("kind") != cls.kind:
-            raise ZooError(f"{path}: a {zoo.get('kind', 'bpe')!r} tokenizer, not a WordPiece one")
-        return cls(Tokenizer.from_str(json.dumps(data)), zoo.get("lowercase", True))
+            raise ZooError(f"{Path(directory, FILE_NAME)}: a {zoo.get('kind', 'bpe')!r} tokenizer, not a WordPiece one")
+        return cls(tokenizer, zoo.get("lowercase", True))
 
 
 def train_wordpiece(texts, vocabulary_size, lowercase=True):
