@@ -9,26 +9,14 @@ threads for `--seconds` and counts the completed requests. Prints requests/s and
 
 import argparse
 import os
-import re
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from serving import ROOT, start_server
 TEXTS = ["Mot de passe oublié", "Passwort zurücksetzen", "Show all results", "Ver todos los resultados",
          "Nascondi i conteggi", "Voer twee geldige datums in", "Mostrar todos os resultados"]
-
-
-def start_server(bundle, backend, *flags):
-    server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", bundle, "--port", "0", "--backend", backend,
-                               *flags], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    for line in server.stderr:
-        if match := re.search(r"serving \S+ on ([\d.]+:\d+)", line):
-            threading.Thread(target=lambda: server.stderr.read(), daemon=True).start()  # keep the pipe drained
-            return server, match.group(1)
-    raise SystemExit("the server exited before serving")
 
 
 def requests_per_second(address, name, clients, seconds):

@@ -1,7 +1,10 @@
-"""Decoding speed on the current backend: zoo's eager reference, zoo's compiled engine and
-KerasHub's GPT2CausalLM (if keras_hub is importable), for the same GPT-2-shaped model.
+"""Decoding speed on the current backend: zoo's eager reference, zoo's compiled engine,
+KerasHub's GPT2CausalLM (if keras_hub is importable) and, on torch, Hugging Face transformers'
+GPT2LMHeadModel.generate (if transformers is importable), for the same GPT-2-shaped model.
 
     KERAS_BACKEND=jax python benchmarks/decode_speed.py [--batches 1 8] [--new-tokens 112]
+    pip install transformers   # only for this benchmark; not a dependency of zoo
+    KERAS_BACKEND=torch python benchmarks/decode_speed.py
 
 Model: vocabulary 8192, 6 layers, 6 heads, width 384 (MLP 1536), context 256, random weights.
 Each row has a 16-token prompt and generates 112 new tokens greedily; tokens/s counts new tokens
@@ -63,6 +66,29 @@ def keras_hub_runner(prompts, new_tokens):
     return run
 
 
+def transformers_runner(prompts, new_tokens):
+    """Hugging Face's GPT2LMHeadModel of the same shape (gelu_new, as GPT-2), greedy generate() on
+    token ids with its default (dynamic) KV cache, under torch.inference_mode."""
+    import torch
+    import transformers
+
+    config = transformers.GPT2Config(
+        vocab_size=SHAPE["vocabulary_size"], n_positions=SHAPE["max_length"], n_embd=SHAPE["hidden_dim"],
+        n_layer=SHAPE["num_layers"], n_head=SHAPE["num_heads"], n_inner=SHAPE["intermediate_dim"],
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=None, pad_token_id=0)
+    torch.manual_seed(0)
+    lm = transformers.GPT2LMHeadModel(config).eval()
+    input_ids = torch.tensor(prompts)
+
+    def run():
+        with torch.inference_mode():
+            out = lm.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
+                              min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        return out[:, input_ids.shape[1]:].tolist()
+
+    return run, transformers.__version__
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
@@ -72,6 +98,7 @@ def main():
                         help="new tokens for the (slow) eager reference; its rate is per token all the same")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-keras-hub", action="store_true")
+    parser.add_argument("--no-transformers", action="store_true")
     args = parser.parse_args()
 
     backend = keras.backend.backend()
@@ -112,20 +139,33 @@ def main():
                 hub_seconds, _ = best_time(run, args.repeats)
                 rate["KerasHub"] = batch * n / hub_seconds
                 hub_note = f", KerasHub first call {hub_warm:.1f}s"
+        if backend == "torch" and not args.no_transformers:
+            try:
+                run, version = transformers_runner(prompts, n)
+            except ImportError:
+                hub_note += " (transformers not importable)"
+            else:
+                run()
+                hf_seconds, _ = best_time(run, args.repeats)
+                rate[f"HF {version}"] = batch * n / hf_seconds
+                hub_note += f", transformers {version}"
         print(f"\nbatch {batch}: zoo first call {warm:.1f}s{hub_note}; compiled tokens == eager tokens: {same}")
         for name, value in rate.items():
             print(f"  {name:13s} {value:8.1f} tok/s")
-        versus_hub = f", compiled / KerasHub: {rate['zoo compiled'] / rate['KerasHub']:.2f}x" if "KerasHub" in rate else ""
-        print(f"  compiled / eager: {rate['zoo compiled'] / rate['zoo eager']:.1f}x{versus_hub}")
+        versus = "".join(f", compiled / {name}: {rate['zoo compiled'] / value:.2f}x" for name, value in rate.items()
+                         if name.startswith(("KerasHub", "HF")))
+        print(f"  compiled / eager: {rate['zoo compiled'] / rate['zoo eager']:.1f}x{versus}")
         rows.append((batch, rate))
     print(f"\nzoo engine {type(engine).__name__}: {engine.compile_count} compiled functions, "
           f"{engine.compile_seconds:.1f}s compiling: {engine.compile_log}")
-    print("\n| backend | batch | zoo eager tok/s | zoo compiled tok/s | KerasHub tok/s | compiled / KerasHub |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n| backend | batch | zoo eager tok/s | zoo compiled tok/s | KerasHub tok/s | compiled / KerasHub "
+          "| transformers tok/s | compiled / transformers |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for batch, rate in rows:
-        hub = rate.get("KerasHub")
-        hub_cells = f"{hub:.1f} | {rate['zoo compiled'] / hub:.2f}x" if hub else "- | -"
-        print(f"| {backend} | {batch} | {rate['zoo eager']:.1f} | {rate['zoo compiled']:.1f} | {hub_cells} |")
+        cells = []
+        for other in [rate.get("KerasHub"), next((v for k, v in rate.items() if k.startswith("HF")), None)]:
+            cells.append(f"{other:.1f} | {rate['zoo compiled'] / other:.2f}x" if other else "- | -")
+        print(f"| {backend} | {batch} | {rate['zoo eager']:.1f} | {rate['zoo compiled']:.1f} | {' | '.join(cells)} |")
 
 if __name__ == "__main__":
     main()

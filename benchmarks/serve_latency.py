@@ -9,14 +9,12 @@ engine; prints p50/p90 of both and their ratio.
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from serving import ROOT, start_server
 
 
 def percentile(values, q):
@@ -35,15 +33,8 @@ def main():
     os.environ["KERAS_BACKEND"] = args.backend
     sys.path.insert(0, str(ROOT))
 
-    server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", args.bundle, "--port", "0",
-                               "--backend", args.backend], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    server, address = start_server(args.bundle, args.backend)
     try:
-        for line in server.stderr:
-            if match := re.search(r"serving \S+ on ([\d.]+:\d+)", line):
-                address = match.group(1)
-                break
-        else:
-            raise SystemExit("the server exited before serving")
         from server.client import ZooClient
 
         name = Path(args.bundle).name

@@ -23,8 +23,14 @@ from cli.common import backend_option
               help="Classify/Embed: how long the first request of a batch waits for others to join.")
 @click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True,
               help="Classify/Embed: batch concurrent requests together, or run each alone.")
+@click.option("--decode-slots", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="GPT generation: requests decoded together (continuous batching); more wait in the queue.")
+@click.option("--max-queue", type=click.IntRange(0), default=64, show_default=True,
+              help="GPT generation: requests that may wait for a slot; beyond, RESOURCE_EXHAUSTED.")
+@click.option("--warmup/--no-warmup", default=True, show_default=True,
+              help="Compile the GPT decode engines before serving, so no request waits for a compile.")
 def serve(path, port, host, grace_period, metrics_port, step_delay, max_batch_size, max_batch_delay_ms,
-          dynamic_batching):
+          dynamic_batching, decode_slots, max_queue, warmup):
     """Serve a bundle or a model repository over gRPC (zoo.v1.InferenceService, health, reflection).
 
     BUNDLE_OR_REPO is one bundle (served under its directory name as version 1) or a repository
@@ -36,8 +42,10 @@ def serve(path, port, host, grace_period, metrics_port, step_delay, max_batch_si
       zoo serve bundles/shakespeare --port 8500
       zoo serve models/ --host 0.0.0.0 --backend torch --metrics-port 9100
       zoo serve bundles/language-id --max-batch-size 64 --max-batch-delay-ms 2
+      zoo serve bundles/shakespeare --decode-slots 16 --max-queue 256
     """
     from server.app import run
 
     run(path, host=host, port=port, grace_period=grace_period, metrics_port=metrics_port, step_delay=step_delay,
-        batching=dict(max_batch_size=max_batch_size, max_delay=max_batch_delay_ms / 1000, enabled=dynamic_batching))
+        batching=dict(max_batch_size=max_batch_size, max_delay=max_batch_delay_ms / 1000, enabled=dynamic_batching),
+        generation=dict(slots=decode_slots, max_queue=max_queue), warmup=warmup)

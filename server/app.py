@@ -1,11 +1,14 @@
 """The gRPC server: `zoo.v1.InferenceService` over a model repository, plus the standard health
 and reflection services.
 
-Handlers run on a `grpc.aio` event loop; model computation runs in a thread pool, one decode step
-per task, under a per-model-version lock (Keras models are not guaranteed thread-safe). The lock
-is released between steps, so concurrent streams interleave. Generation is driven by
-`zoo.engine.Generator.stream()`, the code `zoo generate` uses; a cancelled RPC (client cancel or
-deadline) stops after the step in progress.
+Handlers run on a `grpc.aio` event loop; model computation runs in a thread pool, one model call
+per task, under a per-model-version lock (Keras models are not guaranteed thread-safe).
+GPT generation is continuously batched (server/continuous.py): concurrent requests share the
+decode steps of one compiled engine, each in its own slot, with the per-request logic of
+`zoo generate` (`zoo.engine.generation.Continuation`). Seq2seq generation runs each request's
+`Seq2SeqGenerator.stream()` one step per task, the lock released between steps so that
+concurrent streams interleave. A cancelled RPC (client cancel or deadline) stops after the step
+in progress. Classify and Embed are dynamically batched (server/batching.py).
 """
 
 import asyncio
@@ -23,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Gauge
 
 from server.batching import DynamicBatcher
+from server.continuous import ContinuousBatcher, QueueFull
 from server.gen.zoo.v1 import inference_pb2 as pb
 from server.gen.zoo.v1 import inference_pb2_grpc as pb_grpc
 from server.gen.zoo.v1 import model_pb2 as mpb
@@ -122,18 +126,25 @@ def _classify_items(classifier, method):
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, repository, backend, executor, step_delay=0.0, batching=None):
+    """`generation`: settings of GPT continuous batching (ContinuousBatcher's slots, max_queue)."""
+
+    def __init__(self, repository, backend, executor, step_delay=0.0, batching=None, generation=None):
         self.repository, self.backend, self.executor, self.step_delay = repository, backend, executor, step_delay
         self.draining = False
         models = [m for versions in repository.models.values() for m in versions.values()]
-        self.generators = {}
+        self.generators, self.schedulers = {}, {}
         for m in (m for m in models if m.task == "generate"):
             # Token-id prompts pass through whichever tokenizer reads the prompt (seq2seq: the source's).
             if m.info["kind"] == "seq2seq":
                 source = _PromptTokenizer(load_source_tokenizer(m.path))
                 self.generators[(m.name, m.version)] = generator_for("seq2seq", m.model, m.tokenizer, source)
-            else:
-                self.generators[(m.name, m.version)] = generator_for(m.info["kind"], m.model, _PromptTokenizer(m.tokenizer))
+                continue
+            generator = generator_for(m.info["kind"], m.model, _PromptTokenizer(m.tokenizer))
+            self.generators[(m.name, m.version)] = generator
+            counter = DECODE_STEPS.labels(m.name, str(m.version))
+            self.schedulers[(m.name, m.version)] = ContinuousBatcher(
+                generator.engine, executor, m.lock, (m.name, str(m.version)), on_token=counter.inc,
+                step_delay=step_delay, **(generation or {}))
         self.batchers = {}
         for m in (m for m in models if m.task == "classify"):
             classifier = Classifier(m.model, m.tokenizer, m.info["labels"])
@@ -207,8 +218,22 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return m, generator, prompt, config
 
     async def _steps(self, m, generator, prompt, config):
-        """Yields the Generator's Steps, one decode step per thread-pool task; returns via
-        StopAsyncIteration after yielding the Result as the last item (a Result, not a Step)."""
+        """Yields the generation's Steps, then its Result as the last item (a Result, not a Step)."""
+        scheduler = self.schedulers.get((m.name, m.version))
+        if scheduler is None:
+            async for item in self._steps_alone(m, generator, prompt, config):
+                yield item
+            return
+        try:
+            async for item in scheduler.stream(generator.start(prompt, config)):
+                yield item
+        except QueueFull as e:
+            raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
+        except ZooError as e:
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+
+    async def _steps_alone(self, m, generator, prompt, config):
+        """The generator's own `stream`, one decode step per thread-pool task."""
         steps = generator.stream(prompt, config)
         counter = DECODE_STEPS.labels(m.name, str(m.version))
 
@@ -362,11 +387,13 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
 
 async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_port=None, step_delay=0.0,
-                workers=8, batching=None):
+                workers=8, batching=None, generation=None, warmup=True):
     """Loads the repository at `path` and serves it until SIGTERM or SIGINT; then stops accepting
     RPCs, lets those in flight finish for up to `grace_period` seconds, and returns.
 
     `batching`: DynamicBatcher settings for Classify/Embed (max_batch_size, max_delay, enabled).
+    `generation`: ContinuousBatcher settings for GPT generation (slots, max_queue).
+    `warmup`: compile every GPT engine's functions before serving (no compile on a first request).
     """
     import keras
 
@@ -375,7 +402,13 @@ async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_po
     log.info("loading %s on backend %s", path, backend)
     repository = Repository.load(path, log=log.info)
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zoo-model")
-    servicer = InferenceServicer(repository, backend, executor, step_delay=step_delay, batching=batching)
+    servicer = InferenceServicer(repository, backend, executor, step_delay=step_delay, batching=batching,
+                                 generation=generation)
+    if warmup:
+        for (name, version), scheduler in servicer.schedulers.items():
+            seconds = scheduler.engine.warmup(slots=(scheduler.slots,))
+            log.info("model %s version %d: decode engine compiled in %.1fs (%d functions)", name, version, seconds,
+                     scheduler.engine.compile_count)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_InferenceServiceServicer_to_server(servicer, server)
     health = health_aio.HealthServicer()

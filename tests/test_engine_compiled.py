@@ -116,6 +116,36 @@ def test_a_request_joining_mid_way_decodes_as_if_alone(engines, kind):
     assert out == [alone_a, alone_b]
 
 
+@pytest.mark.parametrize("kind", ["learned", "rotary"])
+def test_stepping_the_first_rows_of_a_larger_cache_leaves_the_rest_alone(engines, kind):
+    """A server steps only as many rows as its busy slots need: 2 of 4 here, while a request in
+    slot 3 waits; the waiting one then decodes as if it had been alone all along."""
+    engine = engines[kind]
+    a, b, c = _prompt(6, 9), _prompt(10, 10), _prompt(4, 11)
+    alone = [engine.generate_batch([p], 8)[0] for p in (a, b, c)]
+    cache = engine.new_cache(4)
+    tokens, positions, out = np.zeros(4, "int32"), np.zeros(4, "int32"), [[], [], []]
+    for slot, ids in ((0, a), (1, b), (3, c)):
+        logits, cache = engine.prefill_slot(cache, slot, ids)
+        tokens[slot], positions[slot] = np.argmax(logits), len(ids)
+    for step in range(7):  # slots 0 and 1 only: slot 3 is left alone
+        out[0].append(int(tokens[0]))
+        out[1].append(int(tokens[1]))
+        logits, cache = engine.decode(tokens[:2], cache, positions[:2])
+        assert logits.shape == (2, VOCAB)
+        tokens[:2], positions[:2] = logits.argmax(axis=-1), positions[:2] + 1
+    out[0].append(int(tokens[0]))
+    out[1].append(int(tokens[1]))
+    for step in range(7):  # now all four rows: slot 3 carries on from its prompt
+        out[2].append(int(tokens[3]))
+        logits, cache = engine.decode(tokens, cache, positions)
+        tokens, positions = logits.argmax(axis=-1).astype("int32"), positions + 1
+    out[2].append(int(tokens[3]))
+    assert out == alone
+    with pytest.raises(ValueError, match="first n <= 4 slots"):
+        engine.decode(np.zeros(5, "int32"), cache, np.zeros(5, "int32"))
+
+
 def test_twenty_prompt_lengths_compile_each_bucket_once(engine):
     before = {(what, shape) for what, shape, _ in engine.compile_log}
     lengths = np.random.default_rng(6).choice(np.arange(1, 31), 20, replace=False)
@@ -126,7 +156,7 @@ def test_twenty_prompt_lengths_compile_each_bucket_once(engine):
     compiled = [(what, shape) for what, shape, _ in engine.compile_log]
     assert len(compiled) == len(set(compiled))  # nothing compiled twice
     if engine.compiled:
-        assert set(compiled) == before | {("decode", 1)} | {("prefill", b) for b in buckets_used}
+        assert set(compiled) == before | {("decode", (1, 1))} | {("prefill", b) for b in buckets_used}
     else:  # torch runs eagerly: nothing to compile, nothing to recompile
         assert compiled == []
     # Every trace was a compilation we asked for: the backend never retraced on its own.

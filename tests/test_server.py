@@ -51,8 +51,10 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def slow_server(repository, backend):
-    """A server whose decode steps take at least 50 ms, so cancellation and draining can be observed."""
-    process = ServerProcess(repository, "--step-delay", "0.05", "--grace-period", "30", backend=backend)
+    """A server whose decode steps take at least 50 ms, so that batching, cancellation and draining
+    can be observed; 4 decode slots and a queue of 1, so that slots and the queue run out."""
+    process = ServerProcess(repository, "--step-delay", "0.05", "--grace-period", "30", "--decode-slots", "4",
+                            "--max-queue", "1", backend=backend)
     yield process
     process.stop()
 
@@ -295,7 +297,73 @@ def test_32_concurrent_clients_mixing_unary_and_streaming(client, server):
         assert text == expected[prompt], prompt
 
 
-# --- cancellation, deadlines and shutdown (on the slow server; the SIGTERM test stops it) ---------------
+# --- continuous batching, cancellation, deadlines and shutdown (on the slow server; the SIGTERM test stops it)
+
+
+def decode_batches(server):
+    """(decode steps, steps that held more than one request, steps that held more than 4)."""
+    metric = "zoo_decode_batch_requests"
+    count = server.metric(metric + "_count", model=MODEL, version="2")
+    return (count, count - server.metric(metric + "_bucket", model=MODEL, version="2", le="1.0"),
+            count - server.metric(metric + "_bucket", model=MODEL, version="2", le="4.0"))
+
+
+def stream_text(stream, received=()):
+    messages = [*received, *stream]
+    assert messages[-1].HasField("final")
+    assert "".join(m.chunk.text for m in messages[:-1]) == messages[-1].final.text
+    return messages[-1].final
+
+
+def test_concurrent_requests_share_decode_steps_and_each_gets_its_own_tokens(client, slow_server):
+    """Five requests on four slots, one joining mid-way and one sampled with a seed: each gets the
+    tokens it gets alone (on the other server, one request at a time), while they share steps."""
+    requests = [dict(prompt="ROMEO.", temperature=0, max_new_tokens=14),
+                dict(prompt="KING.", temperature=0, max_new_tokens=6),
+                dict(prompt="First Citizen:", temperature=0.9, top_k=20, seed=5, max_new_tokens=10),
+                dict(prompt="To be", temperature=0, max_new_tokens=12, stop=["e"]),
+                dict(prompt="O", temperature=0, max_new_tokens=9)]
+    alone = [client.generate(MODEL, **r) for r in requests]
+    assert len({a.text for a in alone}) == len(requests)
+    before = decode_batches(slow_server)
+    with ZooClient(slow_server.address, timeout=60) as own:
+        first = own.stream(MODEL, **requests[0])
+        received = [next(first), next(first)]  # the first request is decoding before the others arrive
+        with ThreadPoolExecutor(4) as pool:
+            others = list(pool.map(lambda r: stream_text(own.stream(MODEL, **r)), requests[1:]))
+        together = [stream_text(first, received)] + others
+    for a, t in zip(alone, together):
+        assert (list(t.token_ids), t.text, t.finish_reason) == (list(a.token_ids), a.text, a.finish_reason)
+    steps, shared, over_four = (after - b for after, b in zip(decode_batches(slow_server), before))
+    assert shared >= 5, f"only {shared} of {steps} decode steps held more than one request"
+    assert over_four == 0  # never more requests in a step than slots
+    assert steps < sum(len(a.token_ids) for a in alone)  # fewer steps than tokens: steps were shared
+
+
+def test_cancelling_frees_a_slot_for_a_waiting_request_and_a_full_queue_is_refused(slow_server):
+    with ZooClient(slow_server.address, timeout=60) as own:
+        busy = [own.stream(MODEL, "ROMEO.", temperature=0, max_new_tokens=24) for _ in range(4)]
+        received = [[next(stream)] for stream in busy]  # all four slots hold a request
+        finished = {}
+
+        def consume(name, stream, received=()):
+            final = stream_text(stream, received)
+            finished[name] = time.monotonic()
+            return final
+
+        with ThreadPoolExecutor(4) as pool:
+            waiting = pool.submit(consume, "waiting", own.stream(MODEL, "KING.", temperature=0, max_new_tokens=3))
+            time.sleep(0.3)  # it waits in the queue: no slot is free
+            assert "waiting" not in finished
+            details = assert_status(lambda: greedy(own, max_new_tokens=2), grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    "--max-queue 1")
+            assert "waiting for a decode slot" in details
+            busy[0].cancel()
+            others = [pool.submit(consume, i, busy[i], received[i]) for i in (1, 2, 3)]
+            assert waiting.result().usage.generated_tokens == 3
+            assert all(other.result().usage.generated_tokens == 24 for other in others)
+    # The waiting request took the cancelled one's slot, long before the other three finished.
+    assert finished["waiting"] < min(finished[i] for i in (1, 2, 3)) - 0.3
 
 
 def wait_until_steady(server, seconds=0.5):

@@ -7,10 +7,13 @@ requests continuously (a new request is prefilled into a free slot and joins the
 
     cache = engine.new_cache(slots)                          # an empty cache of `slots` rows
     logits, cache = engine.prefill_slot(cache, slot, ids)    # run a prompt into one slot: (vocab,)
-    logits, cache = engine.decode(tokens, cache, positions)  # one token per slot: (slots, vocab)
+    logits, cache = engine.decode(tokens, cache, positions)  # one token per slot: (n, vocab)
 
-`tokens` and `positions` are (slots,) int vectors: row r's token is written at positions[r] and
-attends to its own cache up to there (an idle slot simply computes garbage nobody reads).
+`tokens` and `positions` are (n,) int vectors for the cache's first n rows (n <= slots; the rest
+are left alone): row r's token is written at positions[r] and attends to its own cache up to there
+(an idle slot among the first n simply computes garbage nobody reads). A server keeps its busy
+slots low and steps only as many rows as it needs (`slot_buckets`), so one request on an
+8-slot cache costs a 1-row step, not an 8-row one.
 `prefill(ids)` is the one-request shortcut: (logits, a fresh 1-slot cache). Logits come back as
 float32 NumPy arrays, since sampling runs on the host. Caches are opaque and consumed: always use
 the returned one (the compiled engines update the cache in place; the argument is invalid after).
@@ -19,7 +22,7 @@ Prompts are padded to a bucket length (`engine.buckets`: powers of two from 16, 
 so that a new prompt length compiles nothing. `compile_count` counts compiled functions (one per
 function and shape), `trace_count` how often a function body was traced (equal, unless a backend
 retraced behind our back), `compile_seconds` the time spent tracing and compiling, and
-`compile_log` lists (what, shape, seconds).
+`compile_log` lists (what, shape, seconds); a decode step's shape is (rows stepped, cache slots).
 
 Backends: JAX (`jax.jit` of Keras's stateless call, the cache donated) and TensorFlow
 (`tf.function(jit_compile=True)`, fixed signatures) compile the model's own `call_with_cache`;
@@ -44,6 +47,11 @@ def prompt_buckets(max_length, smallest=16):
         buckets.append(size)
         size *= 2
     return tuple(buckets) + (max_length,)
+
+
+def slot_buckets(slots):
+    """Row counts a decode step is compiled for on a cache of `slots` rows: 1, 2, 4, ... slots."""
+    return prompt_buckets(slots, smallest=1)
 
 
 def new_engine(model):
@@ -121,9 +129,13 @@ class DecodeEngine:
         return logits, self.insert(cache, slot, row)
 
     def decode(self, tokens, cache, positions):
-        """One step for every slot: token r goes in at positions[r]. (logits (slots, vocab), cache)."""
+        """One step for the cache's first len(tokens) slots: token r goes in at positions[r].
+        (logits (len(tokens), vocab), cache)."""
         tokens = np.asarray(tokens, dtype="int32").reshape(-1)
         positions = np.asarray(positions, dtype="int32").reshape(-1)
+        if not 0 < tokens.size <= self._slots(cache) or positions.size != tokens.size:
+            raise ValueError(f"decode takes one token and one position for each of the first n <= "
+                             f"{self._slots(cache)} slots, got {tokens.size} tokens, {positions.size} positions")
         if positions.size and (positions.min() < 0 or positions.max() >= self.max_length):
             raise ValueError(f"decode positions must be in [0, {self.max_length}), got {positions.tolist()}")
         return self._decode(tokens, cache, positions)
@@ -160,15 +172,17 @@ class DecodeEngine:
         self.trace_count += 1
 
     def warmup(self, slots=(1,), buckets=None):
-        """Compiles ahead of the first request: prefill for every bucket (or those given) and the
-        decode step for each slot count. Returns compile_seconds."""
+        """Compiles ahead of the first request: prefill for every bucket (or those given), and for
+        each cache size in `slots` the insert and the decode step of every `slot_buckets` row
+        count. Returns compile_seconds."""
         for size in buckets or self.buckets:
             _, row = self.prefill([0] * size)
         for n in slots:
             cache = self.new_cache(n)
             if n > 1:
                 cache = self.insert(cache, 0, row)
-            self.decode(np.zeros(n, "int32"), cache, np.zeros(n, "int32"))
+            for rows in slot_buckets(n):
+                cache = self.decode(np.zeros(rows, "int32"), cache, np.zeros(rows, "int32"))[1]
         return self.compile_seconds
 
     def generate_batch(self, prompts, max_new_tokens, sampling=None, end_token_id=None):
@@ -226,6 +240,11 @@ class EagerEngine(DecodeEngine):
                 for (k, v), (rk, rv) in zip(cache, row_cache)]
 
     def _decode(self, tokens, cache, positions):
-        logits, cache = self.model.call_with_cache(tokens[:, None], cache, positions, logits_at=0)
-        return keras.ops.convert_to_numpy(logits), cache
+        n = len(tokens)
+        logits, rows = self.model.call_with_cache(tokens[:, None], [(k[:n], v[:n]) for k, v in cache], positions,
+                                                  logits_at=0)
+        if n < self._slots(cache):
+            put = keras.ops.slice_update
+            rows = [(put(k, [0, 0, 0, 0], rk), put(v, [0, 0, 0, 0], rv)) for (k, v), (rk, rv) in zip(cache, rows)]
+        return keras.ops.convert_to_numpy(logits), rows
 

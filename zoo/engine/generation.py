@@ -95,6 +95,69 @@ def _held_back(text, stops):
     return longest
 
 
+class Continuation:
+    """One request's side of generation, apart from the model: picks each token from a logits
+    row (the request's own sampling settings and random generator), turns tokens into text, and
+    applies the end token, stop strings and the budget (most tokens to generate). `Generator.stream`
+    drives one with a 1-slot cache, `Seq2SeqGenerator.stream` one with the decoder's cache, and the
+    server's continuous batcher many, one per slot of a shared cache.
+
+        continuation.feed(logits_row)  -> the Steps to send (zero or one); sets .done when finished
+        continuation.last_token, .position: what to decode next, and where
+        continuation.close()           -> a generator: a last Step for held-back text, if any;
+                                          returns the Result
+    """
+
+    def __init__(self, tokenizer, prompt_ids, config, budget):
+        self.tokenizer, self.prompt_ids, self.config, self.budget = tokenizer, prompt_ids, config, budget
+        self.rng = np.random.default_rng(config.seed)
+        self.generated, self.logprobs = [], []
+        self.finish, self.done = FINISH_LENGTH, False
+        # Text is "settled" once the tokens since the last settling decode without a trailing
+        # U+FFFD (a partial UTF-8 character); decoding only those tokens keeps settled text fixed,
+        # so the streamed chunks always add up to the result's text.
+        self.settled, self.settled_tokens, self.pending, self.emitted = "", 0, "", 0
+
+    @property
+    def last_token(self):
+        return self.generated[-1]
+
+    @property
+    def position(self):
+        """Where the last generated token goes into the cache."""
+        return len(self.prompt_ids) + len(self.generated) - 1
+
+    def feed(self, row):
+        token = sample(row, self.config, self.rng)
+        if token == self.tokenizer.end_token_id:
+            self.finish, self.done = FINISH_END, True
+            return []
+        self.generated.append(token)
+        self.logprobs.append(float(_log_softmax(row)[token]))
+        self.pending = self.tokenizer.decode(self.generated[self.settled_tokens:])
+        if not self.pending.endswith("\ufffd"):
+            self.settled, self.settled_tokens, self.pending = self.settled + self.pending, len(self.generated), ""
+        text, stops = self.settled + self.pending, self.config.stop
+        hits = [i for i in (text.find(s, max(self.emitted - len(s), 0)) for s in stops) if i >= 0]
+        if hits:
+            self.settled, self.pending, self.finish, self.done = text[:min(hits)], "", FINISH_STOP, True
+            step = Step(token, self.settled[self.emitted:], self.logprobs[-1])
+            self.emitted = len(self.settled)
+            return [step]
+        # Hold back anything that may be the beginning of a stop string.
+        ready = len(self.settled) - _held_back(self.settled, stops)
+        step = Step(token, self.settled[self.emitted:ready], self.logprobs[-1])
+        self.emitted = max(self.emitted, ready)
+        self.done = len(self.generated) == self.budget
+        return [step]
+
+    def close(self):
+        text = self.settled + self.pending
+        if self.emitted < len(text):
+            yield Step(None, text[self.emitted:], 0.0)  # held-back text, flushed at the end
+        return Result(text, self.generated, self.finish, len(self.prompt_ids), self.logprobs)
+
+
 class Generator:
     """Generates text from a GPT model and its tokenizer.
 
@@ -129,48 +192,24 @@ class Generator:
 
     def stream(self, prompt, config):
         """Yields a Step per generated token; returns (as StopIteration.value) the Result."""
+        continuation = self.start(prompt, config)
+        row, cache = self.engine.prefill(continuation.prompt_ids)
+        while True:
+            yield from continuation.feed(row)
+            if continuation.done:
+                break
+            logits, cache = self.engine.decode([continuation.last_token], cache, [continuation.position])
+            row = logits[0]
+        return (yield from continuation.close())
+
+    def start(self, prompt, config):
+        """A checked request's Continuation, ready for the logits of its prompt."""
         config.validate()
         if config.max_new_tokens is not None and config.max_new_tokens >= self.max_length:
             raise ZooError(f"max_new_tokens {config.max_new_tokens} must be below the context length {self.max_length}")
         ids = self.prompt_ids(prompt, config)
         budget = min(config.max_new_tokens or self.max_length, self.max_length - len(ids))
-        rng = np.random.default_rng(config.seed)
-        row, cache = self.engine.prefill(ids)
-        position, generated, logprobs = len(ids), [], []
-        # Text is "settled" once the tokens since the last settling decode without a trailing
-        # U+FFFD (a partial UTF-8 character); decoding only those tokens keeps settled text fixed,
-        # so the streamed chunks always add up to the result's text.
-        settled, settled_tokens, pending, emitted = "", 0, "", 0
-        finish = FINISH_LENGTH
-        while len(generated) < budget:
-            token = sample(row, config, rng)
-            if token == self.tokenizer.end_token_id:
-                finish = FINISH_END
-                break
-            generated.append(token)
-            logprobs.append(float(_log_softmax(row)[token]))
-            pending = self.tokenizer.decode(generated[settled_tokens:])
-            if not pending.endswith("\ufffd"):
-                settled, settled_tokens, pending = settled + pending, len(generated), ""
-            text = settled + pending
-            hits = [i for i in (text.find(s, max(emitted - len(s), 0)) for s in config.stop) if i >= 0]
-            if hits:
-                settled, pending, finish = text[:min(hits)], "", FINISH_STOP
-                yield Step(token, settled[emitted:], logprobs[-1])
-                emitted = len(settled)
-                break
-            # Hold back anything that may be the beginning of a stop string.
-            ready = len(settled) - _held_back(settled, config.stop)
-            yield Step(token, settled[emitted:ready], logprobs[-1])
-            emitted = max(emitted, ready)
-            if len(generated) == budget:
-                break
-            logits, cache = self.engine.decode([token], cache, [position])
-            row, position = logits[0], position + 1
-        text = settled + pending
-        if emitted < len(text):
-            yield Step(None, text[emitted:], 0.0)  # held-back text, flushed at the end
-        return Result(text, generated, finish, len(ids), logprobs)
+        return Continuation(self.tokenizer, ids, config, budget)
 
     def generate(self, prompt, config, on_text=None):
         """Runs `stream` to the end; calls on_text(chunk) for each piece of text. Returns the Result."""

@@ -33,7 +33,13 @@ class JaxEngine(DecodeEngine):
 
     def _decode_fn(self, cache, tokens, positions):
         self._traced()
-        return self.model.call_with_cache(tokens[:, None], cache, positions, logits_at=0)
+        n = tokens.shape[0]
+        logits, rows = self.model.call_with_cache(tokens[:, None], [(k[:n], v[:n]) for k, v in cache], positions,
+                                                  logits_at=0)
+        if n < cache[0][0].shape[0]:  # the first n rows stepped: written back into the donated cache
+            rows = [(jax.lax.dynamic_update_slice(k, rk, (0, 0, 0, 0)), jax.lax.dynamic_update_slice(v, rv, (0, 0, 0, 0)))
+                    for (k, v), (rk, rv) in zip(cache, rows)]
+        return logits, rows
 
     def _insert_fn(self, cache, slot, row_cache):
         self._traced()
@@ -72,5 +78,5 @@ class JaxEngine(DecodeEngine):
         return self._run("insert", self._slots(cache), self._insert_fn, (cache, np.int32(slot), row_cache))
 
     def _decode(self, tokens, cache, positions):
-        logits, cache = self._run("decode", len(tokens), self._decode_fn, (cache, tokens, positions))
+        logits, cache = self._run("decode", (len(tokens), self._slots(cache)), self._decode_fn, (cache, tokens, positions))
         return np.asarray(logits), cache

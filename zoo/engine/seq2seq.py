@@ -14,8 +14,7 @@ import weakref
 import keras
 import numpy as np
 
-from zoo.engine.generation import (FINISH_END, FINISH_LENGTH, FINISH_STOP, Result, Step, _held_back, _log_softmax,
-                                   run_stream, sample)
+from zoo.engine.generation import FINISH_END, FINISH_LENGTH, Continuation, Result, _log_softmax, run_stream
 from zoo.errors import ZooError
 
 
@@ -26,42 +25,6 @@ class BeamResult(Result):
 
     score: float
     beams: list
-
-
-class _StreamedText:
-    """The settled-text and stop-string bookkeeping of `Generator.stream`, step by step.
-
-    Text is "settled" once the tokens since the last settling decode without a trailing U+FFFD (a
-    partial UTF-8 character); text that may begin a stop string is held back, so streamed chunks
-    always add up to the final text and never contain a stop string.
-    """
-
-    def __init__(self, tokenizer, stops):
-        self.tokenizer, self.stops = tokenizer, stops
-        self.settled, self.settled_tokens, self.pending, self.emitted = "", 0, "", 0
-        self.stopped = False
-
-    def add(self, generated):
-        """The chunk of text ready to stream now that `generated` (all tokens so far) grew by one."""
-        self.pending = self.tokenizer.decode(generated[self.settled_tokens:])
-        if not self.pending.endswith("\ufffd"):
-            self.settled, self.settled_tokens, self.pending = self.settled + self.pending, len(generated), ""
-        text = self.settled + self.pending
-        hits = [i for i in (text.find(s, max(self.emitted - len(s), 0)) for s in self.stops) if i >= 0]
-        if hits:
-            self.settled, self.pending, self.stopped = text[:min(hits)], "", True
-            ready = len(self.settled)
-        else:
-            ready = len(self.settled) - _held_back(self.settled, self.stops)
-        chunk = self.settled[self.emitted:ready]
-        self.emitted = max(self.emitted, ready)
-        return chunk
-
-    def rest(self):
-        """Held-back text not streamed yet, and the final text."""
-        text = self.settled + self.pending
-        rest, self.emitted = text[self.emitted:], len(text)
-        return rest, text
 
 
 _FUNCTIONS = weakref.WeakKeyDictionary()  # model -> its (start, step) functions, shared by generators
@@ -153,30 +116,17 @@ class Seq2SeqGenerator:
         config.validate()
         budget = self._budget(config.max_new_tokens)
         ids = self.prompt_ids(prompt, config)
+        continuation = Continuation(self.tokenizer, ids, config, budget)
         mask, cache, cross_cache = self._encode([ids])
-        rng = np.random.default_rng(config.seed)
-        text = _StreamedText(self.tokenizer, config.stop)
-        generated, logprobs, finish = [], [], FINISH_LENGTH
         token, position = self.start_id, 0
-        while len(generated) < budget:
+        while True:
             logits, cache = self._decode([[token]], cache, cross_cache, mask, position)
             position += 1
-            row = logits[0]
-            token = sample(row, config, rng)
-            if token == self.end_id:
-                finish = FINISH_END
+            yield from continuation.feed(logits[0])
+            if continuation.done:
                 break
-            generated.append(token)
-            logprobs.append(float(_log_softmax(row)[token]))
-            chunk = text.add(generated)
-            yield Step(token, chunk, logprobs[-1])
-            if text.stopped:
-                finish = FINISH_STOP
-                break
-        rest, final = text.rest()
-        if rest:
-            yield Step(None, rest, 0.0)  # held-back text, flushed at the end
-        return Result(final, generated, finish, len(ids), logprobs)
+            token = continuation.last_token
+        return (yield from continuation.close())
 
     def generate(self, prompt, config, on_text=None):
         """Runs `stream` to the end; calls on_text(chunk) for each piece of text. Returns the Result."""

@@ -141,13 +141,14 @@ class TorchEngine(DecodeEngine):
     def _decode(self, tokens, cache, positions):
         tokens = torch.from_numpy(tokens).to(self.device, torch.long)
         positions = torch.from_numpy(positions).to(self.device, torch.long)
-        slots = len(tokens)
+        slots = len(tokens)  # the cache's first `slots` rows step; views, so writes land in the cache
         rows = torch.arange(slots, device=self.device)
         # Row r attends to its keys at positions <= positions[r]: (slots, 1, 1, max_length). Spelled
         # out rather than scaled_dot_product_attention, whose CPU kernel with a mask was ~10x slower.
         hidden = (self.key_positions[None] > positions[:, None])[:, None, None]
         x = self._embed(tokens, positions)
         for block, (keys, values) in zip(self.blocks, cache):
+            keys, values = keys[:slots], values[:slots]
             q, k, v = self._qkv(x, block, positions)  # (slots, heads, head_dim)
             keys[rows, :, positions] = k  # in place: each row at its own position
             values[rows, :, positions] = v

@@ -1,0 +1,174 @@
+"""Continuous batching for Generate and GenerateStream on a GPT model (as in Orca, vLLM and TGI).
+
+One scheduler per model version owns a KV cache of `slots` rows and runs one loop:
+
+1. drop requests whose RPC is gone (client cancelled, deadline passed): their slot is free;
+2. admit waiting requests into free slots, lowest first: each prompt is prefilled into its slot
+   (one thread-pool task each, so a long prompt delays the others' next step by one prefill);
+3. one decode step for every busy slot, each at its own position. Only the first n rows step,
+   n the smallest of 1, 2, 4, ... slots covering the highest busy slot, so one request alone
+   costs a 1-row step, not a `slots`-row one;
+4. hand each busy request its logits row: its own Continuation samples with its own settings and
+   seed, applies its stop strings and budget, and streams its Steps to the RPC. A finished
+   request frees its slot for step 2 of the next turn.
+
+So a new request joins at the next step instead of waiting for the others to finish, and every
+request gets the tokens it would get alone (greedy; sampled too, with a seed). Requests beyond the
+free slots wait in a queue of at most `max_queue`; beyond that, `submit` raises QueueFull (the RPC
+answers RESOURCE_EXHAUSTED). Written here because no library of the field offers continuous
+batching for Keras models: vLLM's and TGI's schedulers are parts of those servers, for their own
+PyTorch model code.
+"""
+
+import asyncio
+import collections
+import time
+
+import numpy as np
+from prometheus_client import Gauge, Histogram
+
+from zoo.engine.compiled import slot_buckets
+from zoo.engine.generation import Step
+
+DECODE_ROWS = Histogram("zoo_decode_batch_requests", "Requests stepped together in one decode step (continuous batching).",
+                        ["model", "version"], buckets=(1, 2, 4, 8, 16, 32, 64))
+SLOTS_BUSY = Gauge("zoo_decode_slots_busy", "Decode slots holding a request.", ["model", "version"])
+QUEUED = Gauge("zoo_generate_queue", "Generate requests waiting for a decode slot.", ["model", "version"])
+
+
+class QueueFull(Exception):
+    """More requests are waiting than the queue holds."""
+
+
+class _Request:
+    def __init__(self, continuation):
+        self.continuation = continuation
+        self.out = asyncio.Queue()  # Steps, then the Result; or an exception
+        self.gone = False  # the RPC ended (cancelled, deadline): free the slot at the next step
+
+
+class ContinuousBatcher:
+    """Schedules the generations of one GPT model version over `slots` shared decode slots.
+
+    `engine`: the model's DecodeEngine; `lock`: held around every model call (the model version's
+    lock); `on_token`: called once per generated token (metrics); `step_delay`: seconds to sleep
+    before each step (tests of cancellation)."""
+
+    def __init__(self, engine, executor, lock, labels, slots=8, max_queue=64, on_token=None, step_delay=0.0):
+        self.engine, self.executor, self.lock, self.labels = engine, executor, lock, labels
+        self.slots, self.max_queue, self.on_token, self.step_delay = slots, max_queue, on_token, step_delay
+        self.busy = [None] * slots  # the _Request in each slot
+        self.waiting = collections.deque()
+        self.cache = None
+        self.worker = None
+        self.wake = None
+
+    async def stream(self, continuation):
+        """Yields the request's Steps as they are generated, then its Result."""
+        if len(self.waiting) >= self.max_queue + self.busy.count(None):
+            raise QueueFull(f"{len(self.waiting)} generation requests are already waiting for a decode slot "
+                            f"(--max-queue {self.max_queue}); retry later")
+        if self.worker is None:
+            self.wake = asyncio.Event()
+            self.worker = asyncio.get_running_loop().create_task(self._work())
+        request = _Request(continuation)
+        self.waiting.append(request)
+        QUEUED.labels(*self.labels).set(len(self.waiting))
+        self.wake.set()
+        try:
+            while True:
+                item = await request.out.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+                if not isinstance(item, Step):  # the Result: the last item
+                    return
+        finally:
+            request.gone = True
+
+    # --- the scheduler's loop ------------------------------------------------------------------
+
+    async def _work(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.waiting and not any(self.busy):
+                self.wake.clear()
+                await self.wake.wait()
+            for slot, request in enumerate(self.busy):
+                if request is not None and request.gone:
+                    self.busy[slot] = None
+            while self.waiting and None in self.busy:
+                request = self.waiting.popleft()
+                QUEUED.labels(*self.labels).set(len(self.waiting))
+                if request.gone:
+                    continue
+                slot = self.busy.index(None)
+                try:
+                    row = await loop.run_in_executor(self.executor, self._prefill, slot, request)
+                except Exception as error:  # noqa: BLE001 (the request's own failure, sent to it)
+                    request.out.put_nowait(error)
+                    continue
+                self.busy[slot] = request
+                self._deliver(slot, row)
+            busy = [slot for slot, request in enumerate(self.busy) if request is not None]
+            SLOTS_BUSY.labels(*self.labels).set(len(busy))
+            if not busy:
+                continue
+            rows = next(n for n in slot_buckets(self.slots) if n > busy[-1])
+            tokens, positions = np.zeros(rows, "int32"), np.zeros(rows, "int32")
+            for slot in busy:
+                continuation = self.busy[slot].continuation
+                tokens[slot], positions[slot] = continuation.last_token, continuation.position
+            DECODE_ROWS.labels(*self.labels).observe(len(busy))
+            try:
+                logits = await loop.run_in_executor(self.executor, self._decode, tokens, positions)
+            except Exception as error:  # noqa: BLE001 (a failed step fails every request in it)
+                for slot in busy:
+                    self.busy[slot].out.put_nowait(error)
+                    self.busy[slot] = None
+                continue
+            for slot in busy:
+                if self.busy[slot] is not None:
+                    self._deliver(slot, logits[slot])
+
+    def _prefill(self, slot, request):
+        with self.lock:
+            if self.cache is None:
+                self.cache = self.engine.new_cache(self.slots)
+            row, self.cache = self.engine.prefill_slot(self.cache, slot, request.continuation.prompt_ids)
+        return row
+
+    def _decode(self, tokens, positions):
+        if self.step_delay:
+            time.sleep(self.step_delay)
+        with self.lock:
+            logits, self.cache = self.engine.decode(tokens, self.cache, positions)
+        return logits
+
+    def _deliver(self, slot, row):
+        """Feeds the request in `slot` its logits row and sends what it made; frees the slot when
+        the request is done."""
+        request = self.busy[slot]
+        continuation = request.continuation
+        try:
+            for step in continuation.feed(row):
+                if self.on_token is not None:
+                    self.on_token()
+                request.out.put_nowait(step)
+            if continuation.done:
+                steps = continuation.close()
+                while True:
+                    try:
+                        request.out.put_nowait(next(steps))
+                    except StopIteration as finished:
+                        request.out.put_nowait(finished.value)
+                        break
+        except Exception as error:  # noqa: BLE001 (this request's failure, sent to it; the others go on)
+            request.out.put_nowait(error)
+            self.busy[slot] = None
+        if continuation.done:
+            self.busy[slot] = None
+
+    def close(self):
+        if self.worker is not None:
+            self.worker.cancel()
