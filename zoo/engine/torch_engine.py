@@ -102,7 +102,11 @@ class TorchEngine(DecodeEngine):
         return x + self._linear(h, block["mlp_out"])
 
     def _logits(self, x):
-        return (self._layer_norm(x, self.final_norm) @ self.embeddings.T).float().cpu().numpy()
+        # embeddings @ x.T rather than x @ embeddings.T: the same products, but MKL streams the
+        # (vocab, hidden) table row by row: 2.3x faster at batch 8 on the 2-core CPU, the same at 1
+        # (batch-8 steps: 11.0 ms -> 8.4 ms).
+        rows = self._layer_norm(x, self.final_norm).reshape(-1, self.hidden_dim)
+        return (self.embeddings @ rows.T).T.reshape(*x.shape[:-1], -1).float().cpu().numpy()
 
     # --- the engine interface -------------------------------------------------------------------
 
@@ -139,16 +143,21 @@ class TorchEngine(DecodeEngine):
 
     @torch.inference_mode()
     def _decode(self, tokens, cache, positions):
+        # Attention reads the cache only up to the furthest position in this step, not the whole
+        # context: at batch 8 a full 256-position cache is 38 MB against 56 MB of weights, and
+        # decoding on a CPU is bound by memory traffic (batch-8 steps at positions 16-128: 12.4 ms
+        # -> 11.0 ms on the 2-core CPU).
+        length = int(positions.max()) + 1
         tokens = torch.from_numpy(tokens).to(self.device, torch.long)
         positions = torch.from_numpy(positions).to(self.device, torch.long)
         slots = len(tokens)  # the cache's first `slots` rows step; views, so writes land in the cache
         rows = torch.arange(slots, device=self.device)
-        # Row r attends to its keys at positions <= positions[r]: (slots, 1, 1, max_length). Spelled
+        # Row r attends to its keys at positions <= positions[r]: (slots, 1, 1, length). Spelled
         # out rather than scaled_dot_product_attention, whose CPU kernel with a mask was ~10x slower.
-        hidden = (self.key_positions[None] > positions[:, None])[:, None, None]
+        hidden = (self.key_positions[None, :length] > positions[:, None])[:, None, None]
         x = self._embed(tokens, positions)
         for block, (keys, values) in zip(self.blocks, cache):
-            keys, values = keys[:slots], values[:slots]
+            keys, values = keys[:slots, :, :length], values[:slots, :, :length]
             q, k, v = self._qkv(x, block, positions)  # (slots, heads, head_dim)
             keys[rows, :, positions] = k  # in place: each row at its own position
             values[rows, :, positions] = v
