@@ -240,11 +240,5 @@ class EagerEngine(DecodeEngine):
                 for (k, v), (rk, rv) in zip(cache, row_cache)]
 
     def _decode(self, tokens, cache, positions):
-        n = len(tokens)
-        logits, rows = self.model.call_with_cache(tokens[:, None], [(k[:n], v[:n]) for k, v in cache], positions,
-                                                  logits_at=0)
-        if n < self._slots(cache):
-            put = keras.ops.slice_update
-            rows = [(put(k, [0, 0, 0, 0], rk), put(v, [0, 0, 0, 0], rv)) for (k, v), (rk, rv) in zip(cache, rows)]
-        return keras.ops.convert_to_numpy(logits), rows
-
+        logits, cache = self.model.call_with_cache(tokens[:, None], cache, positions, logits_at=0)
+        return keras.ops.convert_to_numpy(logits), cache

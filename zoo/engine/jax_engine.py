@@ -33,13 +33,7 @@ class JaxEngine(DecodeEngine):
 
     def _decode_fn(self, cache, tokens, positions):
         self._traced()
-        n = tokens.shape[0]
-        logits, rows = self.model.call_with_cache(tokens[:, None], [(k[:n], v[:n]) for k, v in cache], positions,
-                                                  logits_at=0)
-        if n < cache[0][0].shape[0]:  # the first n rows stepped: written back into the donated cache
-            rows = [(jax.lax.dynamic_update_slice(k, rk, (0, 0, 0, 0)), jax.lax.dynamic_update_slice(v, rv, (0, 0, 0, 0)))
-                    for (k, v), (rk, rv) in zip(cache, rows)]
-        return logits, rows
+        return self.model.call_with_cache(tokens[:, None], cache, positions, logits_at=0)
 
     def _insert_fn(self, cache, slot, row_cache):
         self._traced()

@@ -45,12 +45,7 @@ class TensorFlowEngine(DecodeEngine):
 
     def _decode_fn(self, cache, tokens, positions):
         self._traced()
-        n, full = tokens.shape[0], _read(cache)
-        logits, new = self.model.call_with_cache(tokens[:, None], [(k[:n], v[:n]) for k, v in full], positions,
-                                                 logits_at=0)
-        if n < cache[0][0].shape[0]:  # the first n rows stepped: the rest stay as they are
-            new = [(ops.slice_update(k, (0, 0, 0, 0), nk), ops.slice_update(v, (0, 0, 0, 0), nv))
-                   for (k, v), (nk, nv) in zip(full, new)]
+        logits, new = self.model.call_with_cache(tokens[:, None], _read(cache), positions, logits_at=0)
         _assign(cache, new)
         return logits
 

@@ -100,13 +100,19 @@ class CausalSelfAttention(keras.layers.Layer):
                                   ops.reshape(ops.cast(k, keys.dtype), (-1,)))
         values = ops.scatter_update(values, _index_grid(shape[:3], row[..., 0], head[..., 0], position[..., 0]),
                                     ops.reshape(ops.cast(v, values.dtype), (-1, self.head_dim)))
+        # A cache may have more rows than there are sequences (a server's decode slots, of which
+        # only the first few are busy): those rows are neither written above nor read below, and
+        # the whole cache is returned, so that compiled code updates it in place.
+        read_keys, read_values = keys, values
+        if keys.shape[0] != k.shape[0]:
+            read_keys, read_values = keys[:shape[0]], values[:shape[0]]
         # Each query sees the keys at or before its own position; later slots may hold another
         # request's (or a padded prompt's) leftovers and are never read.
         q = ops.transpose(q, (0, 2, 1, 3))  # (batch, heads, length, head_dim)
-        scores = ops.matmul(q, ops.cast(keys, q.dtype)) * ops.cast(self.head_dim ** -0.5, q.dtype)
+        scores = ops.matmul(q, ops.cast(read_keys, q.dtype)) * ops.cast(self.head_dim ** -0.5, q.dtype)
         visible = ops.arange(ops.shape(keys)[-1], dtype="int32")[None, None, :] <= positions[:, :, None]
         scores = ops.where(visible[:, None], ops.cast(scores, "float32"), float("-inf"))
-        out = ops.matmul(ops.cast(ops.softmax(scores, axis=-1), q.dtype), ops.cast(values, q.dtype))
+        out = ops.matmul(ops.cast(ops.softmax(scores, axis=-1), q.dtype), ops.cast(read_values, q.dtype))
         return ops.transpose(out, (0, 2, 1, 3)), (keys, values)
 
     def get_config(self):
@@ -224,6 +230,7 @@ class GPT(keras.Model):
     def call_with_cache(self, token_ids, cache, start, logits_at=None):
         """Runs `token_ids` (batch, length) against `cache`, row r at positions start[r] ..
         start[r]+length-1; `start` is an int (or scalar tensor) for all rows, or a (batch,) vector.
+        The cache may have more rows than `batch`: the rest are left as they are.
 
         Returns (logits, cache), the cache holding these tokens' keys and values too; logits are
         (batch, length, vocab), or (batch, vocab) for the token at index `logits_at` alone (a
