@@ -22,7 +22,8 @@ Prompts are padded to a bucket length (`engine.buckets`: powers of two from 16, 
 so that a new prompt length compiles nothing. `compile_count` counts compiled functions (one per
 function and shape), `trace_count` how often a function body was traced (equal, unless a backend
 retraced behind our back), `compile_seconds` the time spent tracing and compiling, and
-`compile_log` lists (what, shape, seconds); a decode step's shape is (rows stepped, cache slots).
+`compile_log` lists (what, shape, seconds); a decode step's shape is (rows stepped, cache slots,
+reach), reach being how far into the cache it reads (`reach_buckets`).
 
 Backends: JAX (`jax.jit` of Keras's stateless call, the cache donated) and TensorFlow
 (`tf.function(jit_compile=True)`, fixed signatures) compile the model's own `call_with_cache`;
@@ -47,6 +48,13 @@ def prompt_buckets(max_length, smallest=16):
         buckets.append(size)
         size *= 2
     return tuple(buckets) + (max_length,)
+
+
+def reach_buckets(max_length):
+    """How far into the cache a compiled decode step reads: powers of two from 64, and max_length.
+    A step reads up to the smallest that covers its furthest position, so early tokens do not pay
+    for reading the whole context; coarse, because each is one more compiled step per row count."""
+    return prompt_buckets(max_length, smallest=64)
 
 
 def slot_buckets(slots):
@@ -90,6 +98,7 @@ class DecodeEngine:
         self.model = model
         self.max_length = model.max_length
         self.buckets = prompt_buckets(model.max_length)
+        self.reaches = reach_buckets(model.max_length)
         self.compile_count = 0
         self.trace_count = 0
         self.compile_seconds = 0.0
@@ -113,6 +122,10 @@ class DecodeEngine:
         raise NotImplementedError
 
     # --- shared ---------------------------------------------------------------------------------
+
+    def reach(self, positions):
+        """The reach bucket a decode step at these positions reads up to."""
+        return next(r for r in self.reaches if r > int(positions.max()))
 
     def bucket(self, length):
         """The padded length a prompt of `length` tokens runs at."""
@@ -174,7 +187,7 @@ class DecodeEngine:
     def warmup(self, slots=(1,), buckets=None):
         """Compiles ahead of the first request: prefill for every bucket (or those given), and for
         each cache size in `slots` the insert and the decode step of every `slot_buckets` row
-        count. Returns compile_seconds."""
+        count and reach. Returns compile_seconds."""
         for size in buckets or self.buckets:
             _, row = self.prefill([0] * size)
         for n in slots:
@@ -182,7 +195,9 @@ class DecodeEngine:
             if n > 1:
                 cache = self.insert(cache, 0, row)
             for rows in slot_buckets(n):
-                cache = self.decode(np.zeros(rows, "int32"), cache, np.zeros(rows, "int32"))[1]
+                for reach in self.reaches:
+                    positions = np.full(rows, reach - 1, "int32")
+                    cache = self.decode(np.zeros(rows, "int32"), cache, positions)[1]
         return self.compile_seconds
 
     def generate_batch(self, prompts, max_new_tokens, sampling=None, end_token_id=None):

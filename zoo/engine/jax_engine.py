@@ -31,9 +31,9 @@ class JaxEngine(DecodeEngine):
         logits, cache = self.model.call_with_cache(ids, self.model.init_cache(1), 0, logits_at=length - 1)
         return logits[0], cache
 
-    def _decode_fn(self, cache, tokens, positions):
+    def _decode_fn(self, cache, tokens, positions, reach):
         self._traced()
-        return self.model.call_with_cache(tokens[:, None], cache, positions, logits_at=0)
+        return self.model.call_with_cache(tokens[:, None], cache, positions, logits_at=0, reach=reach)
 
     def _insert_fn(self, cache, slot, row_cache):
         self._traced()
@@ -72,5 +72,10 @@ class JaxEngine(DecodeEngine):
         return self._run("insert", self._slots(cache), self._insert_fn, (cache, np.int32(slot), row_cache))
 
     def _decode(self, tokens, cache, positions):
-        logits, cache = self._run("decode", (len(tokens), self._slots(cache)), self._decode_fn, (cache, tokens, positions))
+        reach = self.reach(positions)
+
+        def step(cache, tokens, positions):  # reach is static: one compiled step per reach
+            return self._decode_fn(cache, tokens, positions, reach)
+
+        logits, cache = self._run("decode", (len(tokens), self._slots(cache), reach), step, (cache, tokens, positions))
         return np.asarray(logits), cache

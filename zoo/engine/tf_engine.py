@@ -43,9 +43,9 @@ class TensorFlowEngine(DecodeEngine):
         _assign(cache, row)
         return logits[0]
 
-    def _decode_fn(self, cache, tokens, positions):
+    def _decode_fn(self, cache, tokens, positions, reach):
         self._traced()
-        logits, new = self.model.call_with_cache(tokens[:, None], _read(cache), positions, logits_at=0)
+        logits, new = self.model.call_with_cache(tokens[:, None], _read(cache), positions, logits_at=0, reach=reach)
         _assign(cache, new)
         return logits
 
@@ -86,4 +86,9 @@ class TensorFlowEngine(DecodeEngine):
         return cache
 
     def _decode(self, tokens, cache, positions):
-        return self._run("decode", (len(tokens), self._slots(cache)), self._decode_fn, (cache, tokens, positions)).numpy(), cache
+        reach = self.reach(positions)
+
+        def step(cache, tokens, positions):  # reach is static: one compiled step per reach
+            return self._decode_fn(cache, tokens, positions, reach)
+
+        return self._run("decode", (len(tokens), self._slots(cache), reach), step, (cache, tokens, positions)).numpy(), cache

@@ -69,11 +69,12 @@ class CausalSelfAttention(keras.layers.Layer):
         self.qkv.build(input_shape)
         self.out.build(input_shape)
 
-    def call(self, x, cache=None, positions=None):
+    def call(self, x, cache=None, positions=None, reach=None):
         """x: (batch, length, hidden). Without a cache, causal attention over x alone. With one (this
         layer's (keys, values), laid out as `GPT.init_cache` says), `positions` (batch, length) gives
         each token's absolute position: its key/value is written there and it attends to the cache
-        up to its own position. Returns (output, cache)."""
+        up to its own position. `reach` (a Python int, at least every position + 1) limits what is
+        read of the cache to its first `reach` positions. Returns (output, cache)."""
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         qkv = ops.reshape(self.qkv(x), (batch, length, 3, self.num_heads, self.head_dim))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
@@ -83,11 +84,11 @@ class CausalSelfAttention(keras.layers.Layer):
         if cache is None:
             out = ops.dot_product_attention(q, k, v, is_causal=True)
         else:
-            out, cache = self._cached_attention(q, k, v, cache, positions)
+            out, cache = self._cached_attention(q, k, v, cache, positions, reach)
         out = ops.reshape(out, (batch, length, self.hidden_dim))
         return self.out(out), cache
 
-    def _cached_attention(self, q, k, v, cache, positions):
+    def _cached_attention(self, q, k, v, cache, positions, reach=None):
         keys, values = cache  # (batch, heads, head_dim, max_length), (batch, heads, max_length, head_dim)
         # Scatter each token's key/value to its own (row, position): rows of a decode batch sit at
         # different positions. Keys are stored transposed, so they are written element by element.
@@ -103,14 +104,17 @@ class CausalSelfAttention(keras.layers.Layer):
         # A cache may have more rows than there are sequences (a server's decode slots, of which
         # only the first few are busy): those rows are neither written above nor read below, and
         # the whole cache is returned, so that compiled code updates it in place.
+        # Likewise only the first `reach` positions are read: decoding on a CPU is bound by memory
+        # traffic, and a full cache can be as many bytes as the weights.
         read_keys, read_values = keys, values
-        if keys.shape[0] != k.shape[0]:
-            read_keys, read_values = keys[:shape[0]], values[:shape[0]]
+        reach = reach or keys.shape[-1]
+        if keys.shape[0] != k.shape[0] or reach != keys.shape[-1]:
+            read_keys, read_values = keys[:shape[0], :, :, :reach], values[:shape[0], :, :reach]
         # Each query sees the keys at or before its own position; later slots may hold another
         # request's (or a padded prompt's) leftovers and are never read.
         q = ops.transpose(q, (0, 2, 1, 3))  # (batch, heads, length, head_dim)
         scores = ops.matmul(q, ops.cast(read_keys, q.dtype)) * ops.cast(self.head_dim ** -0.5, q.dtype)
-        visible = ops.arange(ops.shape(keys)[-1], dtype="int32")[None, None, :] <= positions[:, :, None]
+        visible = ops.arange(reach, dtype="int32")[None, None, :] <= positions[:, :, None]
         scores = ops.where(visible[:, None], ops.cast(scores, "float32"), float("-inf"))
         out = ops.matmul(ops.cast(ops.softmax(scores, axis=-1), q.dtype), ops.cast(read_values, q.dtype))
         return ops.transpose(out, (0, 2, 1, 3)), (keys, values)
@@ -143,8 +147,8 @@ class GPTBlock(keras.layers.Layer):
             layer.build(input_shape)
         self.mlp_out.build((*input_shape[:-1], self.intermediate_dim))
 
-    def call(self, x, cache=None, positions=None, training=False):
-        h, cache = self.attn(self.attn_norm(x), cache=cache, positions=positions)
+    def call(self, x, cache=None, positions=None, reach=None, training=False):
+        h, cache = self.attn(self.attn_norm(x), cache=cache, positions=positions, reach=reach)
         x = x + self.drop(h, training=training)
         h = self.mlp_out(ops.gelu(self.mlp_in(self.mlp_norm(x)), approximate=True))
         return x + self.drop(h, training=training), cache
@@ -227,10 +231,12 @@ class GPT(keras.Model):
         values = (batch_size, self.num_heads, self.max_length, head_dim)
         return [(ops.zeros(keys, dtype=dtype), ops.zeros(values, dtype=dtype)) for _ in range(self.num_layers)]
 
-    def call_with_cache(self, token_ids, cache, start, logits_at=None):
+    def call_with_cache(self, token_ids, cache, start, logits_at=None, reach=None):
         """Runs `token_ids` (batch, length) against `cache`, row r at positions start[r] ..
         start[r]+length-1; `start` is an int (or scalar tensor) for all rows, or a (batch,) vector.
-        The cache may have more rows than `batch`: the rest are left as they are.
+        The cache may have more rows than `batch`: the rest are left as they are. `reach`, a
+        Python int above every position, limits attention's reading of the cache to its first
+        `reach` positions (default: all max_length).
 
         Returns (logits, cache), the cache holding these tokens' keys and values too; logits are
         (batch, length, vocab), or (batch, vocab) for the token at index `logits_at` alone (a
@@ -245,7 +251,7 @@ class GPT(keras.Model):
         x = self._embed(token_ids, positions)
         new_cache = []
         for block, layer_cache in zip(self.blocks, cache):
-            x, layer_cache = block(x, cache=layer_cache, positions=positions)
+            x, layer_cache = block(x, cache=layer_cache, positions=positions, reach=reach)
             new_cache.append(layer_cache)
         if logits_at is None:
             return self._logits(x), new_cache
