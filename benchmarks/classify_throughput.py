@@ -10,11 +10,10 @@ threads for `--seconds` and counts the completed requests. Prints requests/s and
 import argparse
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
-from serving import ROOT, start_server
+from serving import ROOT, run_threads, start_server
 TEXTS = ["Mot de passe oublié", "Passwort zurücksetzen", "Show all results", "Ver todos los resultados",
          "Nascondi i conteggi", "Voer twee geldige datums in", "Mostrar todos os resultados"]
 
@@ -32,13 +31,8 @@ def requests_per_second(address, name, clients, seconds):
                 client.classify(name, [TEXTS[(i + done[i]) % len(TEXTS)]])
                 done[i] += 1
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
-        began = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return sum(done) / (time.monotonic() - began)
+        seconds = run_threads(work, clients)
+        return sum(done) / seconds
 
 
 def main():

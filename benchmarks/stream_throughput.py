@@ -13,11 +13,10 @@ chunks arrive (the streams still running at the end are cancelled), over the wal
 import argparse
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
-from serving import ROOT, start_server
+from serving import ROOT, run_threads, start_server
 
 PROMPTS = ["ROMEO.", "KING HENRY.", "First Citizen:", "To be, or not", "O", "Now is the winter", "JULIET.",
            "What light", "Friends, Romans", "All the world", "HAMLET.", "The quality of mercy", "LEAR.",
@@ -40,13 +39,8 @@ def tokens_per_second(address, name, streams, seconds, max_new_tokens):
                         break
                     counts[i] += len(message.chunk.token_ids)
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(streams)]
-        began = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return sum(counts) / (time.monotonic() - began)
+        seconds = run_threads(work, streams)
+        return sum(counts) / seconds
 
 
 def main():
