@@ -144,7 +144,7 @@ def worker(config, result_path):
         row["prefill_ms"] = 1000 * _best_seconds(lambda: engine.prefill(ids))
         for batch in DECODE_BATCHES:
             prompts = rng.integers(0, model.vocabulary_size, (batch, prompt)).tolist()
-            engine.generate_batch(prompts, 2)  # compiles the decode step for `batch` slots
+            engine.generate_batch(prompts, new)  # compiles the decode steps (each reach) for `batch` slots
             seconds = _best_seconds(lambda: engine.generate_batch(prompts, new))
             row[f"decode_tokens_per_s_b{batch}"] = batch * new / seconds
         row["engine_compile_s"] = engine.compile_seconds
