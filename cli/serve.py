@@ -27,10 +27,12 @@ from cli.common import backend_option
               help="GPT generation: requests decoded together (continuous batching); more wait in the queue.")
 @click.option("--max-queue", type=click.IntRange(0), default=64, show_default=True,
               help="GPT generation: requests that may wait for a slot; beyond, RESOURCE_EXHAUSTED.")
+@click.option("--torch-threads", type=click.IntRange(1),
+              help="Torch backend: threads a model call may use; default all cores but one, left to gRPC.")
 @click.option("--warmup/--no-warmup", default=True, show_default=True,
               help="Compile the GPT decode engines before serving, so no request waits for a compile.")
 def serve(path, port, host, grace_period, metrics_port, step_delay, max_batch_size, max_batch_delay_ms,
-          dynamic_batching, decode_slots, max_queue, warmup):
+          dynamic_batching, decode_slots, max_queue, torch_threads, warmup):
     """Serve a bundle or a model repository over gRPC (zoo.v1.InferenceService, health, reflection).
 
     BUNDLE_OR_REPO is one bundle (served under its directory name as version 1) or a repository
@@ -48,4 +50,5 @@ def serve(path, port, host, grace_period, metrics_port, step_delay, max_batch_si
 
     run(path, host=host, port=port, grace_period=grace_period, metrics_port=metrics_port, step_delay=step_delay,
         batching=dict(max_batch_size=max_batch_size, max_delay=max_batch_delay_ms / 1000, enabled=dynamic_batching),
-        generation=dict(slots=decode_slots, max_queue=max_queue), warmup=warmup)
+        generation=dict(slots=decode_slots, max_queue=max_queue), warmup=warmup,
+        torch_threads=torch_threads)

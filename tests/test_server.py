@@ -52,9 +52,9 @@ def client(server):
 @pytest.fixture(scope="module")
 def slow_server(repository, backend):
     """A server whose decode steps take at least 50 ms, so that batching, cancellation and draining
-    can be observed; 4 decode slots and a queue of 1, so that slots and the queue run out."""
+    can be observed; 4 decode slots and a queue of 1, so that slots and the queue run out; 2 torch threads."""
     process = ServerProcess(repository, "--step-delay", "0.05", "--grace-period", "30", "--decode-slots", "4",
-                            "--max-queue", "1", backend=backend)
+                            "--max-queue", "1", "--torch-threads", "2", backend=backend)
     yield process
     process.stop()
 
@@ -112,6 +112,14 @@ def test_every_message_and_field_is_documented():
 def test_start_up_log_names_models_backend_and_address(server, backend):
     assert f"model {MODEL}: versions 1, 2 (serving 2) on backend {backend}" in server.log
     assert f"on {server.address}" in server.log
+
+
+def test_torch_uses_all_cores_but_one_unless_told(server, slow_server, backend):
+    from server.app import cpu_threads_for_torch
+
+    on_torch = backend == "torch"
+    assert (f"torch: {cpu_threads_for_torch()} intra-op threads" in server.log) == on_torch, server.log
+    assert ("torch: 2 intra-op threads" in slow_server.log) == on_torch, slow_server.log
 
 
 def test_list_models_and_model_info(client, server, tiny_run, backend):
