@@ -295,3 +295,22 @@ def test_source_and_length_limits(untrained, tokenizer):
         generator.generate("abc", SamplingConfig(temperature=-1))
     with pytest.raises(ZooError, match="beam_width must be at least 1"):
         generator.beam_search("abc", beam_width=0)
+
+
+def test_the_decoder_step_is_traced_once_for_sources_of_every_length(tokenizer):
+    """On JAX and TensorFlow the decoder step is one compiled function (jax.jit, tf.function), whose
+    Python runs when it is traced, not at each step: twenty sources of 1 to 6 letters trace it once.
+    Eager torch runs it once per generated token (the count this test checks there)."""
+    keras.utils.set_random_seed(0)
+    vocab = tokenizer.vocabulary_size
+    model = Seq2Seq(vocab, vocab, **TINY)
+    model.build()
+    runs, decode = [], model.decode_with_cache
+    model.decode_with_cache = lambda *args: runs.append(len(runs)) or decode(*args)
+    generator = Seq2SeqGenerator(model, tokenizer, tokenizer)
+    steps = 0
+    for i in range(20):
+        source = "".join(LETTERS[(i + j) % len(LETTERS)] for j in range(1 + i % 6))
+        result = generator.generate(source, SamplingConfig(temperature=0))
+        steps += len(result.token_ids) + (result.finish_reason == FINISH_END)  # the end token took a step too
+    assert len(runs) == (steps if keras.backend.backend() == "torch" else 1)
