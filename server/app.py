@@ -458,7 +458,7 @@ async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_po
 def cpu_threads_for_torch():
     """All the cores this process may use but one, which is left to gRPC, the event loop and the
     scheduler. With torch's OpenMP team on every core, each of those wakes stalled a whole team:
-    on 2 cores, one stream ran at 122 tokens/s with 2 threads and 173 with 1 (16 streams: 580 and 760)."""
+    on 2 cores, one stream ran at 122 tokens/s with 2 threads and 178 with 1 (16 streams: 580 and 770)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, cores - 1)
 
