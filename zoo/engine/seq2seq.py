@@ -39,7 +39,8 @@ def _for_backend(model, fn):
     zoo.engine.jax_engine does for the GPT. On TensorFlow it is one `tf.function` graph, which
     reads the variables at each call: a nano decode step took 2.7 ms against 54 ms eagerly.
     Not `jit_compile=True`: XLA traced keras-hub's cached decoder once but then took about 1.1 s a
-    step. PyTorch runs it eagerly (torch.compile costs tens of seconds per shape; see torch_engine).
+    step. PyTorch runs it eagerly (torch.compile costs tens of seconds per shape; see torch_engine),
+    and the decoder step is a plain-torch twin instead (zoo.engine.torch_seq2seq).
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -69,9 +70,14 @@ def _functions(model):
     They hold the model weakly: the table must not keep a model alive."""
     if model not in _FUNCTIONS:
         ref = weakref.ref(model)
-        _FUNCTIONS[model] = (
-            _for_backend(model, lambda ids, mask: ref().init_cache(ids.shape[0], ref().encode(ids, mask))),
-            _for_backend(model, lambda *args: ref().decode_with_cache(*args)))
+        start = _for_backend(model, lambda ids, mask: ref().init_cache(ids.shape[0], ref().encode(ids, mask)))
+        if keras.backend.backend() == "torch":
+            from zoo.engine.torch_seq2seq import TorchSeq2SeqStep
+
+            step = TorchSeq2SeqStep(model)
+        else:
+            step = _for_backend(model, lambda *args: ref().decode_with_cache(*args))
+        _FUNCTIONS[model] = (start, step)
     return _FUNCTIONS[model]
 
 
