@@ -180,6 +180,16 @@ class DecodeEngine:
                     self.compile_log.append((what, shape, round(seconds, 3)))
         return function
 
+    def _run_decode(self, tokens, cache, positions):
+        """The compiled engines' decode: their `_run` of `_decode_fn` at the reach bucket of these
+        positions, one compiled step per (rows, cache slots, reach)."""
+        reach = self.reach(positions)
+
+        def step(cache, tokens, positions):  # reach is static, so it is bound here, not an argument
+            return self._decode_fn(cache, tokens, positions, reach)
+
+        return self._run("decode", (len(tokens), self._slots(cache), reach), step, (cache, tokens, positions))
+
     def _traced(self):
         """Called from inside a function body being traced: counts the trace."""
         self.trace_count += 1

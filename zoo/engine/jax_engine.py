@@ -72,10 +72,5 @@ class JaxEngine(DecodeEngine):
         return self._run("insert", self._slots(cache), self._insert_fn, (cache, np.int32(slot), row_cache))
 
     def _decode(self, tokens, cache, positions):
-        reach = self.reach(positions)
-
-        def step(cache, tokens, positions):  # reach is static: one compiled step per reach
-            return self._decode_fn(cache, tokens, positions, reach)
-
-        logits, cache = self._run("decode", (len(tokens), self._slots(cache), reach), step, (cache, tokens, positions))
+        logits, cache = self._run_decode(tokens, cache, positions)
         return np.asarray(logits), cache

@@ -86,9 +86,4 @@ class TensorFlowEngine(DecodeEngine):
         return cache
 
     def _decode(self, tokens, cache, positions):
-        reach = self.reach(positions)
-
-        def step(cache, tokens, positions):  # reach is static: one compiled step per reach
-            return self._decode_fn(cache, tokens, positions, reach)
-
-        return self._run("decode", (len(tokens), self._slots(cache), reach), step, (cache, tokens, positions)).numpy(), cache
+        return self._run_decode(tokens, cache, positions).numpy(), cache
