@@ -26,8 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from zoo.engine.compiled import EagerEngine, engine_for  # noqa: E402
-from zoo.models.gpt import GPT  # noqa: E402
+from zoo.engine import EagerEngine, engine_for  # noqa: E402
+from zoo.families.gpt.model import GPT  # noqa: E402
 
 SHAPE = dict(vocabulary_size=8192, num_layers=6, num_heads=6, hidden_dim=384, intermediate_dim=1536, max_length=256)
 

@@ -61,7 +61,7 @@ def worker(args, preset, name, prepared, run_dir):
     """Runs in a process whose KERAS_BACKEND is set; returns this (preset, backend)'s row."""
     from zoo.training.accelerator import peak_memory
     from zoo.training.config import TrainConfig
-    from zoo.training.gpt import train_gpt
+    from zoo.families.gpt.training import train_gpt
 
     steps = _setting(args, preset, "steps")
     config = TrainConfig(

@@ -50,7 +50,8 @@ def main():
         server.wait(timeout=60)
 
     from zoo.bundle import load_model
-    from zoo.engine import Generator, SamplingConfig
+    from zoo.engine import SamplingConfig
+    from zoo.families.gpt.generator import Generator
 
     model, tokenizer, _ = load_model(args.bundle)
     generator = Generator(model, tokenizer)

@@ -26,7 +26,7 @@ def worker(preset, batch_size, seq_len, steps, warmup, vocabulary_size, precisio
     import keras
     import numpy as np
 
-    from zoo.models.gpt import gpt_from_preset
+    from zoo.families.gpt.model import gpt_from_preset
     from zoo.training.config import TrainConfig
     from zoo.training.accelerator import set_precision
     from zoo.training.loop import compile_for_training

@@ -5,8 +5,9 @@ import json
 
 import click
 
-from cli.train_options import positive
-from zoo.bench import BACKENDS, PRESETS
+from zoo import families
+from zoo.bench import BACKENDS, DEFAULT_SEQ_LEN
+from zoo.training.options import positive
 
 
 def _backend_list(ctx, param, value):
@@ -19,21 +20,55 @@ def _backend_list(ctx, param, value):
     return names
 
 
+class _FamilyChoice(click.Choice):
+    """The registry's family names, read when first needed rather than when `zoo` starts."""
+
+    def __init__(self):
+        super().__init__([])
+
+    @property
+    def choices(self):
+        return tuple(families.names())
+
+    @choices.setter
+    def choices(self, value):
+        pass
+
+
+class _PresetOption(click.Option):
+    """--preset, whose help lists every family's presets (read from the registry when shown)."""
+
+    def get_help_record(self, ctx):
+        self.help = "A preset of the --model family: " + "; ".join(
+            f"{name}: {', '.join(families.get(name).presets)}" for name in families.names()) + "."
+        return super().get_help_record(ctx)
+
+
+def _check_preset(ctx, param, value):
+    model = ctx.params.get("model", "gpt")
+    presets = families.get(model).presets
+    if value not in presets:
+        raise click.BadParameter(f"{value!r} is not a {model} preset: choose one of {', '.join(presets)}")
+    return value
+
+
 @click.command()
-@click.option("--model", type=click.Choice(["gpt", "bert", "seq2seq"]), default="gpt", show_default=True,
-              help="Model family. Only gpt for now: bert and seq2seq are not benchmarked yet.")
-@click.option("--preset", type=click.Choice(PRESETS), default="nano", show_default=True)
+@click.option("--model", type=_FamilyChoice(), default="gpt", show_default=True, is_eager=True,
+              help="Model family.")
+@click.option("--preset", cls=_PresetOption, default="nano", show_default=True, callback=_check_preset)
 @click.option("--backends", default=",".join(BACKENDS), show_default=True, callback=_backend_list,
-              help="Comma-separated; the first that runs is the reference for max |Δlogits|.")
+              help="Comma-separated; the first that runs is the reference for max |Δ|.")
 @click.option("--steps", type=int, default=10, show_default=True, callback=positive,
               help="Timed training steps (after the first, compiling, step and one warm-up step).")
 @click.option("--batch-size", type=int, default=8, show_default=True, callback=positive, help="Training batch.")
-@click.option("--seq-len", type=int, default=128, show_default=True, callback=positive,
-              help="Training sequence length; at most the preset's context.")
+@click.option("--seq-len", type=int, default=None, callback=positive,
+              help=f"Training sequence length (seq2seq: of the source and of the target); default {DEFAULT_SEQ_LEN}, "
+                   "or the preset's context if shorter.")
 @click.option("--new-tokens", type=int, default=64, show_default=True, callback=positive,
-              help="Tokens decoded per row at batch 1 and 8.")
+              help="Tokens decoded per row at batch 1 and 8 (gpt, seq2seq).")
 @click.option("--prompt-tokens", type=int, default=32, show_default=True, callback=positive,
-              help="Prompt length for prefill and decoding; plus --new-tokens, at most the context.")
+              help="Length of the prompt (gpt; plus --new-tokens, at most the context), the source (seq2seq) or "
+                   "each text classified (bert) in the inference measurements.")
 @click.option("--vocab-size", type=int, default=8192, show_default=True, callback=positive)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights and tokens.")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
@@ -46,15 +81,19 @@ def bench(ctx, model, preset, backends, steps, batch_size, seq_len, new_tokens, 
           device, out, as_json):
     """Benchmark one model on every backend, each in its own process, on the same random weights.
 
-    Reports per backend: train-step tokens/s and the first (compiling) step's time, prefill latency,
-    greedy decode tokens/s at batch 1 and 8 on the compiled engine, the engine's compile time, peak
-    memory (the GPU's, else the process's RSS) and max |Δlogits| against the first backend on the
-    same weights. A backend that cannot be imported is reported as skipped. Prints a table and writes
-    results.json, results.csv and chart.png (needs matplotlib: pip install 'zoo[bench]').
+    Reports per backend: train-step tokens/s and the first (compiling) step's time, an inference
+    latency (gpt: prefill of one prompt; bert: classifying a batch of 8 texts; seq2seq: encoding a
+    source and the first decoder step), greedy decode tokens/s at batch 1 and 8 on the compiled
+    engine and its compile time (gpt, seq2seq), peak memory (the GPU's, else the process's RSS) and
+    max |Δ| of the model's outputs against the first backend's on the same weights. A column a
+    family does not have shows "-"; a backend that cannot be imported is reported as skipped.
+    Prints a table and writes results.json, results.csv and chart.png (needs matplotlib:
+    pip install 'zoo[bench]').
 
     \b
     Example:
       zoo bench --preset nano --steps 20 --out runs/bench-nano
+      zoo bench --model bert --preset small --backends jax,torch --json
       zoo bench --preset small --backends jax,torch --device gpu --batch-size 32 --seq-len 256 --json
     """
     from zoo.bench import format_table, run_bench

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from cli.common import ZooGroup
+from cli.common import ZooGroup, input_option, read_input, texts_or_input
 from zoo.errors import ZooError
 
 
@@ -30,6 +30,14 @@ def timeout_option(command):
                         help="Deadline of the call, in seconds.")(command)
 
 
+def _zoo_error(error, server):
+    """A gRPC error as a one-line ZooError."""
+    code = error.code()
+    if code.name == "UNAVAILABLE":
+        return ZooError(f"cannot reach a zoo server at {server} ({error.details()})")
+    return ZooError(f"{code.name}: {error.details()}")
+
+
 @contextlib.contextmanager
 def connect(server, timeout):
     """A ZooClient; gRPC errors become one-line ZooErrors."""
@@ -41,10 +49,7 @@ def connect(server, timeout):
         with ZooClient(server, timeout=timeout) as zoo_client:
             yield zoo_client
     except grpc.RpcError as e:
-        code = e.code()
-        if code == grpc.StatusCode.UNAVAILABLE:
-            raise ZooError(f"cannot reach a zoo server at {server} ({e.details()})") from None
-        raise ZooError(f"{code.name}: {e.details()}") from None
+        raise _zoo_error(e, server) from None
 
 
 def generation_options(command):
@@ -52,6 +57,9 @@ def generation_options(command):
         click.argument("model"),
         click.option("--prompt", help="Text to continue."),
         click.option("--token-ids", help="The prompt as comma-separated token ids, instead of --prompt."),
+        click.option("--input", "input_path", metavar="FILE|-", default=None,
+                     help='Generate for each prompt of FILE in turn: one per line (a .jsonl file: a "text" field '
+                          "per line), or standard input with -; instead of --prompt."),
         click.option("--version", type=int, default=0, help="Model version; default the highest."),
         click.option("--max-new-tokens", type=int, help="Default: up to the end of the context."),
         click.option("--temperature", type=float, help="0 is greedy; default 1."),
@@ -84,29 +92,62 @@ def _request_kwargs(prompt, token_ids, version, max_new_tokens, temperature, top
                 return_logprobs=logprobs)
 
 
+def _requests(input_path, **kwargs):
+    """(where, request kwargs) per prompt: the one of --prompt or --token-ids, or one per prompt of
+    --input ("FILE, line N" as `where`, for errors), each read before any is sent."""
+    given = [flag for flag, value in (("--prompt", kwargs["prompt"]), ("--token-ids", kwargs["token_ids"]),
+                                      ("--input", input_path)) if value is not None]
+    if len(given) > 1:
+        raise click.UsageError(f"give the prompt with one of --prompt, --token-ids or --input, not {' and '.join(given)}")
+    if input_path is None:
+        return [(None, _request_kwargs(**kwargs))]
+    inputs = read_input(input_path)
+    return [(inputs.where(i), _request_kwargs(**dict(kwargs, prompt=text))) for i, text in enumerate(inputs.texts)]
+
+
+@contextlib.contextmanager
+def _naming(where, server):
+    """Prefixes the error of a request with `where` (its prompt's file and line), if any."""
+    import grpc
+
+    try:
+        yield
+    except grpc.RpcError as e:
+        error = _zoo_error(e, server)
+        if where is None or e.code() == grpc.StatusCode.UNAVAILABLE:
+            raise error from None
+        raise ZooError(f"{where}: {error}") from None
+
+
 @client.command()
 @generation_options
-def generate(model, server, timeout, as_json, **kwargs):
-    """Generate text with a served model and print it when done.
+def generate(model, server, timeout, as_json, input_path, **kwargs):
+    """Generate text with a served model and print it when done; with --input, one result per
+    prompt (--json: one object per line).
 
     \b
     Example:
       zoo client generate shakespeare --prompt "To be" --temperature 0 --max-new-tokens 40 --json
+      zoo client generate shakespeare --input prompts.txt --max-new-tokens 40 --json
     """
     from server.client import response_dict
 
+    requests = _requests(input_path, **kwargs)
     with connect(server, timeout) as zoo_client:
-        response = zoo_client.generate(model, **_request_kwargs(**kwargs))
-    click.echo(json.dumps(response_dict(response)) if as_json else response.text)
+        for where, request in requests:
+            with _naming(where, server):
+                response = zoo_client.generate(model, **request)
+            click.echo(json.dumps(response_dict(response)) if as_json else response.text)
 
 
 @client.command()
 @generation_options
-def stream(model, server, timeout, as_json, **kwargs):
+def stream(model, server, timeout, as_json, input_path, **kwargs):
     """Generate text with a served model, printing it as it is produced.
 
     With --json, prints one JSON object per line: {"text": ..., "token_ids": [...]} per chunk, then
-    the final result (as `zoo client generate --json` prints it) under "final".
+    the final result (as `zoo client generate --json` prints it) under "final". With --input, each
+    prompt is streamed in turn.
 
     \b
     Example:
@@ -114,44 +155,51 @@ def stream(model, server, timeout, as_json, **kwargs):
     """
     from server.client import response_dict
 
+    requests = _requests(input_path, **kwargs)
     with connect(server, timeout) as zoo_client:
-        for message in zoo_client.stream(model, **_request_kwargs(**kwargs)):
-            if message.HasField("chunk"):
-                if as_json:
-                    chunk = {"text": message.chunk.text, "token_ids": list(message.chunk.token_ids)}
-                    if message.chunk.logprobs:
-                        chunk["logprobs"] = [p.logprob for p in message.chunk.logprobs]
-                    click.echo(json.dumps(chunk))
-                else:
-                    click.echo(message.chunk.text, nl=False)
-            elif as_json:
-                click.echo(json.dumps({"final": response_dict(message.final)}))
-            else:
-                click.echo()
+        for where, request in requests:
+            with _naming(where, server):
+                for message in zoo_client.stream(model, **request):
+                    if message.HasField("chunk"):
+                        if as_json:
+                            chunk = {"text": message.chunk.text, "token_ids": list(message.chunk.token_ids)}
+                            if message.chunk.logprobs:
+                                chunk["logprobs"] = [p.logprob for p in message.chunk.logprobs]
+                            click.echo(json.dumps(chunk))
+                        else:
+                            click.echo(message.chunk.text, nl=False)
+                    elif as_json:
+                        click.echo(json.dumps({"final": response_dict(message.final)}))
+                    else:
+                        click.echo()
 
 
 @client.command()
 @click.argument("model")
-@click.argument("texts", nargs=-1, required=True)
+@click.argument("texts", nargs=-1)
+@input_option(pairs=True)
 @click.option("--version", type=int, default=0, help="Model version; default the highest.")
 @click.option("--pair", "pairs", multiple=True, help="Second segment of each text, for sentence-pair models "
                                                     "(repeat once per text).")
 @click.option("--json", "as_json", is_flag=True, help="Print every class probability as JSON.")
 @server_option
 @timeout_option
-def classify(model, texts, version, pairs, as_json, server, timeout):
-    """Classify one or more texts with a served classification model.
+def classify(model, texts, input_path, version, pairs, as_json, server, timeout):
+    """Classify one or more texts with a served classification model: the TEXTS arguments, or the
+    lines of --input FILE (- reads standard input).
 
     \b
     Example:
       zoo client classify language-id "Mot de passe oublié" "Passwort zurücksetzen" --json
+      zoo client classify language-id --input messages.txt
     """
+    texts, pairs = texts_or_input(texts, input_path, pairs, takes_pairs=True)
     with connect(server, timeout) as zoo_client:
-        response = zoo_client.classify(model, texts, pairs=pairs, version=version)
-    for text, result in zip(texts, response.results):
+        response = zoo_client.classify(model, texts, pairs=pairs or (), version=version)
+    for i, (text, result) in enumerate(zip(texts, response.results)):
         if as_json:
-            click.echo(json.dumps({"text": text, "label": result.label, "probability": result.probability,
-                                   "truncated": result.truncated,
+            click.echo(json.dumps({"text": text, **({"pair": pairs[i]} if pairs else {}), "label": result.label,
+                                   "probability": result.probability, "truncated": result.truncated,
                                    "classes": {c.label: c.probability for c in result.classes}}))
         else:
             click.echo(f"{result.label}\t{result.probability:.4f}\t{text}" + ("\t(truncated)" if result.truncated else ""))
@@ -159,17 +207,21 @@ def classify(model, texts, version, pairs, as_json, server, timeout):
 
 @client.command()
 @click.argument("model")
-@click.argument("texts", nargs=-1, required=True)
+@click.argument("texts", nargs=-1)
+@input_option()
 @click.option("--version", type=int, default=0, help="Model version; default the highest.")
 @server_option
 @timeout_option
-def embed(model, texts, version, server, timeout):
-    """Print the sentence vector of each text from a served classifier's encoder, one JSON line each.
+def embed(model, texts, input_path, version, server, timeout):
+    """Print the sentence vector of each text from a served classifier's encoder, one JSON line each:
+    the TEXTS arguments, or the lines of --input FILE (- reads standard input).
 
     \b
     Example:
       zoo client embed language-id "Mot de passe oublié" "Show all results"
+      zoo client embed language-id --input messages.txt > vectors.jsonl
     """
+    texts, _ = texts_or_input(texts, input_path)
     with connect(server, timeout) as zoo_client:
         response = zoo_client.embed(model, texts, version=version)
     for text, embedding in zip(texts, response.embeddings):

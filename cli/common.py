@@ -1,4 +1,5 @@
-"""What every `zoo` command shares: the --backend option and one-line errors."""
+"""What every `zoo` command shares: the --backend option, one-line errors, and texts from the command
+line or from --input FILE|-."""
 
 import click
 
@@ -30,3 +31,39 @@ class ZooGroup(click.Group):
             return super().invoke(ctx)
         except ZooError as e:
             raise click.ClickException(str(e)) from None
+
+
+INPUT_HELP = ("Read the texts from FILE, one per line (a .jsonl file: one object per line with a \"text\" "
+              "field{pairs}), or from standard input with -; instead of {arguments}.")
+
+
+def input_option(arguments="TEXTS", pairs=False):
+    """--input FILE|-: the texts from a file or standard input instead of the command line (see
+    `texts_or_input`). `arguments` names what it replaces, for the help."""
+    return click.option("--input", "input_path", metavar="FILE|-", default=None,
+                        help=INPUT_HELP.format(arguments=arguments, pairs=' and an optional "pair"' if pairs else ""))
+
+
+def read_input(input_path, pairs=False):
+    """The Inputs of --input (`zoo.data.inputs.read_inputs`), standard input for "-"."""
+    from zoo.data.inputs import read_inputs
+
+    return read_inputs(input_path, click.get_binary_stream("stdin"), pairs=pairs)
+
+
+def texts_or_input(texts, input_path, pairs=(), takes_pairs=False, arguments="TEXTS"):
+    """(texts, pairs or None) of a command that takes texts: its `arguments` on the command line or
+    the texts of --input, exactly one of the two (a UsageError naming both otherwise). --pair
+    values go with texts on the command line; from a .jsonl file, its "pair" fields."""
+    if texts and input_path is not None:
+        raise click.UsageError(f"give the texts as {arguments} arguments or with --input, not both")
+    if not texts and input_path is None:
+        raise click.UsageError(f"no texts: give them as {arguments} arguments, or with --input FILE "
+                               "(- for standard input)")
+    if input_path is None:
+        return list(texts), (list(pairs) or None)
+    if pairs:
+        raise click.UsageError('--pair goes with texts on the command line; with --input, give each text\'s pair '
+                               'in the "pair" field of a .jsonl file')
+    inputs = read_input(input_path, pairs=takes_pairs)
+    return inputs.texts, inputs.pairs

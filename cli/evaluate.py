@@ -4,38 +4,43 @@ import json
 
 import click
 
-from cli.common import backend_option
+from cli.common import backend_option, input_option, texts_or_input
 
 
 @click.command()
 @backend_option
 @click.argument("model_path", metavar="RUN_OR_BUNDLE", type=click.Path())
-@click.argument("texts", nargs=-1, required=True)
+@click.argument("texts", nargs=-1)
+@input_option(pairs=True)
 @click.option("--pair", "pairs", multiple=True,
               help="Second segment of each text, for sentence-pair models (repeat once per text).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per text, with every class's probability.")
-def classify(model_path, texts, pairs, as_json):
+def classify(model_path, texts, input_path, pairs, as_json):
     """Classify texts with a classifier run or bundle: the label and its probability per text.
+
+    The texts are the TEXTS arguments, or the lines of --input FILE (- reads standard input): a
+    text that starts with "-" would be taken for an option on the command line.
 
     \b
     Example:
       zoo classify bundles/language-id "Mot de passe oublié" "Show all results" --json
+      zoo classify bundles/language-id --input messages.txt
+      zoo classify bundles/sst2-pairs --input pairs.jsonl --json   # {"text": ..., "pair": ...} per line
+      cut -f2 reviews.tsv | zoo classify bundles/sentiment --input -
     """
-    from zoo.bundle import load_model
-    from zoo.engine.classify import Classifier
-    from zoo.errors import ZooError
-
+    texts, pairs = texts_or_input(texts, input_path, pairs, takes_pairs=True)
     if pairs and len(pairs) != len(texts):
         raise click.UsageError(f"{len(texts)} texts but {len(pairs)} --pair values: give one per text, or none")
-    model, tokenizer, info = load_model(model_path)
-    if info.get("task") != "classify":
-        raise ZooError(f"{model_path}: is a {info.get('kind')} model with task {info.get('task')!r}, not a classifier")
-    results = Classifier(model, tokenizer, info["labels"]).classify(texts, list(pairs) or None)
-    for text, result in zip(texts, results):
+    from zoo.bundle import load_runtime
+
+    classifier, info = load_runtime(model_path, "classify")
+    results = classifier.classify(texts, pairs)
+    for i, (text, result) in enumerate(zip(texts, results)):
         if as_json:
-            click.echo(json.dumps({"text": text, "label": result.label, "probability": result.probability,
-                                   "truncated": result.truncated,
-                                   "classes": dict(zip(info["labels"], map(float, result.probabilities)))}))
+            record = {"text": text, **({"pair": pairs[i]} if pairs else {}), "label": result.label,
+                      "probability": result.probability, "truncated": result.truncated,
+                      "classes": dict(zip(info.labels, map(float, result.probabilities)))}
+            click.echo(json.dumps(record))
         else:
             click.echo(f"{result.label}\t{result.probability:.4f}\t{text}" + ("\t(truncated)" if result.truncated else ""))
 
@@ -60,12 +65,11 @@ def evaluate(model_path, data, beam_width, as_json):
       zoo eval runs/sst2 --data glue/SST-2/dev.tsv --json
       zoo eval bundles/en-fr --beam-width 5
     """
-    from zoo.engine.classify import format_report
     from zoo.evaluate import evaluate as evaluate_model
-    from zoo.training.seq2seq import format_scores
+    from zoo.evaluate import format_report
 
     report = evaluate_model(model_path, data, beam_width)
     if as_json:
         click.echo(json.dumps(report))
     else:
-        click.echo(format_scores(report) if report["kind"] == "seq2seq" else format_report(report))
+        click.echo(format_report(report))

@@ -4,7 +4,7 @@ import json
 
 import click
 
-from cli.common import backend_option
+from cli.common import backend_option, input_option, read_input, texts_or_input
 
 
 @click.command()
@@ -27,7 +27,11 @@ def export(run, out, force):
 @click.command()
 @backend_option
 @click.argument("model_path", metavar="RUN_OR_BUNDLE", type=click.Path())
-@click.option("--prompt", default="", help="Text to continue (gpt) or the source text to transform (seq2seq).")
+@click.option("--prompt", default=None, help="Text to continue (gpt) or the source text to transform (seq2seq); "
+                                             "default empty.")
+@click.option("--input", "input_path", metavar="FILE|-", default=None,
+              help='Generate for each prompt of FILE in turn: one per line (a .jsonl file: a "text" field per '
+                   "line), or standard input with -; instead of --prompt. With --json, one object per line.")
 @click.option("--max-new-tokens", type=int, help="Default: up to the end of the context.")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="0 is greedy.")
 @click.option("--top-k", type=int, default=0, show_default=True, help="Sample among the k likeliest; 0 is off.")
@@ -40,37 +44,56 @@ def export(run, out, force):
 @click.option("--length-penalty", type=float, default=1.0, show_default=True,
               help="seq2seq beam search: GNMT's length penalty exponent (0: plain sum of log-probs).")
 @click.option("--json", "as_json", is_flag=True, help="Print text, token ids and finish reason as JSON.")
-def generate(model_path, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, truncate_prompt, beam_width,
-             length_penalty, as_json):
+def generate(model_path, prompt, input_path, max_new_tokens, temperature, top_k, top_p, seed, stop, truncate_prompt,
+             beam_width, length_penalty, as_json):
     """Generate text from a run directory or a bundle, streaming it as it is produced.
 
     For a gpt model the prompt is continued; for a seq2seq model it is the source text and the
-    output is its translation (or summary).
+    output is its translation (or summary). With --input, each line of the file (or of standard
+    input, with -) is a prompt, generated in turn: one output per prompt.
 
     \b
     Example:
       zoo generate bundles/shakespeare --prompt "ROMEO." --max-new-tokens 200 --temperature 0.8 --top-k 40
       zoo generate runs/shakespeare --prompt "To be" --temperature 0 --stop "." --json
+      zoo generate bundles/shakespeare --input prompts.txt --max-new-tokens 50 --seed 1 --json
       zoo translate bundles/en-fr "Forgot your password?" --beam-width 4
     """
+    if prompt is not None and input_path is not None:
+        raise click.UsageError("give the prompt with --prompt or the prompts with --input, not both")
+    inputs = read_input(input_path) if input_path is not None else None  # a bad file fails fast
+
+    from zoo.bundle import load_runtime
     from zoo.engine import SamplingConfig
-    from zoo.engine.factory import load_generator
     from zoo.errors import ZooError
 
     config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                             seed=seed, stop=tuple(stop), truncate_prompt=truncate_prompt)
-    config.validate()  # before the model loads: bad flags fail fast
-    generator, info = load_generator(model_path)
-    seq2seq = info["kind"] == "seq2seq"
+    config.validate()  # before the model loads: bad flags fail fast too
+    generator, info = load_runtime(model_path, "generate")
+    if beam_width and not hasattr(generator, "beam_search"):
+        raise ZooError(f"--beam-width: a {info.kind} model has no beam search; sample or decode greedily "
+                       "(--temperature 0) instead")
+    if inputs is None:
+        _generate_one(generator, prompt or "", config, beam_width, length_penalty, as_json)
+        return
+    for i, text in enumerate(inputs.texts):
+        try:
+            _generate_one(generator, text, config, beam_width, length_penalty, as_json)
+        except ZooError as e:  # a prompt too long, say: which one
+            raise ZooError(f"{inputs.where(i)}: {e}") from None
+
+
+def _generate_one(generator, prompt, config, beam_width, length_penalty, as_json):
+    """Generates for one prompt and prints it: streamed as text, or once done as text or JSON."""
     if beam_width:
-        if not seq2seq:
-            raise ZooError("--beam-width is for seq2seq models; sample or decode greedily (--temperature 0) instead")
-        result = generator.beam_search(prompt, beam_width, length_penalty, max_new_tokens=max_new_tokens,
-                                       truncate_prompt=truncate_prompt)
+        result = generator.beam_search(prompt, beam_width, length_penalty, max_new_tokens=config.max_new_tokens,
+                                       truncate_prompt=config.truncate_prompt)
     elif as_json:
         result = generator.generate(prompt, config)
     else:
-        if not seq2seq:
+        generator.prompt_ids(prompt, config)  # a prompt that does not fit fails before any of it is printed
+        if generator.continues_prompt:  # a continuation reads on from the prompt; a translation does not
             click.echo(prompt, nl=False)
         generator.generate(prompt, config, on_text=lambda text: click.echo(text, nl=False))
         click.echo()
@@ -85,23 +108,29 @@ def generate(model_path, prompt, max_new_tokens, temperature, top_k, top_p, seed
 @click.command()
 @backend_option
 @click.argument("model_path", metavar="RUN_OR_BUNDLE", type=click.Path())
-@click.argument("texts", nargs=-1, required=True)
+@click.argument("texts", nargs=-1)
+@input_option()
 @click.option("--beam-width", type=click.IntRange(1), default=4, show_default=True, help="1 is greedy decoding.")
 @click.option("--length-penalty", type=float, default=1.0, show_default=True, help="GNMT's length penalty exponent.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per text.")
-def translate(model_path, texts, beam_width, length_penalty, as_json):
+def translate(model_path, texts, input_path, beam_width, length_penalty, as_json):
     """Translate (or summarize) texts with a seq2seq run or bundle, by beam search; one output line per text.
+
+    The texts are the TEXTS arguments, or the lines of --input FILE (- reads standard input).
 
     \b
     Example:
       zoo translate bundles/en-fr "Forgot your password?" "Show all results" --beam-width 4
+      zoo translate bundles/en-fr --input sentences.txt --json
     """
-    from zoo.engine.factory import load_generator
+    texts, _ = texts_or_input(texts, input_path)
+    from zoo.bundle import load_runtime
     from zoo.errors import ZooError
 
-    generator, info = load_generator(model_path)
-    if info["kind"] != "seq2seq":
-        raise ZooError(f"{model_path}: is a {info['kind']} model; zoo translate needs a seq2seq model")
+    generator, info = load_runtime(model_path, "generate")
+    if not hasattr(generator, "beam_search"):
+        raise ZooError(f"{model_path}: is a {info.kind} model; zoo translate needs a model that translates "
+                       "(source to target, with beam search), such as a seq2seq model")
     for text in texts:
         result = generator.beam_search(text, beam_width, length_penalty, truncate_prompt=True)
         if as_json:

@@ -1,15 +1,17 @@
 """`zoo`: train, export, sample and serve transformer models on any Keras backend."""
 
 import json
-import os
 
 import click
 
-# TensorFlow (which keras-hub imports when it is installed) logs start-up noise to stderr.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import zoo
-from cli.bench import bench
+from zoo.backend import quiet_tensorflow_startup
+
+# TensorFlow (which keras-hub imports when it is installed) logs start-up noise to stderr: before
+# anything below can import it.
+quiet_tensorflow_startup()
+
+from cli.bench import bench  # noqa: E402 (after the line above)
 from cli.client import client
 from cli.common import ZooGroup, backend_option
 from cli.evaluate import classify, evaluate
@@ -17,8 +19,6 @@ from cli.generate import export, generate, translate
 from cli.prepare import prepare
 from cli.serve import serve
 from cli.train import train
-from cli.train_bert import bert
-from cli.train_seq2seq import seq2seq
 
 
 @click.group(cls=ZooGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -55,8 +55,6 @@ def info(as_json):
         click.echo(f"{key:>12}: {', '.join(value) if isinstance(value, list) else value}")
 
 
-train.add_command(bert)
-train.add_command(seq2seq)
 cli.add_command(train)
 cli.add_command(prepare)
 cli.add_command(export)

@@ -46,7 +46,7 @@ def serve(path, port, host, grace_period, metrics_port, step_delay, max_batch_si
       zoo serve bundles/language-id --max-batch-size 64 --max-batch-delay-ms 2
       zoo serve bundles/shakespeare --decode-slots 16 --max-queue 256
     """
-    from server.app import run
+    from server.main import run
 
     run(path, host=host, port=port, grace_period=grace_period, metrics_port=metrics_port, step_delay=step_delay,
         batching=dict(max_batch_size=max_batch_size, max_delay=max_batch_delay_ms / 1000, enabled=dynamic_batching),

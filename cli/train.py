@@ -1,16 +1,28 @@
-"""`zoo train`: one command per model family."""
+"""`zoo train`: one subcommand per model family, as the family registry declares them."""
 
 import click
 
-from cli.common import ZooGroup
-from cli.train_options import positive, training_command
-
-PRESET_NAMES = ("nano", "small", "gpt2")  # zoo.models.gpt.PRESETS, named here so --help needs no keras
+from cli.common import ZooGroup, backend_option
+from zoo import families
 
 
-@click.group(cls=ZooGroup)
+class TrainGroup(ZooGroup):
+    """Lists and loads the families' commands from the registry, on demand."""
+
+    def list_commands(self, ctx):
+        return families.names()
+
+    def get_command(self, ctx, name):
+        if name not in families.names():
+            return None
+        if name not in self.commands:  # once: click.option adds --backend to the command it decorates
+            self.commands[name] = backend_option(families.get(name).train_command())
+        return self.commands[name]
+
+
+@click.group(cls=TrainGroup)
 def train():
-    """Train a model: gpt (language model), bert (masked LM or classifier) or seq2seq.
+    """Train a model of one family: gpt (language model), bert (masked LM or classifier), seq2seq, ...
 
     \b
     Example:
@@ -18,58 +30,3 @@ def train():
       zoo train bert --task classify --out runs/language-id
       zoo train seq2seq --out runs/en-fr
     """
-
-
-@train.command()
-@click.option("--data", type=click.Path(), default=None,
-              help="A .txt file, a directory of .txt/.jsonl files, a .jsonl file, or a corpus prepared by `zoo prepare`; "
-                   "default: the shipped Shakespeare corpus.")
-@click.option("--text-field", default="text", show_default=True, help="The text field of .jsonl records.")
-@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Share of the corpus (its end) held out.")
-@click.option("--preset", type=click.Choice(PRESET_NAMES), default="nano", show_default=True, help="Model shape.")
-@click.option("--num-layers", type=int, callback=positive, help="Override the preset.")
-@click.option("--num-heads", type=int, callback=positive, help="Override the preset.")
-@click.option("--hidden-dim", type=int, callback=positive, help="Override the preset.")
-@click.option("--intermediate-dim", type=int, callback=positive, help="Override the preset (MLP width).")
-@click.option("--max-length", type=int, callback=positive, help="Override the preset (context length).")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Override the preset.")
-@click.option("--position-embedding", type=click.Choice(["learned", "rotary"]), help="Override the preset (default learned).")
-@click.option("--tokenizer", "tokenizer_kind", type=click.Choice(["bpe", "char"]), default="bpe", show_default=True,
-              help="Byte-level BPE or characters (with byte fallback).")
-@click.option("--vocab-size", type=int, default=2048, show_default=True, help="BPE vocabulary size.")
-@click.option("--seq-len", type=int, callback=positive, help="Training block length; default the context length.")
-@training_command("gpt")
-def gpt(data, text_field, val_fraction, preset, num_layers, num_heads, hidden_dim, intermediate_dim, max_length,
-        dropout, position_embedding, tokenizer_kind, vocab_size, seq_len, **run):
-    """Train a GPT-style language model.
-
-    Progress (loss, tokens/s, ETA) goes to stderr; checkpoints, metrics.jsonl and config.json to
-    the run directory. Ctrl-C saves a checkpoint; --resume continues exactly where it stopped.
-
-    \b
-    Example:
-      zoo train gpt --preset nano --max-steps 500 --out runs/shakespeare
-      zoo train gpt --data my_corpus/ --tokenizer char --preset small --out runs/mine --precision bf16
-      zoo train gpt --out runs/shakespeare --resume --max-steps 1000
-      zoo prepare --data big_corpus/ --out prepared/big && zoo train gpt --data prepared/big --grad-accum 4
-    """
-    from zoo.data.prepared import is_prepared
-    from zoo.training.gpt import train_gpt
-
-    ctx = click.get_current_context()
-    if is_prepared(data):
-        fixed = [name for name in ("tokenizer_kind", "vocab_size", "val_fraction", "text_field")
-                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
-        if fixed:
-            flag = "--tokenizer" if fixed[0] == "tokenizer_kind" else "--" + fixed[0].replace("_", "-")
-            raise click.UsageError(f"{flag}: {data} is a prepared corpus, whose tokenizer and split were fixed by "
-                                   "`zoo prepare`; prepare it again to change them")
-
-    return train_gpt(
-        run["out"], data=data, preset=preset,
-        model_overrides=dict(num_layers=num_layers, num_heads=num_heads, hidden_dim=hidden_dim,
-                             intermediate_dim=intermediate_dim, max_length=max_length, dropout=dropout,
-                             position_embedding=position_embedding),
-        tokenizer_kind=tokenizer_kind, vocabulary_size=vocab_size, seq_len=seq_len, val_fraction=val_fraction,
-        text_field=text_field, train_config=run["train_config"], resume=run["resume"],
-        explicit_train_changes=run["explicit"], command=run["command"])

@@ -1,1 +1,1 @@
-"""gRPC serving for zoo models: `zoo serve` runs `server.app`, `server.client` calls it."""
+"""gRPC serving for zoo models: `zoo serve` runs `server.main`, `server.client` calls it."""

@@ -81,9 +81,11 @@ class ZooClient:
                                      text_pairs=list(pairs or []))
         return self.stub.Classify(request, timeout=self._timeout(timeout))
 
-    def embed(self, model, texts, *, version=0, timeout=None):
-        """The pooled sentence vectors of a batch of texts; returns an EmbedResponse."""
-        request = pb.EmbedRequest(model_spec=mpb.ModelSpec(name=model, version=version), texts=list(texts))
+    def embed(self, model, texts, *, pairs=None, version=0, timeout=None):
+        """The pooled sentence vectors of a batch of texts (with `pairs`: sentence pairs); returns an
+        EmbedResponse."""
+        request = pb.EmbedRequest(model_spec=mpb.ModelSpec(name=model, version=version), texts=list(texts),
+                                  text_pairs=list(pairs or []))
         return self.stub.Embed(request, timeout=self._timeout(timeout))
 
     def list_models(self, *, timeout=None):

@@ -27,7 +27,7 @@ import time
 import numpy as np
 from prometheus_client import Gauge, Histogram
 
-from zoo.engine.compiled import slot_buckets
+from zoo.engine.interface import slot_buckets
 from zoo.engine.generation import Step
 
 DECODE_ROWS = Histogram("zoo_decode_batch_requests", "Requests stepped together in one decode step (continuous batching).",
@@ -92,6 +92,7 @@ class ContinuousBatcher:
         loop = asyncio.get_running_loop()
         while True:
             if not self.waiting and not any(self.busy):
+                SLOTS_BUSY.labels(*self.labels).set(0)  # the last request finished: every slot is free
                 self.wake.clear()
                 await self.wake.wait()
             for slot, request in enumerate(self.busy):

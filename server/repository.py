@@ -18,23 +18,23 @@ class LoadedModel:
     path: Path
     model: object
     tokenizer: object
-    info: dict
+    info: object  # the bundle's zoo.configs.BundleInfo
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @property
     def task(self):
-        return self.info.get("task")
+        return self.info.task
 
     @property
     def context_length(self):
         """Tokens the model reads: its context (gpt, bert) or its longest source (seq2seq)."""
-        return int(self.info.get("max_length") or self.model.max_length)
+        return int(self.info.max_length or self.model.max_length)
 
     @property
     def max_new_tokens_bound(self):
         """The most tokens one request may generate: the longest target (seq2seq), or one less
         than the context (gpt: the prompt takes at least one position)."""
-        return int(self.info["max_target_length"]) if self.info.get("max_target_length") else self.context_length - 1
+        return int(self.info.max_target_length) if self.info.max_target_length else self.context_length - 1
 
 
 class Repository:
@@ -74,7 +74,7 @@ class Repository:
             model, tokenizer, info = load_bundle(bundle_dir)
             models.append(LoadedModel(name, version, Path(bundle_dir), model, tokenizer, info))
             if log:
-                log(f"loaded model {name} version {version} ({info.get('kind')}, task {info.get('task')}) from {bundle_dir}")
+                log(f"loaded model {name} version {version} ({info.kind}, task {info.task}) from {bundle_dir}")
         return cls(models)
 
     def names(self):
@@ -82,6 +82,10 @@ class Repository:
 
     def versions(self, name):
         return sorted(self.models.get(name, {}))
+
+    def all(self):
+        """Every loaded model version."""
+        return [m for versions in self.models.values() for m in versions.values()]
 
     def get(self, name, version=0):
         """The model version; raises KeyError with a message naming what is missing."""

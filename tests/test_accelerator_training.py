@@ -30,7 +30,7 @@ def _metrics(run):
 
 @pytest.mark.backend_independent
 def test_flops_per_token_and_mfu_match_a_hand_count_for_the_nano_preset():
-    from zoo.models.gpt import gpt_from_preset
+    from zoo.families.gpt.model import gpt_from_preset
 
     # nano: 4 layers, width 128, MLP 512, context 128; vocabulary 2048. Per layer: two LayerNorms
     # 4*128, QKV 128*384+384, attention out 128*128+128, MLP 128*512+512 and 512*128+128.
@@ -86,7 +86,7 @@ def test_prepared_corpus_round_trips(tmp_path, small_corpus):
 @pytest.fixture(scope="module")
 def prepared_bf16_run(tmp_path_factory, small_corpus):
     """A tiny GPT trained in bf16 for 30 steps on a char-level prepared corpus."""
-    from zoo.training.gpt import train_gpt
+    from zoo.families.gpt.training import train_gpt
 
     base = tmp_path_factory.mktemp("prepared-run")
     prepare_corpus(base / "prepared", small_corpus, "char")
@@ -106,7 +106,7 @@ def test_bf16_training_lowers_the_loss(prepared_bf16_run):
 
 
 def test_training_on_a_prepared_corpus_reuses_its_tokens_and_resumes(prepared_bf16_run):
-    from zoo.training.gpt import train_gpt
+    from zoo.families.gpt.training import train_gpt
 
     prepared, run, _ = prepared_bf16_run
     config = json.loads((run / "config.json").read_text())
@@ -119,7 +119,7 @@ def test_training_on_a_prepared_corpus_reuses_its_tokens_and_resumes(prepared_bf
 
 
 def _tiny_model(vocabulary):
-    from zoo.models.gpt import GPT
+    from zoo.families.gpt.model import GPT
 
     model = GPT(vocabulary_size=vocabulary, num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=64, max_length=16)
     model.build()
@@ -155,17 +155,19 @@ def test_grad_accum_of_n_batches_equals_one_n_times_larger(tmp_path):
     tokens = np.random.default_rng(0).integers(0, 64, 4000).astype(np.int32)
     whole, whole_summary, whole_log = _train_tiny(tmp_path, "whole", tokens, batch_size=8)
     accumulated, summary, log = _train_tiny(tmp_path, "accumulated", tokens, batch_size=2, grad_accum=4)
+    # The optimizer accumulates: one accumulator per trainable variable (checked below).
+    accumulators = [v for v in accumulated.optimizer.variables if "accumulator" in v.path]
+    assert len(accumulators) == len(accumulated.trainable_weights), [v.path for v in accumulated.optimizer.variables]
     for model in (whole, accumulated):
         assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 3  # updates, not batches
     assert [m["lr"] for m in log] == [m["lr"] for m in whole_log]
     np.testing.assert_allclose([m["loss"] for m in log], [m["loss"] for m in whole_log], rtol=1e-5)
-    for a, b in zip(accumulated.trainable_weights, whole.trainable_weights):
+    for a, b in zip(accumulated.trainable_weights, whole.trainable_weights, strict=True):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=2e-6, rtol=1e-5,
                                    err_msg=a.path)
     # Checkpoints fall on update boundaries: nothing half-accumulated is left to resume.
-    for variable in accumulated.optimizer.variables:
-        if "accumulator" in variable.path:
-            assert not np.any(keras.ops.convert_to_numpy(variable))
+    for variable in accumulators:
+        assert not np.any(keras.ops.convert_to_numpy(variable)), variable.path
 
 
 def test_fp16_trains_under_keras_loss_scaling(backend, tmp_path):
@@ -191,7 +193,7 @@ def test_fp16_trains_under_keras_loss_scaling(backend, tmp_path):
 
 
 def test_more_than_one_device_is_refused_with_the_reason(backend, tmp_path, small_corpus):
-    from zoo.training.gpt import train_gpt
+    from zoo.families.gpt.training import train_gpt
 
     expected = "device\\(s\\) visible" if backend == "jax" else "JAX backend only"
     with pytest.raises(ZooError, match=expected):
@@ -214,7 +216,12 @@ def test_data_and_model_parallel_on_8_cpu_devices_match_one_device(tmp_path, sma
         np.testing.assert_allclose(runs[name]["losses"], runs["one"]["losses"], rtol=2e-5, err_msg=name)
         assert runs[name]["val_loss"] == pytest.approx(runs["one"]["val_loss"], rel=2e-5)
     assert "ModelParallel over 8 devices (4 batch x 2 model)" in result.stderr
-    for path, spec in runs["sharding"].items():
+    # The helper's 2 layers' qkv and mlp_out kernels and the token embedding: all found, all sharded.
+    sharding = runs["sharding"]
+    for suffix, count in (("attn/qkv/kernel", 2), ("mlp_out/kernel", 2), ("token_embedding/embeddings", 1)):
+        assert sum(path.endswith(suffix) for path in sharding) == count, f"{count} {suffix} expected in {sharding}"
+    assert len(sharding) == 5, sharding
+    for path, spec in sharding.items():
         assert "'model'" in spec, f"{path} is not sharded: {spec}"
 
 
@@ -222,10 +229,16 @@ def test_data_and_model_parallel_on_8_cpu_devices_match_one_device(tmp_path, sma
 def test_gpu_benchmark_runs_unchanged_on_the_cpu_without_tensorflow(tmp_path, small_corpus):
     out = tmp_path / "bench.json"
     env = {**os.environ, "PYTHONPATH": NO_TF}
+    # A validation loss the run has to learn its way to: below ln(vocabulary), what a model that
+    # guesses every character alike scores (the small corpus has 75 characters: ln 75 = 4.32).
+    steps, target = 40, 4.0
+    vocabulary = len(set(small_corpus.read_text(encoding="utf-8")))
+    assert target < math.log(vocabulary) - 0.05
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_train.py"), "--backend", "jax", "torch", "--presets", "small",
-         "--steps", "3", "--batch-size", "4", "--seq-len", "32", "--eval-every", "3", "--eval-blocks", "4",
-         "--log-every", "1", "--target-loss", "100", "--data", str(small_corpus), "--out", str(out),
+         "--steps", str(steps), "--batch-size", "4", "--seq-len", "32", "--eval-every", "10", "--eval-blocks", "4",
+         "--log-every", "1", "--lr", "3e-3", "--warmup", "3", "--target-loss", str(target), "--data", str(small_corpus),
+         "--out", str(out),
          "--override", "num_layers=2", "--override", "hidden_dim=32", "--override", "num_heads=2",
          "--override", "intermediate_dim=64"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -233,6 +246,9 @@ def test_gpu_benchmark_runs_unchanged_on_the_cpu_without_tensorflow(tmp_path, sm
     report = json.loads(out.read_text())
     assert [(r["preset"], r["backend"]) for r in report["rows"]] == [("small", "jax"), ("small", "torch")]
     for row in report["rows"]:
-        assert row["steps"] == 3 and row["tokens_per_s"] > 0 and row["mfu"] is None  # no known CPU peak
-        assert row["time_to_target_s"] is not None and row["host_peak_rss_bytes"] > 0
+        assert row["steps"] == steps and row["tokens_per_s"] > 0 and row["mfu"] is None  # no known CPU peak
+        assert row["host_peak_rss_bytes"] > 0 and row["target_val_loss"] == target
+        # Reached, as the validation losses say, within the run's training time.
+        assert row["best_val_loss"] <= target, row
+        assert row["time_to_target_s"] is not None and 0 < row["time_to_target_s"] <= row["wall_s"], row
     assert "| small | torch |" in out.with_suffix(".md").read_text()

@@ -7,7 +7,7 @@ import pytest
 
 from zoo.data import MLMBatches, mlm_sequences
 from zoo.errors import ZooError
-from zoo.models.bert import BertClassifier, BertMaskedLM, bert_from_preset, copy_encoder_weights
+from zoo.families.bert.model import BertClassifier, BertMaskedLM, bert_from_preset, copy_encoder_weights
 from zoo.tokenizers import train_wordpiece
 
 VOCAB = 300

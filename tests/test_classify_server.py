@@ -36,10 +36,10 @@ def client(server):
 def local(tiny_classifier):
     """The same bundle classified in this process, for comparison."""
     from zoo.bundle import load_model
-    from zoo.engine.classify import Classifier
+    from zoo.families.bert.classifier import Classifier
 
     model, tokenizer, info = load_model(tiny_classifier[1])
-    return Classifier(model, tokenizer, info["labels"])
+    return Classifier(model, tokenizer, info.labels)
 
 
 def test_single_and_batched_requests_match_local_classification(client, local):
@@ -87,6 +87,17 @@ def test_embed_returns_one_vector_per_text(client, local):
     assert vectors.shape == (3, 64)  # conftest's tiny_classifier --hidden-dim
     expected, _ = local.embed(TEXTS[:3])
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+
+def test_embed_reads_text_pairs(client, local):
+    alone = np.array([e.values for e in client.embed("classifier-bundle", TEXTS[:2]).embeddings])
+    paired = np.array([e.values for e in client.embed("classifier-bundle", TEXTS[:2], pairs=TEXTS[2:4]).embeddings])
+    assert not np.allclose(alone, paired, atol=1e-4)
+    expected, _ = local.embed(TEXTS[:2], TEXTS[2:4])
+    np.testing.assert_allclose(paired, expected, atol=1e-5)
+    with pytest.raises(grpc.RpcError) as info:
+        client.embed("classifier-bundle", TEXTS[:2], pairs=TEXTS[:1])
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "text_pairs" in info.value.details()
 
 
 @pytest.mark.parametrize("texts, pairs, code, words", [

@@ -1,23 +1,57 @@
 """The `zoo` command: help with examples, backend reporting, and one-line errors for bad input."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import TINY_MODEL, run_zoo, zoo_json
+from conftest import ROOT, TINY_MODEL, run_zoo, zoo_json
 
-COMMANDS = [[], ["info"], ["train"], ["train", "gpt"], ["train", "bert"], ["export"], ["generate"], ["classify"],
-            ["eval"], ["serve"], ["client", "classify"]]
+GPT_BUNDLE = Path(__file__).parent / "fixtures" / "bundles_v1" / "gpt"  # tiny, with a context of 32
+
+def _every_command():
+    """Every command of `zoo`, nested groups and their lazily loaded commands included, as its
+    words: walked from the click group itself, so that a new command is covered without a list."""
+    import click
+
+    from cli.main import cli
+
+    found = []
+
+    def walk(command, words, parent):
+        found.append(words)
+        if isinstance(command, click.Group):
+            ctx = click.Context(command, info_name=words[-1] if words else "zoo", parent=parent)
+            for name in command.list_commands(ctx):
+                walk(command.get_command(ctx, name), [*words, name], ctx)
+
+    walk(cli, [], None)
+    return found
+
+
+COMMANDS = _every_command()
+
+
+@pytest.mark.backend_independent
+def test_the_command_walk_finds_the_nested_commands():
+    walked = set(map(tuple, COMMANDS))
+    assert {("train", "seq2seq"), ("prepare",), ("translate",), ("bench",), ("client", "embed")} <= walked
 
 
 @pytest.mark.backend_independent
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "zoo")
 def test_every_command_has_help_with_an_example(command):
-    result = run_zoo(*command, "--help")
-    assert result.returncode == 0
-    assert "Usage:" in result.stdout
-    if command not in (["train"],):
-        assert "Example" in result.stdout
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+    assert "Example" in result.output, f"zoo {' '.join(command)} --help shows no example"
 
 
 def test_info_reports_the_chosen_backend(backend):
@@ -108,3 +142,47 @@ def test_bundle_is_self_contained(tiny_run):
     assert info["kind"] == "gpt" and info["task"] == "generate" and info["max_length"] == 32
     assert info["provenance"]["steps"] == 30 and "val_loss" in info["provenance"]["final_metrics"]
     assert info["special_tokens"]["end"] == "<|endoftext|>"
+
+
+# What TensorFlow's C++ side prints while keras-hub imports it, on every backend (zoo.backend).
+TENSORFLOW_NOISE = ("All log messages before absl::InitializeLog", "cudart_stub.cc", "cpu_feature_guard.cc",
+                    "oneDNN custom operations", "rebuild TensorFlow with the appropriate compiler flags")
+
+
+def test_tensorflow_start_up_lines_stay_out_of_stderr_and_real_errors_do_not(backend):
+    # The error comes after the model, and with it keras-hub and TensorFlow, has loaded.
+    result = run_zoo("generate", GPT_BUNDLE, "--prompt", "word " * 100, "--max-new-tokens", "4", backend=backend)
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert not [line for line in lines if any(noise in line for noise in TENSORFLOW_NOISE)], result.stderr
+    assert lines[-1].startswith("Error: the prompt has 302 tokens"), result.stderr
+    if backend != "tensorflow":  # which, computing, probes for a GPU and may say why it found none
+        assert len(lines) == 1, result.stderr
+
+
+@pytest.mark.backend_independent
+def test_only_tensorflows_known_start_up_lines_are_dropped(tmp_path):
+    fake = tmp_path / "tensorflow"  # on PYTHONPATH, before the real one
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import os, sys\n"
+        "os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')\n"
+        "os.write(2, b'I0000 00:00:1796214107.924664    6785 cudart_stub.cc:31] Could not find cuda drivers on your '\n"
+        "            b'machine, GPU will not be used.\\n')\n"
+        "os.write(2, b'E0000 00:00:1796214107.924701    6785 op_kernel.cc:1830] a real failure\\n')\n"
+        "print('a Python warning', file=sys.stderr)\n")
+    code = ("from zoo.backend import quiet_tensorflow_startup\n"
+            "quiet_tensorflow_startup()\n"
+            "import tensorflow\n"
+            "print(type(tensorflow.__loader__).__name__)\n")
+    real = "E0000 00:00:1796214107.924701    6785 op_kernel.cc:1830] a real failure\na Python warning\n"
+    for level, expected in [("2", real), ("0", None)]:  # TF_CPP_MIN_LOG_LEVEL=0: everything, as TensorFlow prints it
+        env = {**os.environ, "PYTHONPATH": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": level}
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "SourceFileLoader\n"  # the module keeps its own loader
+        if expected:
+            assert result.stderr == expected
+        else:
+            assert len(result.stderr.splitlines()) == 4 and "cudart_stub.cc" in result.stderr

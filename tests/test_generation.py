@@ -4,10 +4,11 @@ import keras
 import numpy as np
 import pytest
 
-from zoo.engine import FINISH_END, FINISH_LENGTH, FINISH_STOP, EagerEngine, Generator, SamplingConfig
-from zoo.engine.generation import sample
+from zoo.engine import FINISH_END, FINISH_LENGTH, FINISH_STOP, EagerEngine, SamplingConfig
+from zoo.engine.sampling import sample
+from zoo.families.gpt.generator import Generator
 from zoo.errors import ZooError
-from zoo.models.gpt import gpt_from_preset
+from zoo.families.gpt.model import gpt_from_preset
 from zoo.tokenizers import train_char
 
 
@@ -16,22 +17,41 @@ def generator(small_corpus):
     tokenizer = train_char([small_corpus.read_text(encoding="utf-8")])
     keras.utils.set_random_seed(0)
     model = gpt_from_preset("nano", tokenizer.vocabulary_size, num_layers=2, hidden_dim=64, max_length=64)
+    # At the usual init each token predicts itself (the tied embedding), so greedy text repeats
+    # the prompt's last character whatever the cache holds; larger weights give varied text, as in
+    # test_engine_compiled (here 3, not 2, times 1/sqrt(fan-in): 15 different tokens in 20, not 3).
+    # The 256 byte-fallback tokens (ids 1-256) get zero embeddings, hence logit 0, and are never
+    # picked greedily: the text is characters, not stray bytes that decode differently alone.
+    rng = np.random.default_rng(0)
+    for variable in model.weights:
+        if len(variable.shape) == 2:
+            std = 1.0 if "embedding" in variable.path else 3 * variable.shape[0] ** -0.5
+            value = rng.normal(0, std, variable.shape).astype("float32")
+            if "token_embedding" in variable.path:
+                value[1:257] = 0.0
+            variable.assign(value)
     return Generator(model, tokenizer)
+
+
+def _plain_logits(model, ids):
+    """The logits after `ids` from the model's plain forward pass (no cache), padded to the
+    context (causal: padding after a token cannot change its logits) so eager backends see one shape."""
+    padded = np.zeros((1, model.max_length), dtype="int32")
+    padded[0, :len(ids)] = ids
+    return keras.ops.convert_to_numpy(model(padded))[0, len(ids) - 1]
 
 
 def test_greedy_equals_uncached_recomputation(generator):
     result = generator.generate("ROMEO.", SamplingConfig(max_new_tokens=20, temperature=0))
     ids = [generator.tokenizer.end_token_id] + generator.tokenizer.encode("ROMEO.")
-    # The whole sequence through the plain forward pass at every step, padded to the context
-    # (causal: padding after a token cannot change its logits) so eager backends see one shape.
-    expected, padded = [], np.zeros((1, generator.max_length), dtype="int32")
-    for _ in range(len(result.token_ids)):
-        padded[0, :len(ids) + len(expected)] = ids + expected
-        logits = keras.ops.convert_to_numpy(generator.model(padded))
-        expected.append(int(np.argmax(logits[0, len(ids) + len(expected) - 1])))
+    # The whole sequence through the plain forward pass at every step.
+    expected = []
+    for _ in range(20):
+        expected.append(int(np.argmax(_plain_logits(generator.model, ids + expected))))
     assert result.token_ids == expected
     assert result.text == generator.tokenizer.decode(expected)
     assert result.prompt_tokens == len(ids)
+    assert len(set(expected)) > 5, expected  # a real test: varied text, not one character repeated
 
 
 def test_generators_share_the_compiled_engine_and_prompt_lengths_do_not_recompile(generator):
@@ -53,12 +73,28 @@ def test_the_eager_reference_engine_gives_the_same_text(generator):
     np.testing.assert_allclose(reference.logprobs, compiled.logprobs, atol=1e-5)
 
 
+def _reference_sampling(generator, prompt, new_tokens, temperature, seed):
+    """Seeded sampling recomputed without the engine, its cache or `sample`: each token drawn by
+    numpy's default_rng(seed), as the Continuation seeds it, from the softmax of the plain forward
+    pass's logits / temperature; the end token ends it."""
+    rng, ids = np.random.default_rng(seed), [generator.tokenizer.end_token_id] + generator.tokenizer.encode(prompt)
+    out = []
+    while len(out) < new_tokens:
+        z = _plain_logits(generator.model, ids + out).astype(np.float64) / temperature
+        probs = np.exp(z - z.max())
+        token = int(rng.choice(probs.size, p=probs / probs.sum()))
+        if token == generator.tokenizer.end_token_id:
+            break
+        out.append(token)
+    return out
+
+
 def test_seeded_sampling_is_reproducible_and_seeds_differ(generator):
     config = dict(max_new_tokens=30, temperature=1.5)
     a = generator.generate("To be", SamplingConfig(**config, seed=1))
-    b = generator.generate("To be", SamplingConfig(**config, seed=1))
+    assert a.token_ids == _reference_sampling(generator, "To be", 30, 1.5, seed=1)
+    assert generator.generate("To be", SamplingConfig(**config, seed=1)).token_ids == a.token_ids
     c = generator.generate("To be", SamplingConfig(**config, seed=2))
-    assert a.token_ids == b.token_ids
     assert a.token_ids != c.token_ids
 
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from zoo.models.gpt import GPT, PRESETS, gpt_from_preset
+from zoo.families.gpt.model import GPT, PRESETS, gpt_from_preset
 
 
 def _model(position_embedding="learned", **overrides):

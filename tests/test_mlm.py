@@ -78,7 +78,12 @@ def test_masks_are_dynamic_and_a_pure_function_of_seed_and_step():
     _assert_same_batch(resumed.batch(1), step_1)
     other_seed = MLMBatches(seqs, 1, seed=4, vocabulary_size=VOCAB, special_ids=SPECIALS, mask_token_id=MASK)
     assert not np.array_equal(other_seed.batch(1)[0]["mask_positions"], step_1[0]["mask_positions"])
-    _assert_same_batch(batches.fixed(10), batches.fixed(10))
+    # The validation batch is fixed: the one a fresh object gives before any training batch, after
+    # the training batches above (which moved it to another epoch), and after a resume.
+    fresh = MLMBatches(seqs, 1, seed=3, vocabulary_size=VOCAB, special_ids=SPECIALS, mask_token_id=MASK).fixed(10)
+    _assert_same_batch(batches.fixed(10), fresh)
+    _assert_same_batch(resumed.fixed(10), fresh)
+    assert fresh[2].sum() > 0  # it masks something to predict
 
 
 def test_batches_visit_every_row_once_per_epoch_in_a_fresh_order():

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from zoo.data.pairs import PairBatches, encode_pairs
-from zoo.engine import FINISH_END, FINISH_LENGTH, FINISH_STOP, SamplingConfig, Seq2SeqGenerator, evaluate_translations
+from zoo.engine import FINISH_END, FINISH_LENGTH, FINISH_STOP, SamplingConfig, engine_for, run_stream
+from zoo.families.seq2seq.generator import Seq2SeqGenerator, evaluate_translations
 from zoo.errors import ZooError
-from zoo.models.seq2seq import PRESETS, Seq2Seq, seq2seq_from_preset
+from zoo.families.seq2seq.model import PRESETS, Seq2Seq, seq2seq_from_preset
 from zoo.tokenizers import train_char
 
 LETTERS = "abcdef"
@@ -80,33 +81,62 @@ def batch(model, rows=3, seed=0):
     return {"source_ids": source, "source_padding_mask": mask, "target_ids": target}
 
 
+def engine_prompts(inputs):
+    """Each row of a batch as an engine prompt: its first target token (standing for the start
+    token), then its source without the padding."""
+    mask = inputs["source_padding_mask"]
+    return [[int(inputs["target_ids"][row, 0])] + inputs["source_ids"][row][mask[row]].tolist()
+            for row in range(len(mask))]
+
+
 def test_cached_decoding_logits_equal_teacher_forcing(untrained):
+    """The model's own cache protocol, uncompiled: three sources prefilled, each with its first
+    target token at position 0; then 3 target tokens at once from one position for all rows, then
+    one at a time with a position per row."""
     inputs = batch(untrained)
     full = numpy(untrained(inputs))
     assert full.shape == (3, 7, untrained.target_vocabulary_size) and full.dtype == np.float32
-    mask = inputs["source_padding_mask"]
-    cache, cross_cache = untrained.init_cache(3, untrained.encode(inputs["source_ids"], mask))
-    logits, cache = untrained.decode_with_cache(inputs["target_ids"][:, :3], cache, cross_cache, mask, 0)  # 3 at once
-    pieces = [numpy(logits)]
-    for i in range(3, 7):  # then one at a time
-        logits, cache = untrained.decode_with_cache(inputs["target_ids"][:, i:i + 1], cache, cross_cache, mask, i)
+    targets, prompts = inputs["target_ids"], engine_prompts(inputs)
+    padded = np.zeros((3, untrained.max_prompt_length), "int32")  # one call: eager JAX prepares each shape
+    for row, prompt in enumerate(prompts):
+        padded[row, :len(prompt)] = prompt
+    logits, cache = untrained.prefill_with_cache(padded, np.asarray([len(p) for p in prompts], "int32"))
+    pieces = [numpy(logits)[:, None]]
+    logits, cache = untrained.call_with_cache(targets[:, 1:4], cache, 1)  # 3 at once
+    pieces.append(numpy(logits))
+    for i in range(4, 7):  # then one at a time
+        logits, cache = untrained.call_with_cache(targets[:, i:i + 1], cache, np.full(3, i, "int32"))
         pieces.append(numpy(logits))
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=1e-5)
 
 
 def test_the_generators_decoder_step_equals_teacher_forcing(untrained, reverser, tokenizer):
-    """The step generation runs (compiled on JAX and TensorFlow, a plain-torch twin on torch), one
-    token at a time from its own cache, against the uncached model, source padding included; on
-    an untrained model and a trained one (whose larger activations show small differences)."""
+    """The engine generation runs on (compiled on JAX and TensorFlow, a plain-torch twin on
+    torch), one token at a time from its own cache, against the uncached model, source padding
+    included; on an untrained model and a trained one (whose larger activations show small
+    differences). Rows join one step apart, so each steps at its own position (all three rows
+    step from the start, as a server's do: a row not yet joined computes garbage nobody reads)."""
     for model in (untrained, reverser.model):
         inputs = batch(model, seed=1)
         full = numpy(model(inputs))
-        step = Seq2SeqGenerator(model, tokenizer, tokenizer)._step
-        mask = inputs["source_padding_mask"]
-        cache, cross_cache = model.init_cache(3, model.encode(inputs["source_ids"], mask))
-        for i in range(model.max_target_length):
-            logits, cache = step(inputs["target_ids"][:, i:i + 1], cache, cross_cache, mask, np.int32(i))
-            np.testing.assert_allclose(numpy(logits)[:, 0], full[:, i], atol=1e-5)
+        engine = Seq2SeqGenerator(model, tokenizer, tokenizer).engine
+        assert engine is engine_for(model)
+        cache, positions = engine.new_cache(3), np.zeros(3, "int32")
+        targets = inputs["target_ids"]
+        for step in range(model.max_target_length + 2):
+            if step < 3:  # row `step` joins
+                logits, cache = engine.prefill_slot(cache, step, engine_prompts(inputs)[step])
+                np.testing.assert_allclose(logits, full[step, 0], atol=1e-5)
+                positions[step] = engine.first_position(engine_prompts(inputs)[step])
+            live = [row for row in range(min(step + 1, 3)) if positions[row] < model.max_target_length]
+            if not live:
+                break
+            stepped = np.minimum(positions, model.max_target_length - 1)
+            logits, cache = engine.decode(targets[np.arange(3), stepped], cache, stepped)
+            for row in live:
+                np.testing.assert_allclose(logits[row], full[row, positions[row]], atol=1e-5)
+                positions[row] += 1
+        assert positions.tolist() == [model.max_target_length] * 3
 
 
 def test_source_padding_is_invisible(untrained):
@@ -313,17 +343,63 @@ def test_source_and_length_limits(untrained, tokenizer):
 
 
 def test_the_decoder_step_is_traced_once_for_sources_of_every_length(tokenizer):
-    """On JAX and TensorFlow the decoder step is one compiled function (jax.jit, tf.function), whose
-    Python runs when it is traced, not at each step: twenty sources of 1 to 6 letters trace it once.
-    On torch a plain-torch twin steps instead, and the Keras decoder never runs."""
+    """On JAX and TensorFlow the engine compiles the model's prefill (one prompt bucket here) and
+    decode step (one row count and reach here) once each, whose Python runs when it is traced,
+    not at each step: twenty sources of 1 to 6 letters trace the decoder twice (prefill runs the
+    start token through it). On torch a plain-torch twin steps instead, and the Keras decoder
+    never runs."""
     keras.utils.set_random_seed(0)
     vocab = tokenizer.vocabulary_size
     model = Seq2Seq(vocab, vocab, **TINY)
     model.build()
-    runs, decode = [], model.decode_with_cache
-    model.decode_with_cache = lambda *args: runs.append(len(runs)) or decode(*args)
+    runs, decode = [], model.call_with_cache
+    model.call_with_cache = lambda *args, **kwargs: runs.append(len(runs)) or decode(*args, **kwargs)
     generator = Seq2SeqGenerator(model, tokenizer, tokenizer)
-    for i in range(20):
+    for i in range(20):  # sampled: an untrained model's greedy choice may end every time at once
         source = "".join(LETTERS[(i + j) % len(LETTERS)] for j in range(1 + i % 6))
-        assert generator.generate(source, SamplingConfig(temperature=0)).finish_reason in (FINISH_END, FINISH_LENGTH)
-    assert len(runs) == (0 if keras.backend.backend() == "torch" else 1)
+        assert generator.generate(source, SamplingConfig(seed=i)).finish_reason in (FINISH_END, FINISH_LENGTH)
+    engine = generator.engine
+    if keras.backend.backend() == "torch":
+        assert len(runs) == 0 and engine.compile_count == 0
+    else:
+        assert len(runs) == 2
+        assert sorted(what for what, _, _ in engine.compile_log) == ["decode", "prefill"]
+        assert engine.trace_count == engine.compile_count == 2
+
+
+def test_a_request_joining_mid_way_gets_the_tokens_it_gets_alone(untrained, tokenizer):
+    """Continuous batching as the server's batcher does it: each request a Continuation of
+    `start` in its own slot of one cache, prefilled when it arrives, then stepped together each
+    at its own position. Greedy and seeded sampling alike give what each request gets alone."""
+    generator = Seq2SeqGenerator(untrained, tokenizer, tokenizer)
+    engine = generator.engine
+    requests = [("abc", SamplingConfig(temperature=0)), ("fedcba", SamplingConfig(temperature=1.5, seed=3)),
+                ("da", SamplingConfig(temperature=0.8, top_k=5, seed=7))]
+    alone = [generator.generate(source, config) for source, config in requests]
+    cache, busy, results, together = engine.new_cache(4), {}, {}, 0
+    for step in range(40):
+        if step in (0, 2, 3):  # arrivals, into the lowest free slot
+            index = (0, 2, 3).index(step)
+            slot = min(set(range(4)) - set(busy))
+            continuation = generator.start(*requests[index])
+            logits, cache = engine.prefill_slot(cache, slot, continuation.prompt_ids)
+            busy[slot] = (index, continuation)
+            list(continuation.feed(logits))
+        for slot, (index, continuation) in list(busy.items()):
+            if continuation.done:
+                results[index] = run_stream(continuation.close())
+                del busy[slot]
+        if not busy:
+            if step > 3:
+                break
+            continue
+        rows, together = max(busy) + 1, max(together, len(busy))
+        tokens, positions = np.zeros(rows, "int32"), np.zeros(rows, "int32")
+        for slot, (_, continuation) in busy.items():
+            tokens[slot], positions[slot] = continuation.last_token, continuation.position
+        logits, cache = engine.decode(tokens, cache, positions)
+        for slot, (_, continuation) in busy.items():
+            list(continuation.feed(logits[slot]))
+    assert [results[i].token_ids for i in range(3)] == [result.token_ids for result in alone]
+    assert [results[i].prompt_tokens for i in range(3)] == [4, 7, 3]
+    assert together >= 2 and sum(len(result.token_ids) for result in alone) >= 6  # they did overlap

@@ -1,5 +1,6 @@
-"""Seq2seq through the real `zoo` command and a real server: training on the shipped pairs, BLEU
-and chrF, `zoo translate`/`generate`/`eval`, Generate and GenerateStream, one-line data errors."""
+"""Seq2seq through the real `zoo` command and a real server: training on pairs from a .tsv (a copy
+task the tiny model learns, so that BLEU and chrF are far from 0), `zoo translate`/`generate`/`eval`,
+Generate and GenerateStream, one-line data errors."""
 
 import json
 
@@ -9,27 +10,29 @@ from conftest import run_zoo, zoo_json
 from server.client import ZooClient
 from server_process import ServerProcess
 
-SOURCES = ["Forgot your password?", "Show all results", "Delete"]
+SOURCES = ["red cat two moon", "big old tree", "five small fish sun star"]  # none in the training pairs
+MODEL = "copier-bundle"
+GOOD = 50  # BLEU and chrF (0-100) of a model that has learnt the copy task: 100 on jax and torch when written
 
 
 def _metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_training_lowers_the_validation_loss_and_scores_bleu(tiny_translator):
-    run, _, summary = tiny_translator
+def test_training_lowers_the_validation_loss_and_scores_bleu(tiny_copier):
+    run, _, summary = tiny_copier
     evals = [m for m in _metrics(run) if "val_loss" in m]
-    assert [m["step"] for m in evals] == [100, 200]
+    assert [m["step"] for m in evals] == [75, 150]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
     scores = summary["translation"]
-    assert scores["pairs"] == 40 and scores["beam"]["width"] == 4
-    assert scores["beam"]["bleu"] >= scores["greedy"]["bleu"]
-    assert scores["greedy"]["chrf"] > 0  # the model writes French-looking text, not nothing
-    assert len(scores["examples"]) == 3 and all(e["reference"] for e in scores["examples"])
+    assert scores["pairs"] == 20 and scores["beam"]["width"] == 4
+    for decoding in ("greedy", "beam"):
+        assert scores[decoding]["bleu"] > GOOD and scores[decoding]["chrf"] > GOOD, scores
+    assert len(scores["examples"]) == 3 and all(e["reference"] and e["hypothesis"] for e in scores["examples"])
 
 
-def test_translate_generate_and_eval(tiny_translator, tmp_path):
-    run, bundle, _ = tiny_translator
+def test_translate_generate_and_eval(tiny_copier, tmp_path):
+    run, bundle, _ = tiny_copier
     greedy = zoo_json("generate", run, "--prompt", SOURCES[0], "--temperature", "0")
     beam1 = json.loads(run_zoo("translate", bundle, SOURCES[0], "--beam-width", "1", "--json", check=True).stdout)
     assert beam1["text"] == greedy["text"] and beam1["token_ids"] == greedy["token_ids"]  # width 1 is greedy
@@ -37,32 +40,36 @@ def test_translate_generate_and_eval(tiny_translator, tmp_path):
     pairs.write_text("".join(f"{s}\t{s}\n" for s in SOURCES), encoding="utf-8")
     report = zoo_json("eval", bundle, "--data", pairs, "--beam-width", "2")
     assert report["kind"] == "seq2seq" and report["pairs"] == 3 and report["beam"]["width"] == 2
-    assert 0 <= report["greedy"]["bleu"] <= 100 and 0 <= report["beam"]["chrf"] <= 100
+    for decoding in ("greedy", "beam"):  # the pairs copy each sentence, as the model learnt to
+        assert report[decoding]["bleu"] > GOOD and report[decoding]["chrf"] > GOOD, report
     assert [e["source"] for e in report["examples"]] == SOURCES
 
 
-def test_generate_and_stream_over_a_server_equal_local_greedy(tiny_translator, backend):
+def test_generate_and_stream_over_a_server_equal_local_greedy(tiny_copier, backend):
     from zoo.engine import SamplingConfig
-    from zoo.engine.factory import load_generator
+    from zoo.bundle import load_runtime
 
-    _, bundle, _ = tiny_translator
-    generator, _ = load_generator(bundle)
-    local = [generator.generate(s, SamplingConfig(temperature=0)) for s in SOURCES[:2]]
+    _, bundle, _ = tiny_copier
+    generator, _ = load_runtime(bundle)
+    local = [generator.generate(s, SamplingConfig(temperature=0)) for s in SOURCES]
+    sampling = dict(temperature=0.9, top_k=20, top_p=0.9, seed=3, max_new_tokens=10)
+    local_sampled = generator.generate(SOURCES[0], SamplingConfig(**sampling, stop=("zzz",)))
     server = ServerProcess(bundle, backend=backend)
     try:
         with ZooClient(server.address, timeout=60) as client:
-            info = client.model_info("translator-bundle")
-            assert info.kind == 3 and info.max_new_tokens == 48 and info.context_length == 48  # MODEL_KIND_SEQ2SEQ
-            for source, expected in zip(SOURCES, local):
-                response = client.generate("translator-bundle", source, temperature=0)
+            info = client.model_info(MODEL)
+            assert info.kind == 3 and info.max_new_tokens == 16 and info.context_length == 16  # MODEL_KIND_SEQ2SEQ
+            for source, expected in zip(SOURCES, local, strict=True):
+                response = client.generate(MODEL, source, temperature=0)
                 assert response.text == expected.text
                 assert list(response.token_ids) == expected.token_ids
-                chunks = list(client.stream("translator-bundle", source, temperature=0))
+                chunks = list(client.stream(MODEL, source, temperature=0))
                 assert "".join(c.chunk.text for c in chunks[:-1]) == expected.text
                 assert chunks[-1].final.text == expected.text
-            sampled = [client.generate("translator-bundle", SOURCES[0], temperature=0.9, top_k=20, top_p=0.9, seed=3,
-                                       max_new_tokens=10, stop=["zzz"]).text for _ in range(2)]
-            assert sampled[0] == sampled[1]
+            sampled = [client.generate(MODEL, SOURCES[0], **sampling, stop=["zzz"]) for _ in range(2)]
+            # The same seed gives the same tokens, and those of the local generator with that seed.
+            for response in sampled:
+                assert (response.text, list(response.token_ids)) == (local_sampled.text, local_sampled.token_ids)
     finally:
         server.stop()
 

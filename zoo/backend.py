@@ -1,7 +1,14 @@
-"""Choosing the Keras backend. It must happen before keras is first imported in the process."""
+"""Choosing the Keras backend (before keras is first imported in the process), and keeping
+TensorFlow's start-up log lines out of the terminal."""
 
+import contextlib
+import importlib.abc
+import importlib.util
 import os
+import re
 import sys
+import tempfile
+import threading
 
 from zoo.errors import ZooError
 
@@ -55,3 +62,128 @@ def describe():
         info["torch"] = torch.__version__
         info["devices"] = ["cpu"] + [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
     return info
+
+
+# --- TensorFlow's start-up noise ---------------------------------------------------------------------------
+#
+# keras-hub imports TensorFlow whenever it is installed, whatever the backend, and TensorFlow's C++
+# side logs while it loads: "Could not find cuda drivers on your machine" (cudart_stub.cc) on a
+# machine without a GPU, "Unable to register cuDNN factory" on one with JAX or torch beside it.
+# These go through absl's C++ logging before anything has called absl::InitializeLog(), which
+# writes every message to stderr (after "WARNING: All log messages before absl::InitializeLog() is
+# called are written to STDERR") whatever TF_CPP_MIN_LOG_LEVEL says: that variable only reaches
+# TensorFlow's own logging, set up later (it does still hide the oneDNN and CPU-feature lines,
+# hence TF_CPP_MIN_LOG_LEVEL=2 below). No environment variable reaches absl's C++ threshold, so
+# the import of TensorFlow runs with file descriptor 2 pointed at a temporary file, and what it
+# wrote is then written to the real stderr, less the lines below. Everything else (a TensorFlow
+# error, a Python warning printed meanwhile) still arrives, only after the import.
+
+_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    # absl's format: severity letter, MMDD, time, thread id, file:line]. Any INFO line, and the
+    # warnings and errors that every TensorFlow start-up beside another CUDA framework prints.
+    r"|I\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] .*"
+    r"|[WE]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] (Unable to register cu(DNN|FFT|BLAS) factory|"
+    r"computation placer already registered|TF-TRT Warning: Could not find TensorRT).*"
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.")
+_NOISY_MODULES = ("tensorflow", "tensorflow_text", "keras_hub")  # what the first import of loads TensorFlow
+_capturing = {"depth": 0}  # fd 2 is the process's: one capture at a time, nested ones join it
+_capturing_lock = threading.Lock()
+
+
+def is_tensorflow_noise(line):
+    """Whether `line` (without its newline) is one of TensorFlow's known start-up log lines."""
+    return _NOISE.fullmatch(line.rstrip("\r\n")) is not None
+
+
+@contextlib.contextmanager
+def filtered_stderr(keep=lambda line: not is_tensorflow_noise(line)):
+    """Runs the block with file descriptor 2 (C and C++ code's stderr, and Python's) captured; then
+    writes the captured lines for which `keep(line)` is true to the real stderr. Nested uses are
+    part of the outermost one."""
+    with _capturing_lock:
+        outermost = _capturing["depth"] == 0
+        _capturing["depth"] += 1
+    try:
+        if not outermost:
+            yield
+            return
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable fd 2 (an embedding host): nothing to filter
+            yield
+            return
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:
+                try:
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
+                os.dup2(saved, 2)
+                os.close(saved)
+                capture.seek(0)
+                text = capture.read().decode("utf-8", errors="replace")
+                kept = "".join(line for line in text.splitlines(keepends=True) if keep(line))
+                if kept:
+                    os.write(2, kept.encode("utf-8"))
+    finally:
+        with _capturing_lock:
+            _capturing["depth"] -= 1
+
+
+class _QuietLoader(importlib.abc.Loader):
+    """Runs a module's loader inside `filtered_stderr`, then hands the module back its own loader."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):  # get_resource_reader, is_package, get_code, ...: the real loader's
+        return getattr(self.loader, name)
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        try:
+            with filtered_stderr():
+                self.loader.exec_module(module)
+        finally:
+            module.__loader__ = module.__spec__.loader = self.loader
+
+
+class _QuietTensorFlowImports(importlib.abc.MetaPathFinder):
+    """Imports the modules of `_NOISY_MODULES` the first time through `filtered_stderr`."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in _NOISY_MODULES or getattr(self, "_finding", False):
+            return None
+        self._finding = True
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return None
+        finally:
+            self._finding = False
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+_HOOK = _QuietTensorFlowImports()
+
+
+def quiet_tensorflow_startup():
+    """Keeps TensorFlow's start-up log lines (see above) out of stderr for the rest of the process:
+    sets TF_CPP_MIN_LOG_LEVEL=2 unless it is set (errors still show; 3 would hide them too) and
+    filters the C++ lines printed while TensorFlow is first imported. Call it before anything
+    imports keras or keras-hub. TF_CPP_MIN_LOG_LEVEL=0 turns it off, to see everything."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0" or "tensorflow" in sys.modules:
+        return
+    if _HOOK not in sys.meta_path:
+        sys.meta_path.insert(0, _HOOK)

@@ -1,21 +1,27 @@
-"""`zoo bench`: one model and preset on every backend, side by side.
+"""`zoo bench`: one model family and preset on every backend, side by side.
 
 Each backend runs in its own process (`python -m zoo.bench --worker CONFIG RESULT`, KERAS_BACKEND
-set), since Keras fixes its backend at import. A worker builds the preset with random weights from
-a fixed seed and measures, in this order:
+set), since Keras fixes its backend at import. What is measured of a model is the family's to say
+(its `Family.bench_model`, through the registry in zoo.families); how it is timed, compared and
+reported is the same for all. A worker builds the preset with random weights from a fixed seed and
+measures, in this order:
 
-- agreement: the first backend that runs saves its weights (`reference.weights.h5`) and logits for
-  fixed token ids (`reference.npz`) in the output directory; every later one loads those weights,
-  so that it benchmarks the very same model, and reports max |Δlogits| against the reference;
-- prefill latency of one prompt through the compiled engine (`zoo.engine`), after a warm-up call;
-- greedy decode tokens/s at batch 1 and 8 with `engine.generate_batch` (new tokens over the wall
-  time of the whole generation, prefill included), after a warm-up that compiles the step;
-- the engine's compile_seconds (every prefill/decode function it compiled above);
-- train-step tokens/s with zoo's optimizer setup and `train_on_batch` (as `zoo train`), over
-  `steps` steps after the first step (whose time, mostly compilation, is reported) and one more;
+- agreement: the first backend that runs saves its weights (`reference.weights.h5`), the family's
+  reference inputs and what the model computes from them (`reference.npz`) in the output
+  directory; every later one loads those weights, so that it benchmarks the very same model, and
+  reports the max |Δ| of its outputs against the reference's;
+- inference, the family's: a latency (a gpt's prefill of one prompt, a bert classifier's batch, a
+  seq2seq model's encoding and first decoder step), each after a warm-up call; for a model with a
+  decode engine (`zoo.engine`), greedy decode tokens/s at batch 1 and 8 with
+  `engine.generate_batch` (new tokens over the wall time of the whole generation, prefill
+  included) after a warm-up that compiles the steps, and the engine's compile_seconds;
+- train-step tokens/s (tokens the model reads) with zoo's optimizer setup, the family's loss and
+  `train_on_batch` (as `zoo train`), over `steps` steps after the first step (whose time, mostly
+  compilation, is reported) and one more;
 - peak memory: the device's peak bytes on a GPU, else the worker's peak RSS (imports included).
 
-The parent (`run_bench`) collects the rows and writes results.json, results.csv and chart.png.
+A measurement a family does not have is left out of its row, and shown as "-". The parent
+(`run_bench`) collects the rows and writes results.json, results.csv and chart.png.
 """
 
 import csv
@@ -31,14 +37,14 @@ from pathlib import Path
 from zoo.errors import ZooError
 
 BACKENDS = ("jax", "tensorflow", "torch")
-PRESETS = ("nano", "small", "gpt2")  # zoo.models.gpt.PRESETS' names; importing it here would import keras
 DECODE_BATCHES = (1, 8)
-REPEATS = 3  # prefill and decode: best of 3 timed runs, since other processes only ever slow a run down
-REFERENCE_WEIGHTS, REFERENCE_TOKENS = "reference.weights.h5", "reference.npz"
+REPEATS = 3  # latency and decode: best of 3 timed runs, since other processes only ever slow a run down
+DEFAULT_SEQ_LEN = 128  # or the preset's context, if shorter
+REFERENCE_WEIGHTS, REFERENCE_OUTPUTS = "reference.weights.h5", "reference.npz"
 COLUMNS = [  # (results key, table heading)
-    ("train_tokens_per_s", "train tok/s"), ("train_compile_s", "train compile s"), ("prefill_ms", "prefill ms"),
+    ("train_tokens_per_s", "train tok/s"), ("train_compile_s", "train compile s"), ("latency_ms", "latency ms"),
     ("decode_tokens_per_s_b1", "decode tok/s b1"), ("decode_tokens_per_s_b8", "decode tok/s b8"),
-    ("engine_compile_s", "engine compile s"), ("peak_memory_mb", "peak MB"), ("max_abs_logits_diff", "max |Δlogits|")]
+    ("engine_compile_s", "engine compile s"), ("peak_memory_mb", "peak MB"), ("max_abs_diff", "max |Δ|")]
 CSV_FIELDS = ["backend", "status", "reason", *[key for key, _ in COLUMNS], "peak_memory_kind", "parameters", "device_name"]
 
 
@@ -81,33 +87,74 @@ def _peak_memory(backend, on_gpu):
     return peak["host_peak_rss_bytes"] / 2**20, "host RSS"
 
 
-def _best_seconds(run):
-    best = float("inf")
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
+class Timing:
+    """The timing every family's `measure_inference` shares (see Family.bench_model)."""
+
+    @staticmethod
+    def best_seconds(run):
+        """The shortest of REPEATS timed calls of `run()`."""
+        best = float("inf")
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    def engine(self, model, prompt, prompts_for_batch, new_tokens, batches=DECODE_BATCHES):
+        """The measurements of a model with a decode engine: latency_ms of prefilling `prompt` (a
+        list of ids), decode_tokens_per_s_b<n> of greedy `engine.generate_batch` of
+        `prompts_for_batch(n)` for `new_tokens` (each after a warm-up call that compiles), and
+        the engine's compile_seconds."""
+        from zoo.engine.backends import engine_for
+
+        engine = engine_for(model)
+        engine.prefill(prompt)  # compiles this prompt's bucket
+        row = {"latency_ms": 1000 * self.best_seconds(lambda: engine.prefill(prompt))}
+        for batch in batches:
+            prompts = prompts_for_batch(batch)
+            engine.generate_batch(prompts, new_tokens)  # compiles the decode steps (each reach) for `batch` slots
+            seconds = self.best_seconds(lambda: engine.generate_batch(prompts, new_tokens))
+            row[f"decode_tokens_per_s_b{batch}"] = batch * new_tokens / seconds
+        row["engine_compile_s"] = engine.compile_seconds
+        return row
 
 
-def _agreement(model, out):
-    """Saves the reference weights and logits if none exist yet; else loads the weights and
-    returns max |Δlogits| against the reference (0.0 for the reference itself)."""
+def _agreement(bench, model, out):
+    """Saves the reference weights, inputs and outputs if none exist yet; else loads the weights
+    and returns the max |Δ| of the outputs against the reference's (0.0 for the reference itself)."""
     import keras
     import numpy as np
 
-    weights, tokens_file = Path(out, REFERENCE_WEIGHTS), Path(out, REFERENCE_TOKENS)
+    weights, reference_file = Path(out, REFERENCE_WEIGHTS), Path(out, REFERENCE_OUTPUTS)
     if not weights.exists():
-        tokens = np.random.default_rng(0).integers(0, model.vocabulary_size, (2, min(32, model.max_length)))
-        tokens = tokens.astype("int32")
-        logits = keras.ops.convert_to_numpy(model(tokens))
+        inputs = bench.reference_inputs(np.random.default_rng(0))
+        outputs = np.asarray(bench.outputs(inputs))
         model.save_weights(weights)
-        np.savez(tokens_file, tokens=tokens, logits=logits, backend=keras.backend.backend())
+        np.savez(reference_file, outputs=outputs, backend=keras.backend.backend(),
+                 **{f"input_{name}": array for name, array in inputs.items()})
         return 0.0
     model.load_weights(weights)
-    with np.load(tokens_file) as reference:
-        logits = keras.ops.convert_to_numpy(model(reference["tokens"]))
-        return float(np.max(np.abs(logits - reference["logits"])))
+    with np.load(reference_file) as reference:
+        inputs = {name[len("input_"):]: reference[name] for name in reference.files if name.startswith("input_")}
+        expected = reference["outputs"]
+    outputs = np.asarray(bench.outputs(inputs))
+    if outputs.shape != expected.shape:
+        raise ZooError(f"the outputs on {keras.backend.backend()} have shape {outputs.shape}, the reference's "
+                       f"{expected.shape}")
+    return float(np.max(np.abs(outputs.astype("float64") - expected)))
+
+
+def _bench_model(config):
+    """The family's bench object for `config` (a ZooError when the family is not benchmarked)."""
+    from zoo import families
+
+    bench = families.get(config["model"]).bench_model(
+        config["preset"], vocabulary_size=config["vocab_size"], seq_len=config["seq_len"],
+        batch_size=config["batch_size"], prompt_tokens=config["prompt_tokens"], new_tokens=config["new_tokens"],
+        decode_batches=DECODE_BATCHES)
+    if bench is None:
+        raise ZooError(f"zoo bench: {config['model']} models are not benchmarked (the family declares no bench_model)")
+    return bench
 
 
 def worker(config, result_path):
@@ -119,8 +166,6 @@ def worker(config, result_path):
             import keras  # imports its backend's framework too: a missing one is an ImportError
             import numpy as np
 
-            from zoo.engine.compiled import engine_for
-            from zoo.models.gpt import gpt_from_preset
             from zoo.training.config import TrainConfig
             from zoo.training.loop import compile_for_training
             name, on_gpu = _device(backend, config["device"] == "gpu")
@@ -128,31 +173,18 @@ def worker(config, result_path):
             row.update(status="skipped", reason=f"{backend} cannot be imported: {e}")
             return
         row.update(status="ok", device_name=name)
+        bench = _bench_model(config)
         keras.utils.set_random_seed(config["seed"])
-        model = gpt_from_preset(config["preset"], config["vocab_size"])
+        model = bench.build()
         row["parameters"] = model.count_params()
-        seq_len, prompt, new = config["seq_len"], config["prompt_tokens"], config["new_tokens"]
-        if seq_len > model.max_length or prompt + new > model.max_length:
-            raise ZooError(f"--seq-len {seq_len} and --prompt-tokens {prompt} + --new-tokens {new} must each fit "
-                           f"the {config['preset']} preset's context of {model.max_length}")
-        row["max_abs_logits_diff"] = _agreement(model, config["out"])
+        row["max_abs_diff"] = _agreement(bench, model, config["out"])
 
         rng = np.random.default_rng(config["seed"])
-        engine = engine_for(model)
-        ids = rng.integers(0, model.vocabulary_size, prompt).tolist()
-        engine.prefill(ids)  # compiles this prompt's bucket
-        row["prefill_ms"] = 1000 * _best_seconds(lambda: engine.prefill(ids))
-        for batch in DECODE_BATCHES:
-            prompts = rng.integers(0, model.vocabulary_size, (batch, prompt)).tolist()
-            engine.generate_batch(prompts, new)  # compiles the decode steps (each reach) for `batch` slots
-            seconds = _best_seconds(lambda: engine.generate_batch(prompts, new))
-            row[f"decode_tokens_per_s_b{batch}"] = batch * new / seconds
-        row["engine_compile_s"] = engine.compile_seconds
+        row.update(bench.measure_inference(rng, Timing()))
 
-        batch_size, steps = config["batch_size"], config["steps"]
-        compile_for_training(model, TrainConfig(max_steps=steps + 2, batch_size=batch_size))
-        tokens = rng.integers(0, model.vocabulary_size, (batch_size, seq_len + 1)).astype("int32")
-        x, y = tokens[:, :-1], tokens[:, 1:]
+        steps = config["steps"]
+        compile_for_training(model, TrainConfig(max_steps=steps + 2, batch_size=config["batch_size"]), loss=bench.loss())
+        x, y, tokens = bench.train_batch(rng)
         start = time.perf_counter()
         float(model.train_on_batch(x, y))  # float(): wait for the device
         row["train_compile_s"] = time.perf_counter() - start
@@ -161,31 +193,47 @@ def worker(config, result_path):
         for _ in range(steps):
             loss = model.train_on_batch(x, y)
         float(loss)
-        row["train_tokens_per_s"] = steps * batch_size * seq_len / (time.perf_counter() - start)
+        row["train_tokens_per_s"] = steps * tokens / (time.perf_counter() - start)
         row["peak_memory_mb"], row["peak_memory_kind"] = _peak_memory(backend, on_gpu)
     except ZooError as e:  # bad settings for this machine: the parent stops with this message
         row.update(status="error", reason=str(e))
-    finally:  # three decimals say enough (max |Δlogits| excepted: it is tiny where all is well)
-        row = {k: round(v, 3) if isinstance(v, float) and k != "max_abs_logits_diff" else v for k, v in row.items()}
+    finally:  # three decimals say enough (max |Δ| excepted: it is tiny where all is well)
+        row = {k: round(v, 3) if isinstance(v, float) and k != "max_abs_diff" else v for k, v in row.items()}
         Path(result_path).write_text(json.dumps(row), encoding="utf-8")
 
 
 # --- the parent ------------------------------------------------------------------------------------------
 
-def run_bench(out, model="gpt", preset="nano", backends=BACKENDS, steps=10, batch_size=8, seq_len=128,
+def default_seq_len(model, preset):
+    """--seq-len's default: DEFAULT_SEQ_LEN, or the preset's context if shorter (of a model that
+    reads a source and writes a target, the shorter of the two: `Family.context`)."""
+    from zoo import families
+
+    family = families.get(model)
+    read, write = family.context(family.presets[preset])
+    return min(DEFAULT_SEQ_LEN, read, write or read)
+
+
+def run_bench(out, model="gpt", preset="nano", backends=BACKENDS, steps=10, batch_size=8, seq_len=None,
               new_tokens=64, prompt_tokens=32, device="cpu", vocab_size=8192, seed=0, log=None):
     """Runs every backend's worker in turn; writes results.json, results.csv and chart.png into
     `out` and returns the results dict. `log(line)` gets progress lines."""
-    if model != "gpt":
-        raise ZooError(f"zoo bench: {model} models are not benchmarked yet; only gpt is")
+    from zoo import families
+
+    family = families.get(model)
+    if preset not in family.presets:
+        raise ZooError(f"--preset {preset}: not a {model} preset (choose one of {', '.join(family.presets)})")
+    seq_len = seq_len or default_seq_len(model, preset)
+    config = dict(model=model, preset=preset, steps=steps, batch_size=batch_size, seq_len=seq_len,
+                  new_tokens=new_tokens, prompt_tokens=prompt_tokens, device=device, vocab_size=vocab_size, seed=seed)
+    bench = _bench_model(config)  # checks the settings against the preset before any backend starts
     if importlib.util.find_spec("matplotlib") is None:  # fail before minutes of benchmarking, not after
         raise ZooError("zoo bench draws chart.png with matplotlib, which is not installed: pip install 'zoo[bench]'")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in (REFERENCE_WEIGHTS, REFERENCE_TOKENS):  # a stale reference would be compared against
+    for name in (REFERENCE_WEIGHTS, REFERENCE_OUTPUTS):  # a stale reference would be compared against
         (out / name).unlink(missing_ok=True)
-    config = dict(preset=preset, steps=steps, batch_size=batch_size, seq_len=seq_len, new_tokens=new_tokens,
-                  prompt_tokens=prompt_tokens, device=device, vocab_size=vocab_size, seed=seed, out=str(out.resolve()))
+    config["out"] = str(out.resolve())
     rows = []
     for backend in backends:
         if log:
@@ -196,8 +244,8 @@ def run_bench(out, model="gpt", preset="nano", backends=BACKENDS, steps=10, batc
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         raise ZooError("no backend could run: " + "; ".join(f"{r['backend']}: {r['reason']}" for r in rows))
-    results = {"model": model, "preset": preset, "reference_backend": ok[0]["backend"],
-               "settings": {k: v for k, v in config.items() if k not in ("out", "preset")}, "backends": rows}
+    results = {"model": model, "preset": preset, "reference_backend": ok[0]["backend"], "latency": bench.latency,
+               "settings": {k: v for k, v in config.items() if k not in ("out", "model", "preset")}, "backends": rows}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (out / "results.csv").write_text(to_csv(rows), encoding="utf-8")
     draw_chart(rows, out / "chart.png", f"{model} {preset} on {device}")
@@ -205,7 +253,7 @@ def run_bench(out, model="gpt", preset="nano", backends=BACKENDS, steps=10, batc
 
 
 def _run_worker(backend, config, out):
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "KERAS_BACKEND": backend}
     # The worker must import this zoo, whichever directory the command runs from.
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([p for p in (env.get("PYTHONPATH"), root) if p])
@@ -233,7 +281,7 @@ def _run_worker(backend, config, out):
 def _cell(value, key):
     if value is None:
         return "-"
-    if key == "max_abs_logits_diff":
+    if key == "max_abs_diff":
         return f"{value:.1e}"
     return f"{value:,.1f}" if value < 1000 else f"{value:,.0f}"
 
@@ -265,7 +313,8 @@ def to_csv(rows):
 
 
 def draw_chart(rows, path, title):
-    """Bar charts of train tokens/s and decode tokens/s at batch 1 and 8, per backend."""
+    """Bar charts per backend: train tokens/s, and greedy decode tokens/s at batch 1 and 8 where
+    the model decodes (else its latency)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -273,16 +322,22 @@ def draw_chart(rows, path, title):
 
     ok = [r for r in rows if r["status"] == "ok"]
     names = [r["backend"] for r in ok]
-    figure, (train, decode) = plt.subplots(1, 2, figsize=(10, 4))
-    train.bar(names, [r["train_tokens_per_s"] for r in ok], color="tab:blue")
+    figure, (train, inference) = plt.subplots(1, 2, figsize=(10, 4))
+    train.bar(names, [r.get("train_tokens_per_s", 0) for r in ok], color="tab:blue")
     train.set_title("train step tokens/s")
-    width = 0.8 / len(DECODE_BATCHES)
-    for i, batch in enumerate(DECODE_BATCHES):
-        positions = [j + (i - (len(DECODE_BATCHES) - 1) / 2) * width for j in range(len(ok))]
-        decode.bar(positions, [r[f"decode_tokens_per_s_b{batch}"] for r in ok], width, label=f"batch {batch}")
-    decode.set_xticks(range(len(ok)), names)
-    decode.set_title("greedy decode tokens/s")
-    decode.legend()
+    decodes = [batch for batch in DECODE_BATCHES if any(f"decode_tokens_per_s_b{batch}" in r for r in ok)]
+    if decodes:
+        width = 0.8 / len(decodes)
+        for i, batch in enumerate(decodes):
+            positions = [j + (i - (len(decodes) - 1) / 2) * width for j in range(len(ok))]
+            inference.bar(positions, [r.get(f"decode_tokens_per_s_b{batch}", 0) for r in ok], width,
+                          label=f"batch {batch}")
+        inference.set_xticks(range(len(ok)), names)
+        inference.set_title("greedy decode tokens/s")
+        inference.legend()
+    else:
+        inference.bar(names, [r.get("latency_ms", 0) for r in ok], color="tab:orange")
+        inference.set_title("inference latency ms")
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -292,4 +347,7 @@ def draw_chart(rows, path, title):
 if __name__ == "__main__":
     if len(sys.argv) != 4 or sys.argv[1] != "--worker":
         sys.exit("usage: python -m zoo.bench --worker CONFIG_JSON RESULT_PATH (zoo bench runs this)")
+    from zoo.backend import quiet_tensorflow_startup
+
+    quiet_tensorflow_startup()
     worker(json.loads(sys.argv[2]), sys.argv[3])

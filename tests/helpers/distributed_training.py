@@ -11,7 +11,8 @@ from pathlib import Path
 
 from zoo.training import distribution
 from zoo.training.config import TrainConfig
-from zoo.training.gpt import train_gpt
+from zoo.families.gpt.layout import gpt_layout_map
+from zoo.families.gpt.training import train_gpt
 
 MODEL = dict(num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64, max_length=32)
 
@@ -29,10 +30,10 @@ def main(corpus, out):
         results[name] = {"losses": [m["loss"] for m in metrics], "val_loss": summary["val_loss"],
                          "devices": summary["devices"]}
     # Where the model-parallel layout puts the variables: sharded, not silently replicated.
-    from zoo.models.gpt import GPT
+    from zoo.families.gpt.model import GPT
 
     spread = distribution.make_distribution(TrainConfig(batch_size=16, devices=0, model_parallel=2),
-                                            distribution.gpt_layout_map)
+                                            gpt_layout_map)
     with spread.scope():
         model = GPT(vocabulary_size=64, **MODEL)
         model.build()

@@ -1,9 +1,10 @@
-"""Inference: prefill + cached decoding and sampling, shared by `zoo generate` and the server."""
+"""Family-neutral inference: the decode-engine interface and its backends, sampling, and the
+per-request generation loop. A family's runtime (its generator or classifier) builds on these."""
 
-from zoo.engine.compiled import DecodeEngine, EagerEngine, engine_for, new_engine, prompt_buckets
-from zoo.engine.generation import FINISH_END, FINISH_LENGTH, FINISH_STOP, Generator, Result, SamplingConfig, Step
-from zoo.engine.seq2seq import BeamResult, Seq2SeqGenerator, evaluate_translations
+from zoo.engine.backends import engine_for, new_engine
+from zoo.engine.generation import FINISH_END, FINISH_LENGTH, FINISH_STOP, Continuation, Result, Step, run_stream
+from zoo.engine.interface import DecodeEngine, EagerEngine, prompt_buckets
+from zoo.engine.sampling import SamplingConfig
 
-__all__ = ["BeamResult", "DecodeEngine", "EagerEngine", "FINISH_END", "FINISH_LENGTH", "FINISH_STOP", "Generator",
-           "Result", "SamplingConfig", "Seq2SeqGenerator", "Step", "engine_for", "evaluate_translations", "new_engine",
-           "prompt_buckets"]
+__all__ = ["Continuation", "DecodeEngine", "EagerEngine", "FINISH_END", "FINISH_LENGTH", "FINISH_STOP", "Result",
+           "SamplingConfig", "Step", "engine_for", "new_engine", "prompt_buckets", "run_stream"]

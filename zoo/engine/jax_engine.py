@@ -1,4 +1,5 @@
-"""The JAX engine: `jax.jit` of the model's own `call_with_cache` through Keras's stateless scope.
+"""The JAX engine: `jax.jit` of the model's own cache protocol (`prefill_with_cache`,
+`call_with_cache`) through Keras's stateless scope.
 
 The model's variables are arguments of the compiled functions, not constants baked into them
 (which would make XLA fold megabytes of weights at compile time, and go stale if the model is
@@ -12,10 +13,10 @@ import jax
 import keras
 import numpy as np
 
-from zoo.engine.compiled import DecodeEngine
+from zoo.engine.interface import DecodeEngine
 
 # The argument each function consumes (after the variables' values): the cache, updated in place.
-_DONATE = {"prefill": (), "decode": (1,), "insert": (1,)}
+_DONATE = {"prefill": (), "decode": (1,), "insert": (1,), "reorder": (1,)}
 
 
 class JaxEngine(DecodeEngine):
@@ -28,7 +29,7 @@ class JaxEngine(DecodeEngine):
 
     def _prefill_fn(self, ids, length):
         self._traced()
-        logits, cache = self.model.call_with_cache(ids, self.model.init_cache(1), 0, logits_at=length - 1)
+        logits, cache = self.model.prefill_with_cache(ids, length)
         return logits[0], cache
 
     def _decode_fn(self, cache, tokens, positions, reach):
@@ -37,9 +38,12 @@ class JaxEngine(DecodeEngine):
 
     def _insert_fn(self, cache, slot, row_cache):
         self._traced()
-        start = (slot, 0, 0, 0)
-        return [(jax.lax.dynamic_update_slice(k, rk, start), jax.lax.dynamic_update_slice(v, rv, start))
-                for (k, v), (rk, rv) in zip(cache, row_cache)]
+        return jax.tree.map(lambda a, row: jax.lax.dynamic_update_slice(a, row, (slot,) + (0,) * (a.ndim - 1)),
+                            cache, row_cache)
+
+    def _reorder_fn(self, cache, rows):
+        self._traced()
+        return jax.tree.map(lambda a: a.at[:rows.shape[0]].set(a[rows]), cache)
 
     # --- compiling and running ------------------------------------------------------------------
 
@@ -70,6 +74,10 @@ class JaxEngine(DecodeEngine):
 
     def insert(self, cache, slot, row_cache):
         return self._run("insert", self._slots(cache), self._insert_fn, (cache, np.int32(slot), row_cache))
+
+    def reorder(self, cache, rows):
+        rows = np.asarray(rows, "int32")
+        return self._run("reorder", (len(rows), self._slots(cache)), self._reorder_fn, (cache, rows))
 
     def _decode(self, tokens, cache, positions):
         logits, cache = self._run_decode(tokens, cache, positions)

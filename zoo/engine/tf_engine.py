@@ -1,4 +1,5 @@
-"""The TensorFlow engine: the model's own `call_with_cache` under `tf.function(jit_compile=True)`.
+"""The TensorFlow engine: the model's own cache protocol (`prefill_with_cache`, `call_with_cache`)
+under `tf.function(jit_compile=True)`.
 
 The cache lives in tf.Variables that the compiled step reads and assigns, so XLA updates it in
 place (a cache passed in and returned as tensors is copied whole at every step). Each function is
@@ -13,17 +14,16 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from zoo.engine.compiled import DecodeEngine
+from zoo.engine.interface import DecodeEngine
 
 
 def _read(cache):
-    return [(keys.read_value(), values.read_value()) for keys, values in cache]
+    return tf.nest.map_structure(lambda variable: variable.read_value(), cache)
 
 
 def _assign(cache, new):
-    for (keys, values), (new_keys, new_values) in zip(cache, new):
-        keys.assign(new_keys)
-        values.assign(new_values)
+    for variable, value in zip(tf.nest.flatten(cache), tf.nest.flatten(new)):
+        variable.assign(value)
 
 
 def _spec(x):
@@ -39,7 +39,7 @@ class TensorFlowEngine(DecodeEngine):
 
     def _prefill_fn(self, cache, ids, length):
         self._traced()
-        logits, row = self.model.call_with_cache(ids, self.model.init_cache(1), 0, logits_at=length - 1)
+        logits, row = self.model.prefill_with_cache(ids, length)
         _assign(cache, row)
         return logits[0]
 
@@ -51,9 +51,14 @@ class TensorFlowEngine(DecodeEngine):
 
     def _insert_fn(self, cache, slot, row_cache):
         self._traced()
-        start = (slot, 0, 0, 0)
-        _assign(cache, [(ops.slice_update(k, start, rk), ops.slice_update(v, start, rv))
-                        for (k, v), (rk, rv) in zip(_read(cache), _read(row_cache))])
+        _assign(cache, tf.nest.map_structure(
+            lambda a, row: ops.slice_update(a, (slot,) + (0,) * (len(a.shape) - 1), row), _read(cache), _read(row_cache)))
+        return tf.zeros(())
+
+    def _reorder_fn(self, cache, rows):
+        self._traced()
+        for variable in tf.nest.flatten(cache):
+            variable[:rows.shape[0]].assign(tf.gather(variable, rows))
         return tf.zeros(())
 
     # --- compiling and running ------------------------------------------------------------------
@@ -73,8 +78,7 @@ class TensorFlowEngine(DecodeEngine):
         return function(*args)
 
     def new_cache(self, slots):
-        return [(tf.Variable(keys, trainable=False), tf.Variable(values, trainable=False))
-                for keys, values in self.model.init_cache(slots)]
+        return tf.nest.map_structure(lambda array: tf.Variable(array, trainable=False), self.model.init_cache(slots))
 
     def prefill(self, ids):
         size, cache = self.bucket(len(ids)), self.new_cache(1)
@@ -83,6 +87,11 @@ class TensorFlowEngine(DecodeEngine):
 
     def insert(self, cache, slot, row_cache):
         self._run("insert", self._slots(cache), self._insert_fn, (cache, np.int32(slot), row_cache))
+        return cache
+
+    def reorder(self, cache, rows):
+        rows = np.asarray(rows, "int32")
+        self._run("reorder", (len(rows), self._slots(cache)), self._reorder_fn, (cache, rows))
         return cache
 
     def _decode(self, tokens, cache, positions):

@@ -27,6 +27,10 @@ class TextTokenizer:
     def vocabulary_size(self):
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
+    def special_tokens(self):
+        """The special tokens by role, as a bundle's zoo.json lists them."""
+        return {"end": END_TOKEN}
+
     def encode(self, text):
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 

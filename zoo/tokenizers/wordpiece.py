@@ -35,6 +35,10 @@ class WordPieceTokenizer:
     def vocabulary_size(self):
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
+    def special_tokens(self):
+        """The special tokens by role, as a bundle's zoo.json lists them."""
+        return {"end": SEP, "cls": CLS, "sep": SEP, "pad": PAD, "mask": MASK, "unknown": UNK}
+
     def encode_ids_batch(self, texts):
         """Each text's token ids without [CLS]/[SEP]: a list of lists."""
         return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]

@@ -3,7 +3,7 @@
 `--devices N` replicates the model on N devices and splits each batch between them
 (`keras.distribution.DataParallel`): the same maths as one device with the same global batch.
 `--model-parallel M` arranges the N devices as an (N/M) x M mesh, ("batch", "model"), and shards
-the large kernels over the "model" axis with a family's layout map (`gpt_layout_map`), Megatron
+the large kernels over the "model" axis with a family's layout map (e.g. zoo/families/gpt/layout.py), Megatron
 style: the QKV and MLP-in kernels by output column, the attention-out and MLP-out kernels by input
 row, the embeddings by width.
 
@@ -63,24 +63,3 @@ def describe(distribution):
 
 def device_count(distribution):
     return 1 if distribution is None else int(distribution.device_mesh.devices.size)
-
-
-def gpt_layout_map(device_mesh):
-    """Shards zoo's GPT (zoo/models/gpt.py) over the mesh's "model" axis; keys are regexes that
-    must match a whole variable path such as `gpt/block_0/attn/qkv/kernel`. Unlisted variables
-    (LayerNorms, the biases of row-parallel layers) are replicated."""
-    import keras
-
-    layout = keras.distribution.LayoutMap(device_mesh)
-    # Column-parallel: each device computes a slice of the outputs (heads, MLP units).
-    layout[r".*/attn/qkv/kernel"] = (None, "model")
-    layout[r".*/attn/qkv/bias"] = ("model",)
-    layout[r".*/mlp_in/kernel"] = (None, "model")
-    layout[r".*/mlp_in/bias"] = ("model",)
-    # Row-parallel: each device holds the rows for its slice; XLA sums the partial products.
-    layout[r".*/attn/out/kernel"] = ("model", None)
-    layout[r".*/mlp_out/kernel"] = ("model", None)
-    # Embeddings by width, which divides evenly whatever the vocabulary size.
-    layout[r".*/token_embedding/embeddings"] = (None, "model")
-    layout[r".*/position_embedding/embeddings"] = (None, "model")
-    return layout

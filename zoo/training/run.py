@@ -1,6 +1,6 @@
 """The run directory every model family trains in, and the steps they share.
 
-A family (`zoo/training/gpt.py`, `bert.py`, `seq2seq.py`) reads its data, trains its tokenizer
+A family's training module (`zoo/families/<name>/training.py`) reads its data, trains its tokenizer
 and packs batches; everything else is here, once: refusing a non-empty `--out`, checking that a
 resumed run keeps its settings and data, writing `config.json` with provenance, building and
 compiling the model, and running the loop.
@@ -9,12 +9,10 @@ keras is imported only inside `fit`, so bad flags and bad data fail before the s
 """
 
 import datetime
-import json
 import sys
 from pathlib import Path
 
-from zoo.atomic import atomic_write_text
-from zoo.bundle import RUN_CONFIG, read_json
+from zoo.configs import RUN_CONFIG, RunConfig, read_run_config, write_run_config
 from zoo.data import data_checksum
 from zoo.errors import ZooError
 
@@ -62,6 +60,16 @@ def data_path(config):
     return None if path.startswith(SHIPPED) else path
 
 
+def training_data(recorded, default):
+    """Where a model's training data is, from its recorded `data` entry: the shipped `default`, or
+    the recorded path if it is on this machine."""
+    path = recorded.get("path", "")
+    source = default if path.startswith(SHIPPED) else Path(path)
+    if not source.is_file():
+        raise ZooError(f"the training data {path} is not here; give the evaluation data with --data")
+    return source
+
+
 def check_new_run(out):
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -74,7 +82,7 @@ def resumed_config(out, kind, data, explicit_train_changes, default_data):
     out = Path(out)
     if not (out / RUN_CONFIG).is_file():
         raise ZooError(f"--resume: {out} is not a run directory (no {RUN_CONFIG})")
-    config = read_json(out / RUN_CONFIG)
+    config = read_run_config(out).to_dict()
     if config.get("kind") != kind:
         raise ZooError(f"{out}: is a {config.get('kind')!r} run, not a {kind} run")
     refused = {k: v for k, v in explicit_train_changes.items()
@@ -106,7 +114,7 @@ def write_run(out, config, tokenizers, resume, command):
         config.update(backend=keras.backend.backend(), versions=library_versions(), command=command or sys.argv,
                       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / RUN_CONFIG, json.dumps(config, indent=2))
+    write_run_config(out, RunConfig.from_dict(config, out / RUN_CONFIG))
     for subdirectory, tokenizer in tokenizers.items():
         (out / subdirectory).mkdir(exist_ok=True)
         tokenizer.save(out / subdirectory)
@@ -126,7 +134,7 @@ def fit(out, config, train_config, build_model, batches, validation, evaluate, r
     """Builds the model (`build_model()`, under the run's precision, seed and device layout),
     compiles it, and trains it in `out`. Returns the loop's summary with the parameter count.
 
-    `layout_map(device_mesh)` shards the model for --model-parallel (`distribution.gpt_layout_map`);
+    `layout_map(device_mesh)` shards the model for --model-parallel (e.g. `zoo.families.gpt.layout.gpt_layout_map`);
     `flops_per_token` overrides the estimate from the model (`flops.model_flops_per_token`).
     """
     import contextlib

@@ -1,0 +1,179 @@
+"""One runtime per loaded model version: what the server runs a request on.
+
+Each is built on the inference object the model's family gives (`families.get(kind).runtime(...)`),
+so the server knows families only through that interface. Which runtime wraps it follows from
+the model's task and from what the object can do, never from the family's name:
+
+- GenerationRuntime (task "generate"): a generator with a decode `engine` and `start` (a
+  per-request Continuation) is continuously batched (server/continuous.py): concurrent requests
+  share the decode steps of one engine. Any other generator runs each request's `stream()` one
+  step per thread-pool task, the model's lock released between steps so that concurrent streams
+  interleave. Either way a cancelled RPC stops after the step in progress.
+- EncoderRuntime (task "classify"): Classify and Embed, each dynamically batched (server/batching.py).
+- ModelRuntime: a model served for its metadata only (e.g. a masked LM: no inference runtime).
+
+Model computation runs on the thread pool, one model call per task, under the model version's
+lock (Keras models are not guaranteed thread-safe). Runtimes raise the library's errors
+(ZooError, SamplingError, QueueFull); server/messages.py turns them into status codes.
+"""
+
+import asyncio
+import dataclasses
+import time
+
+from prometheus_client import Counter
+
+from server.batching import DynamicBatcher
+from server.continuous import ContinuousBatcher
+from zoo import families
+from zoo.engine.sampling import SamplingError
+
+DECODE_STEPS = Counter("zoo_decode_steps", "Generated tokens (one model call each).", ["model", "version"])
+
+
+@dataclasses.dataclass
+class Settings:
+    """How runtimes run: the thread pool for model calls, `step_delay` seconds of sleep before each
+    decode step (tests of cancellation), DynamicBatcher settings for Classify/Embed (max_batch_size,
+    max_delay, enabled) and ContinuousBatcher settings for generation (slots, max_queue)."""
+
+    executor: object
+    step_delay: float = 0.0
+    batching: dict = dataclasses.field(default_factory=dict)
+    generation: dict = dataclasses.field(default_factory=dict)
+
+
+class ModelRuntime:
+    """A loaded model version (server.repository.LoadedModel) that serves no inference RPC."""
+
+    max_new_tokens = 0  # the most tokens one request may generate; 0: the model does not generate
+
+    def __init__(self, model, inference=None, settings=None):
+        self.model = model
+
+    def warmup(self):
+        """(seconds, functions compiled) before serving, or None when there is nothing to prepare."""
+        return None
+
+
+class GenerationRuntime(ModelRuntime):
+    """Generate and GenerateStream on one model version's generator."""
+
+    def __init__(self, model, generator, settings):
+        super().__init__(model)
+        self.generator, self.settings = generator, settings
+        self.max_new_tokens = model.max_new_tokens_bound
+        # An encoder-decoder's output has a length of its own; a decoder's shares the context with the prompt.
+        self.output_limit = "its longest output" if model.info.max_target_length else "below its context"
+        family = families.get(model.info.kind)
+        self.vocabulary_size = (family.source_tokenizer(model.path) or model.tokenizer).vocabulary_size  # of prompts
+        self.tokens = DECODE_STEPS.labels(model.name, str(model.version))
+        self.scheduler = None
+        if hasattr(generator, "start") and hasattr(generator, "engine"):
+            self.scheduler = ContinuousBatcher(generator.engine, settings.executor, model.lock,
+                                               (model.name, str(model.version)), on_token=self.tokens.inc,
+                                               step_delay=settings.step_delay, **settings.generation)
+
+    def check_budget(self, config):
+        """Raises SamplingError when `config` asks for more new tokens than the model can write."""
+        if config.max_new_tokens is not None and config.max_new_tokens > self.max_new_tokens:
+            raise SamplingError("max_new_tokens", f"{config.max_new_tokens} must be at most {self.max_new_tokens} "
+                                                  f"for model {self.model.name!r} ({self.output_limit})")
+
+    async def steps(self, prompt, config):
+        """Yields the generation's Steps, then its Result as the last item (a Result, not a Step)."""
+        if self.scheduler is None:
+            async for item in self._steps_alone(prompt, config):
+                yield item
+            return
+        async for item in self.scheduler.stream(self.generator.start(prompt, config)):
+            yield item
+
+    async def _steps_alone(self, prompt, config):
+        """The generator's own `stream`, one decode step per thread-pool task."""
+        steps = self.generator.stream(prompt, config)
+        lock, delay = self.model.lock, self.settings.step_delay
+
+        def advance():
+            if delay:
+                time.sleep(delay)
+            with lock:
+                try:
+                    step = next(steps)
+                except StopIteration as done:
+                    return None, done.value
+            if step.token_id is not None:
+                self.tokens.inc()
+            return step, None
+
+        loop = asyncio.get_running_loop()
+        while True:
+            step, result = await loop.run_in_executor(self.settings.executor, advance)
+            if step is None:
+                yield result
+                return
+            yield step
+
+    def warmup(self):
+        if self.scheduler is None:
+            return None
+        engine = self.scheduler.engine
+        seconds = engine.warmup(slots=(self.scheduler.slots,))
+        return seconds, engine.compile_count
+
+
+class EncoderRuntime(ModelRuntime):
+    """Classify and Embed on one model version's classifier, each with its own DynamicBatcher.
+    Items are (text, pair or None); texts with and without a pair run as separate calls."""
+
+    def __init__(self, model, classifier, settings):
+        super().__init__(model)
+        self.classifier, self.labels = classifier, classifier.labels
+        self.batchers = {method: DynamicBatcher(self._locked(method), settings.executor,
+                                                (model.name, str(model.version), method), **settings.batching)
+                         for method in ("Classify", "Embed")}
+
+    async def classify(self, items):
+        """A Classification per item."""
+        return await self.batchers["Classify"].submit(items)
+
+    async def embed(self, items):
+        """(vector, truncated) per item."""
+        return await self.batchers["Embed"].submit(items)
+
+    def _locked(self, method):
+        def run(items):
+            with self.model.lock:
+                return self._run(method, items)
+
+        return run
+
+    def _run(self, method, items):
+        results = [None] * len(items)
+        for with_pairs in (False, True):
+            chosen = [i for i, (_, pair) in enumerate(items) if (pair is not None) == with_pairs]
+            if not chosen:
+                continue
+            texts = [items[i][0] for i in chosen]
+            pairs = [items[i][1] for i in chosen] if with_pairs else None
+            if method == "Embed":
+                vectors, truncated = self.classifier.embed(texts, pairs)
+                outputs = list(zip(vectors, truncated))
+            else:
+                outputs = self.classifier.classify(texts, pairs)
+            for i, output in zip(chosen, outputs):
+                results[i] = output
+        return results
+
+
+RUNTIMES = {"generate": GenerationRuntime, "classify": EncoderRuntime}  # by task
+
+
+def build(repository, settings):
+    """{(name, version): runtime} for every model version of `repository`."""
+    runtimes = {}
+    for m in repository.all():
+        inference = families.get(m.info.kind).runtime(m.task, m.model, m.tokenizer, m.path, m.info)
+        kind = RUNTIMES.get(m.task, ModelRuntime) if inference is not None else ModelRuntime
+        runtimes[(m.name, m.version)] = kind(m, inference, settings)
+    return runtimes

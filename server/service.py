@@ -1,0 +1,159 @@
+"""The gRPC handlers of `zoo.v1.InferenceService`, on a `grpc.aio` event loop.
+
+Each handler finds the model version's runtime (server/runtimes.py), turns the request into
+library objects and the result into a response (server/messages.py). Every handler, unary or
+streaming, is wrapped by `rpc`: one place that counts the RPC in flight and by outcome, and turns
+an error into a status code (`messages.status_of`); anything else is logged as INTERNAL.
+"""
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+
+import grpc
+from prometheus_client import Counter, Gauge
+
+from server import messages
+from server.gen.zoo.v1 import inference_pb2_grpc as pb_grpc
+from server.gen.zoo.v1 import model_pb2 as mpb
+from server.messages import INVALID, Abort
+from server.runtimes import EncoderRuntime, GenerationRuntime
+from zoo.errors import ZooError
+
+log = logging.getLogger("zoo.serve")
+
+REQUESTS = Counter("zoo_requests", "Finished RPCs by method and status code.", ["method", "code"])
+IN_FLIGHT = Gauge("zoo_requests_in_flight", "RPCs being handled.")
+
+
+@contextlib.asynccontextmanager
+async def _outcome(method, context):
+    """Counts the RPC; aborts it with the status of an error that refuses the request."""
+    IN_FLIGHT.inc()
+    code = grpc.StatusCode.OK
+    try:
+        yield
+    except (asyncio.CancelledError, GeneratorExit):  # the client cancelled, or its deadline passed
+        code = grpc.StatusCode.CANCELLED
+        raise
+    except Exception as error:
+        status = messages.status_of(error)
+        if status is None:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", method)
+            raise
+        code = status[0]
+        await context.abort(*status)
+    finally:
+        IN_FLIGHT.dec()
+        REQUESTS.labels(method, code.name).inc()
+
+
+def rpc(handler):
+    """`handler` (a coroutine function, or an async generator function for a streaming RPC)
+    wrapped by `_outcome`."""
+    method = handler.__name__
+    if inspect.isasyncgenfunction(handler):
+        @functools.wraps(handler)
+        async def stream(self, request, context):
+            async with _outcome(method, context):
+                async with contextlib.aclosing(handler(self, request, context)) as responses:
+                    async for response in responses:
+                        yield response
+
+        return stream
+
+    @functools.wraps(handler)
+    async def unary(self, request, context):
+        async with _outcome(method, context):
+            return await handler(self, request, context)
+
+    return unary
+
+
+class InferenceServicer(pb_grpc.InferenceServiceServicer):
+    """`runtimes`: {(name, version): runtime} of every model version in `repository`."""
+
+    def __init__(self, repository, runtimes, backend):
+        self.repository, self.runtimes, self.backend = repository, runtimes, backend
+        self.draining = False
+
+    def _runtime(self, spec):
+        if self.draining:
+            raise Abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        if spec.version < 0:
+            raise Abort(INVALID, f"model_spec.version must be >= 0, got {spec.version}")
+        try:
+            m = self.repository.get(spec.name, spec.version)
+        except KeyError as e:
+            raise Abort(INVALID if not spec.name else grpc.StatusCode.NOT_FOUND, e.args[0]) from None
+        return self.runtimes[(m.name, m.version)]
+
+    def _model_info(self, runtime):
+        m = runtime.model
+        return messages.model_info(m, self.repository.versions(m.name), self.backend, runtime.max_new_tokens)
+
+    def _generation(self, request):
+        """(runtime, prompt, SamplingConfig) of a valid generation request."""
+        runtime = self._runtime(request.model_spec)
+        m = runtime.model
+        if not isinstance(runtime, GenerationRuntime):
+            raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                        f"model {m.name!r} version {m.version} has task {m.task!r}; Generate needs a generation model")
+        config = messages.sampling_config(request.sampling)
+        runtime.check_budget(config)
+        field, prompt = messages.prompt_of(request, runtime.vocabulary_size)
+        try:
+            runtime.generator.prompt_ids(prompt, config)  # the prompt fits, or is truncated as asked
+        except ZooError as e:
+            raise Abort(INVALID, f"{field}: {e}") from None
+        return runtime, prompt, config
+
+    def _encoder(self, request, method):
+        """(runtime, [(text, pair or None)]) of a valid Classify/Embed request."""
+        runtime = self._runtime(request.model_spec)
+        m = runtime.model
+        if not isinstance(runtime, EncoderRuntime):
+            raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                        f"model {m.name!r} version {m.version} is a {m.info.kind} model with task {m.task!r}; "
+                        f"{method} needs a classification model")
+        return runtime, messages.encoder_items(request, method)
+
+    # --- RPCs ----------------------------------------------------------------------------------
+
+    @rpc
+    async def Generate(self, request, context):
+        runtime, prompt, config = self._generation(request)
+        async with contextlib.aclosing(runtime.steps(prompt, config)) as steps:
+            async for item in steps:
+                result = item
+        return messages.generate_response(runtime.model, result, request.return_logprobs)
+
+    @rpc
+    async def GenerateStream(self, request, context):
+        runtime, prompt, config = self._generation(request)
+        async with contextlib.aclosing(runtime.steps(prompt, config)) as steps:
+            async for item in steps:
+                yield messages.stream_response(runtime.model, item, request.return_logprobs)
+
+    @rpc
+    async def Classify(self, request, context):
+        runtime, items = self._encoder(request, "Classify")
+        return messages.classify_response(runtime.model, runtime.labels, await runtime.classify(items))
+
+    @rpc
+    async def Embed(self, request, context):
+        runtime, items = self._encoder(request, "Embed")
+        return messages.embed_response(runtime.model, await runtime.embed(items))
+
+    @rpc
+    async def ListModels(self, request, context):
+        repo = self.repository
+        return mpb.ListModelsResponse(models=[self._model_info(self.runtimes[(m.name, m.version)])
+                                              for m in (repo.get(name) for name in repo.names())])
+
+    @rpc
+    async def GetModelInfo(self, request, context):
+        return mpb.GetModelInfoResponse(model=self._model_info(self._runtime(request.model_spec)))

@@ -1,0 +1,122 @@
+"""Every generating family on the current backend's decode engine: the logits of prefill and of
+each decode step equal the uncached model's, with the rows of one cache at different positions
+(requests joining mid-way, as in continuous batching), for GPT (learned and rotary positions) and
+seq2seq."""
+
+import keras
+import numpy as np
+import pytest
+
+from zoo.engine import new_engine
+from zoo.families.gpt.model import gpt_from_preset
+from zoo.families.seq2seq.model import Seq2Seq
+
+VOCAB = 61
+START = 0  # the seq2seq decoder's start token in this test
+
+
+def _scaled(model):
+    """Larger weights than the usual init, so that the logits differ clearly from token to token
+    (at init they are nearly equal, and a tolerance would test little)."""
+    rng = np.random.default_rng(0)
+    for variable in model.weights:
+        if len(variable.shape) >= 2:
+            fan_in = variable.shape[0]
+            std = 0.5 if "embedding" in variable.path else fan_in ** -0.5
+            variable.assign(rng.normal(0, std, variable.shape).astype("float32"))
+    return model
+
+
+def _gpt(position_embedding):
+    keras.utils.set_random_seed(1)
+    return _scaled(gpt_from_preset("nano", VOCAB, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
+                                   max_length=24, position_embedding=position_embedding))
+
+
+def _seq2seq():
+    keras.utils.set_random_seed(1)
+    model = Seq2Seq(VOCAB + 3, VOCAB, num_encoder_layers=1, num_decoder_layers=2, num_heads=2, hidden_dim=32,
+                    intermediate_dim=64, max_source_length=9, max_target_length=12)
+    model.build()
+    return _scaled(model)
+
+
+class GPTCase:
+    """A GPT's engine prompt is the prompt; its uncached logits those of prompt + fed tokens."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def prompt(self, rng, length):
+        return rng.integers(1, VOCAB, length).tolist()
+
+    def reference(self, prompt, fed):
+        """Uncached logits at every position of prompt + fed, padded to the context (one shape)."""
+        sequence = np.zeros((1, self.model.max_length), "int32")
+        sequence[0, :len(prompt) + len(fed)] = prompt + fed
+        return keras.ops.convert_to_numpy(self.model(sequence))[0]
+
+
+class Seq2SeqCase:
+    """A seq2seq engine prompt is the start token and the source; its uncached logits those of
+    the whole model on the source and the target [start] + fed tokens."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def prompt(self, rng, length):
+        return [START] + rng.integers(1, self.model.source_vocabulary_size, length).tolist()
+
+    def reference(self, prompt, fed):
+        model, source = self.model, prompt[1:]
+        source_ids = np.zeros((1, model.max_source_length), "int32")
+        source_ids[0, :len(source)] = source
+        target = np.zeros((1, model.max_target_length), "int32")
+        target[0, :1 + len(fed)] = [START] + fed
+        inputs = {"source_ids": source_ids, "source_padding_mask": np.arange(model.max_source_length)[None] < len(source),
+                  "target_ids": target}
+        return keras.ops.convert_to_numpy(model(inputs))[0]
+
+
+@pytest.fixture(scope="module", params=["gpt-learned", "gpt-rotary", "seq2seq"])
+def case(request):
+    if request.param == "seq2seq":
+        return Seq2SeqCase(_seq2seq())
+    return GPTCase(_gpt(request.param.split("-")[1]))
+
+
+def test_prefill_and_decode_logits_equal_the_uncached_model(case):
+    """Three requests share a 4-slot cache: slot 0 from the start, slot 2 joins after 2 steps,
+    slot 1 after 4, so the rows step at different positions (slot 3 stays idle). Each is fed
+    random tokens; every logits row must be the uncached model's at that request's position."""
+    model, engine, rng = case.model, new_engine(case.model), np.random.default_rng(5)
+    prompts = {0: case.prompt(rng, 5), 2: case.prompt(rng, 2), 1: case.prompt(rng, 7)}
+    joins = {0: 0, 2: 2, 1: 4}
+    cache = engine.new_cache(4)
+    tokens, positions = np.zeros(3, "int32"), np.zeros(3, "int32")
+    fed = {slot: [] for slot in prompts}
+    got = {slot: {} for slot in prompts}  # slot -> {position: logits}
+    for step in range(7):
+        for slot, when in joins.items():
+            if when == step:
+                logits, cache = engine.prefill_slot(cache, slot, prompts[slot])
+                first = engine.first_position(prompts[slot])
+                got[slot][first - 1] = logits
+                positions[slot] = first
+        active = [slot for slot, when in joins.items() if when <= step]
+        for slot in active:
+            tokens[slot] = rng.integers(1, VOCAB)
+        logits, cache = engine.decode(tokens, cache, positions)
+        assert logits.shape == (3, VOCAB) and logits.dtype == np.float32
+        for slot in active:
+            fed[slot].append(int(tokens[slot]))
+            got[slot][int(positions[slot])] = logits[slot]
+            positions[slot] += 1
+    assert len(set(positions.tolist())) == 3  # the rows really are at different positions
+    for slot, rows in got.items():
+        expected = case.reference(prompts[slot], fed[slot])
+        scale = np.abs(expected).max()
+        assert scale > 1  # logits that differ clearly
+        for position, row in rows.items():
+            np.testing.assert_allclose(row, expected[position], atol=2e-5 * scale, rtol=0,
+                                       err_msg=f"slot {slot} position {position}")

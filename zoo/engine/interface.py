@@ -1,0 +1,274 @@
+"""Decode engines: prefill a prompt once, then decode one token per row per step from a
+static-shape KV cache, with the step compiled once per backend.
+
+One engine per model (`engine_for(model)` keeps it), reused by every request. Its primitives work
+on *slots*, the rows of a shared cache, each at its own position, so that a server can batch
+requests continuously (a new request is prefilled into a free slot and joins the next step):
+
+    cache = engine.new_cache(slots)                          # an empty cache of `slots` rows
+    logits, cache = engine.prefill_slot(cache, slot, ids)    # run a prompt into one slot: (vocab,)
+    logits, cache = engine.decode(tokens, cache, positions)  # one token per slot: (n, vocab)
+
+`tokens` and `positions` are (n,) int vectors for the cache's first n rows (n <= slots; the rest
+are left alone): row r's token is written at positions[r] and attends to its own cache up to there
+(an idle slot among the first n simply computes garbage nobody reads). A server keeps its busy
+slots low and steps only as many rows as it needs (`slot_buckets`), so one request on an
+8-slot cache costs a 1-row step, not an 8-row one.
+`prefill(ids)` is the one-request shortcut: (logits, a fresh 1-slot cache); `reorder(cache, rows)`
+copies rows into rows (beam search). Logits come back as float32 NumPy arrays, since sampling runs
+on the host. Caches are opaque and consumed: always use the returned one (the compiled engines
+update the cache in place; the argument is invalid after). The first generated token is decoded
+at `first_position(ids)`: after a GPT's prompt, after a seq2seq decoder's start token.
+
+The engines know no family: they run a model's cache protocol, which GPT and Seq2Seq both have:
+
+    model.init_cache(slots)                      # the empty cache: arrays, each with a row per slot
+    model.prefill_with_cache(ids, length)        # (1, padded) prompt -> (logits (1, vocab), 1-row cache)
+    model.call_with_cache(tokens, cache, positions, logits_at=0, reach=...)  # a decode step
+    model.max_length, model.max_prompt_length, model.first_position(prompt_length)
+
+and on torch the model's `torch_engine()` class, a plain-torch twin (see zoo.engine.backends).
+
+Prompts are padded to a bucket length (`engine.buckets`: powers of two from 16, and
+max_prompt_length) so that a new prompt length compiles nothing. `compile_count` counts compiled functions (one per
+function and shape), `trace_count` how often a function body was traced (equal, unless a backend
+retraced behind our back), `compile_seconds` the time spent tracing and compiling, and
+`compile_log` lists (what, shape, seconds); a decode step's shape is (rows stepped, cache slots,
+reach), reach being how far into the cache it reads (`reach_buckets`).
+
+This module is the interface and depends on no other engine module; each backend's engine
+(jax_engine.py, tf_engine.py, and a family's plain-torch engine) imports only it, and
+`zoo.engine.backends` picks one for the active backend. `EagerEngine` runs the model's cache
+protocol op by op: the slow reference.
+"""
+
+import threading
+import time
+
+import keras
+import numpy as np
+
+from zoo.engine.sampling import SamplingConfig, sample
+
+
+def prompt_buckets(max_length, smallest=16):
+    """Prompt lengths compiled for: powers of two from `smallest` below max_length, then max_length."""
+    buckets, size = [], smallest
+    while size < max_length:
+        buckets.append(size)
+        size *= 2
+    return tuple(buckets) + (max_length,)
+
+
+def reach_buckets(max_length):
+    """How far into the cache a compiled decode step reads: powers of two from 64, and max_length.
+    A step reads up to the smallest that covers its furthest position, so early tokens do not pay
+    for reading the whole context; coarse, because each is one more compiled step per row count."""
+    return prompt_buckets(max_length, smallest=64)
+
+
+def slot_buckets(slots):
+    """Row counts a decode step is compiled for on a cache of `slots` rows: 1, 2, 4, ... slots."""
+    return prompt_buckets(slots, smallest=1)
+
+
+class DecodeEngine:
+    """The interface and the bookkeeping shared by every engine; see the module docstring."""
+
+    compiled = True
+
+    def __init__(self, model):
+        self.model = model
+        self.max_length = model.max_length  # decode positions are below it
+        self.max_prompt_length = model.max_prompt_length
+        self.buckets = prompt_buckets(model.max_prompt_length)
+        self.reaches = reach_buckets(model.max_length)
+        self.compile_count = 0
+        self.trace_count = 0
+        self.compile_seconds = 0.0
+        self.compile_log = []
+        self._lock = threading.Lock()  # compiling; the server may call from several threads
+
+    # --- to implement ---------------------------------------------------------------------------
+
+    def new_cache(self, slots):
+        raise NotImplementedError
+
+    def prefill(self, ids):
+        """Runs one prompt (a list of token ids) into a fresh 1-slot cache: (logits (vocab,), cache)."""
+        raise NotImplementedError
+
+    def insert(self, cache, slot, row_cache):
+        """Copies a 1-slot cache (from `prefill`) into row `slot` of `cache`; returns the cache."""
+        raise NotImplementedError
+
+    def reorder(self, cache, rows):
+        """Row i of the cache's first len(rows) becomes what row rows[i] was (beam search follows
+        its beams so); returns the cache."""
+        raise NotImplementedError
+
+    def _decode(self, tokens, cache, positions):
+        raise NotImplementedError
+
+    # --- shared ---------------------------------------------------------------------------------
+
+    def reach(self, positions):
+        """The reach bucket a decode step at these positions reads up to."""
+        return next(r for r in self.reaches if r > int(positions.max()))
+
+    def bucket(self, length):
+        """The padded length a prompt of `length` tokens runs at."""
+        if not 0 < length <= self.max_prompt_length:
+            raise ValueError(f"a prompt of {length} tokens does not fit the context of {self.max_prompt_length}")
+        return next(b for b in self.buckets if b >= length)
+
+    def first_position(self, ids):
+        """Where the first token generated after prompt `ids` goes in the cache (the position it
+        is decoded at): the model's to say (a GPT's is after the prompt, a seq2seq decoder's
+        after its start token)."""
+        return int(self.model.first_position(len(ids)))
+
+    def prefill_slot(self, cache, slot, ids):
+        """Runs a prompt into row `slot` of `cache` (whatever was there is forgotten): (logits
+        (vocab,), cache)."""
+        logits, row = self.prefill(ids)
+        if self._slots(cache) == 1 and slot == 0:
+            return logits, row
+        return logits, self.insert(cache, slot, row)
+
+    def decode(self, tokens, cache, positions):
+        """One step for the cache's first len(tokens) slots: token r goes in at positions[r].
+        (logits (len(tokens), vocab), cache)."""
+        tokens = np.asarray(tokens, dtype="int32").reshape(-1)
+        positions = np.asarray(positions, dtype="int32").reshape(-1)
+        if not 0 < tokens.size <= self._slots(cache) or positions.size != tokens.size:
+            raise ValueError(f"decode takes one token and one position for each of the first n <= "
+                             f"{self._slots(cache)} slots, got {tokens.size} tokens, {positions.size} positions")
+        if positions.size and (positions.min() < 0 or positions.max() >= self.max_length):
+            raise ValueError(f"decode positions must be in [0, {self.max_length}), got {positions.tolist()}")
+        return self._decode(tokens, cache, positions)
+
+    @staticmethod
+    def _slots(cache):
+        # A cache is the model's nested structure of arrays (lists, tuples, dicts), each with one
+        # row per slot first: a GPT's per-layer (keys, values), a seq2seq's also its sources.
+        return int(keras.tree.flatten(cache)[0].shape[0])
+
+    @staticmethod
+    def _padded(ids, size):
+        """The prompt as a (1, size) int32 array, zeros after it. The padding's keys and values
+        land in the cache beyond the prompt, where no query looks and decoding overwrites them."""
+        padded = np.zeros((1, size), "int32")
+        padded[0, :len(ids)] = ids
+        return padded
+
+    def _compiled(self, table, what, shape, build):
+        """table[(what, shape)], made by `build()` (which traces and compiles) the first time,
+        timed and counted. Locked, so that two threads never compile the same function."""
+        function = table.get((what, shape))
+        if function is None:
+            with self._lock:
+                function = table.get((what, shape))
+                if function is None:
+                    start = time.perf_counter()
+                    function = table[(what, shape)] = build()
+                    seconds = time.perf_counter() - start
+                    self.compile_count += 1
+                    self.compile_seconds += seconds
+                    self.compile_log.append((what, shape, round(seconds, 3)))
+        return function
+
+    def _run_decode(self, tokens, cache, positions):
+        """The compiled engines' decode: their `_run` of `_decode_fn` at the reach bucket of these
+        positions, one compiled step per (rows, cache slots, reach)."""
+        reach = self.reach(positions)
+
+        def step(cache, tokens, positions):  # reach is static, so it is bound here, not an argument
+            return self._decode_fn(cache, tokens, positions, reach)
+
+        return self._run("decode", (len(tokens), self._slots(cache), reach), step, (cache, tokens, positions))
+
+    def _traced(self):
+        """Called from inside a function body being traced: counts the trace."""
+        self.trace_count += 1
+
+    def warmup(self, slots=(1,), buckets=None):
+        """Compiles ahead of the first request: prefill for every bucket (or those given), and for
+        each cache size in `slots` the insert and the decode step of every `slot_buckets` row
+        count and reach. Returns compile_seconds."""
+        for size in buckets or self.buckets:
+            _, row = self.prefill([0] * size)
+        for n in slots:
+            cache = self.new_cache(n)
+            if n > 1:
+                cache = self.insert(cache, 0, row)
+            for rows in slot_buckets(n):
+                for reach in self.reaches:
+                    positions = np.full(rows, reach - 1, "int32")
+                    cache = self.decode(np.zeros(rows, "int32"), cache, positions)[1]
+        return self.compile_seconds
+
+    def generate_batch(self, prompts, max_new_tokens, sampling=None, end_token_id=None):
+        """Generates from several prompts at once, one slot each, every row at its own position.
+
+        `sampling`: None for greedy, or a SamplingConfig (temperature, top_k, top_p, seed) for all
+        rows or a list with one per row. A row stops at `end_token_id` (not included) or after
+        max_new_tokens. Returns one list of new token ids per prompt.
+        """
+        configs = sampling if isinstance(sampling, (list, tuple)) else [sampling] * len(prompts)
+        configs = [c or SamplingConfig(temperature=0) for c in configs]
+        rngs = [np.random.default_rng(c.seed) for c in configs]
+        positions = np.asarray([self.first_position(ids) for ids in prompts], "int32")
+        for ids, first in zip(prompts, positions):
+            # The last token is sampled, never decoded: the others go in at first, first + 1, ...
+            if first + max_new_tokens - 1 > self.max_length:
+                raise ValueError(f"{len(ids)} prompt tokens + {max_new_tokens} new exceed the context "
+                                 f"of {self.max_length}")
+        cache = self.new_cache(len(prompts))
+        tokens = np.zeros(len(prompts), "int32")
+        for slot, ids in enumerate(prompts):
+            logits, cache = self.prefill_slot(cache, slot, ids)
+            tokens[slot] = sample(logits, configs[slot], rngs[slot])
+        outputs, done = [[] for _ in prompts], [False] * len(prompts)
+        for step in range(max_new_tokens):
+            for r, token in enumerate(tokens):
+                done[r] = done[r] or token == end_token_id
+                if not done[r]:
+                    outputs[r].append(int(token))
+            if all(done) or step == max_new_tokens - 1:
+                break
+            logits, cache = self.decode(tokens, cache, positions)
+            positions += 1
+            tokens = np.asarray([sample(row, c, rng) for row, c, rng in zip(logits, configs, rngs)], "int32")
+        return outputs
+
+
+class EagerEngine(DecodeEngine):
+    """The reference: the model's `call_with_cache` run op by op, no padding, nothing compiled."""
+
+    compiled = False
+
+    def new_cache(self, slots):
+        return self.model.init_cache(slots)
+
+    def prefill(self, ids):
+        self.bucket(len(ids))  # checks the length; nothing is padded
+        logits, cache = self.model.prefill_with_cache(np.asarray([ids], "int32"), len(ids))
+        return keras.ops.convert_to_numpy(logits)[0], cache
+
+    def insert(self, cache, slot, row_cache):
+        return keras.tree.map_structure(
+            lambda array, row: keras.ops.slice_update(array, (slot,) + (0,) * (len(array.shape) - 1), row),
+            cache, row_cache)
+
+    def reorder(self, cache, rows):
+        rows = np.asarray(rows, "int32")
+
+        def take(array):
+            return keras.ops.slice_update(array, (0,) * len(array.shape), keras.ops.take(array, rows, axis=0))
+
+        return keras.tree.map_structure(take, cache)
+
+    def _decode(self, tokens, cache, positions):
+        logits, cache = self.model.call_with_cache(tokens[:, None], cache, positions, logits_at=0)
+        return keras.ops.convert_to_numpy(logits), cache

@@ -1,0 +1,52 @@
+"""The BERT family: a bidirectional encoder, pretrained as a masked LM and fine-tuned to classify.
+
+model.py (encoder and heads), presets.py, training.py, command.py, classifier.py (texts ->
+labels and pooled embeddings) and evaluation.py (accuracy, macro-F1, confusion matrix).
+"""
+
+from zoo.families import Family
+from zoo.families.bert.presets import PRESETS
+
+
+class BertFamily(Family):
+    name = "bert"
+    description = "BERT-style encoder: masked-LM pretraining or a text classifier"
+    presets = PRESETS
+    tasks = ("mlm", "classify")
+
+    def train_command(self):
+        from zoo.families.bert.command import bert
+
+        return bert
+
+    def model_class(self, task):
+        from zoo.families.bert.model import BertClassifier, BertMaskedLM
+
+        return BertClassifier if task == "classify" else BertMaskedLM
+
+    def runtime(self, task, model, tokenizer, path, info):
+        if task != "classify":
+            return None  # a masked LM is pretrained to be fine-tuned, not served
+        from zoo.families.bert.classifier import Classifier
+
+        return Classifier(model, tokenizer, info.labels)
+
+    def evaluate(self, model, tokenizer, info, path, data=None, beam_width=4):
+        if info.task != "classify":
+            return super().evaluate(model, tokenizer, info, path, data, beam_width)
+        from zoo.families.bert.evaluation import evaluate_classifier
+
+        return evaluate_classifier(model, tokenizer, info, data)
+
+    def format_report(self, report):
+        from zoo.families.bert.classifier import format_report
+
+        return format_report(report)
+
+    def bench_model(self, preset, vocabulary_size, seq_len, batch_size, prompt_tokens, new_tokens, decode_batches):
+        from zoo.families.bert.bench import bench_model
+
+        return bench_model(preset, vocabulary_size, seq_len, batch_size, prompt_tokens, new_tokens, decode_batches)
+
+
+FAMILY = BertFamily()

@@ -1,0 +1,66 @@
+"""`zoo train bert`."""
+
+import click
+
+from zoo.families.bert.presets import PRESETS
+from zoo.training.options import positive, training_command
+
+
+@click.command()
+@click.option("--task", type=click.Choice(["mlm", "classify"]), default="mlm", show_default=True,
+              help="Masked-LM pretraining, or classification fine-tuning.")
+@click.option("--data", type=click.Path(), default=None,
+              help="mlm: a .txt file, a directory or a .jsonl corpus (default: the shipped Shakespeare). "
+                   "classify: a labelled .csv/.tsv (header row; GLUE layout works) or .jsonl "
+                   "(default: the shipped language-identification data).")
+@click.option("--init", type=click.Path(), default=None,
+              help="classify: start from this pretrained bert run or bundle (its tokenizer and encoder; the head is new).")
+@click.option("--text-column", default=None, help="classify: the text column/field; default `sentence` or `text`.")
+@click.option("--label-column", default="label", show_default=True, help="classify: the label column/field.")
+@click.option("--pair-column", default=None, help="classify: a second text column, for sentence-pair tasks.")
+@click.option("--text-field", default="text", show_default=True, help="mlm: the text field of .jsonl records.")
+@click.option("--class-weighting", type=click.Choice(["none", "balanced"]), default="none", show_default=True,
+              help="classify: weigh each class's examples so that every class counts the same in the loss.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="Share held out for validation (classify: of each class).")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="nano", show_default=True, help="Encoder shape.")
+@click.option("--num-layers", type=int, callback=positive, help="Override the preset.")
+@click.option("--num-heads", type=int, callback=positive, help="Override the preset.")
+@click.option("--hidden-dim", type=int, callback=positive, help="Override the preset.")
+@click.option("--intermediate-dim", type=int, callback=positive, help="Override the preset (MLP width).")
+@click.option("--max-length", type=int, callback=positive, help="Override the preset (positions).")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Override the preset.")
+@click.option("--vocab-size", type=int, default=8192, show_default=True, help="WordPiece vocabulary size.")
+@click.option("--cased", is_flag=True, help="Keep case and accents (default: lower-case and strip accents).")
+@click.option("--seq-len", type=int, callback=positive,
+              help="Sequence length; default 128 for mlm, for classify one that fits 99% of the training texts "
+                   "(a power of two, at most the context; longer texts are cut, and counted).")
+@training_command("bert")
+def bert(task, data, init, text_column, label_column, pair_column, text_field, class_weighting, val_fraction, preset,
+         num_layers, num_heads, hidden_dim, intermediate_dim, max_length, dropout, vocab_size, cased, seq_len, **run):
+    """Train a BERT-style encoder: masked-LM pretraining or a text classifier.
+
+    Classification prints accuracy, macro-F1 and the confusion matrix on the validation split at
+    the end. Ctrl-C saves a checkpoint; --resume continues exactly where it stopped.
+
+    \b
+    Example:
+      zoo train bert --task mlm --max-steps 2000 --out runs/bert-mlm
+      zoo train bert --task classify --init runs/bert-mlm --max-steps 300 --out runs/language-id
+      zoo train bert --task classify --data glue/SST-2/train.tsv --class-weighting balanced --out runs/sst2
+    """
+    from zoo.families.bert.training import train_bert
+
+    summary = train_bert(
+        run["out"], task=task, data=data, preset=preset,
+        model_overrides=dict(num_layers=num_layers, num_heads=num_heads, hidden_dim=hidden_dim,
+                             intermediate_dim=intermediate_dim, max_length=max_length, dropout=dropout),
+        vocabulary_size=vocab_size, lowercase=not cased, seq_len=seq_len, val_fraction=val_fraction,
+        text_field=text_field, columns=dict(text_column=text_column, label_column=label_column, pair_column=pair_column),
+        init=init, class_weighting=class_weighting, train_config=run["train_config"], resume=run["resume"],
+        explicit_train_changes=run["explicit"], command=run["command"])
+    if summary.get("report"):
+        from zoo.families.bert.classifier import format_report  # after training: zoo.engine imports keras
+
+        click.echo(format_report(summary["report"]), err=True)
+    return summary

@@ -1,0 +1,22 @@
+"""`zoo eval` of a BERT classifier: accuracy, macro-F1 and the confusion matrix, on a file or on
+the validation split the model was trained with."""
+
+from zoo.training.run import training_data
+
+
+def evaluate_classifier(model, tokenizer, info, data=None):
+    """The classification report (see classification_report) of a loaded classifier."""
+    from zoo.data.labelled import DEFAULT_LABELLED, encode_labels, read_labelled, split_labelled
+    from zoo.families.bert.classifier import Classifier, classification_report
+
+    recorded = info.provenance.get("data") or {}
+    columns = {k: recorded.get(k) for k in ("text_column", "label_column", "pair_column")}
+    columns["label_column"] = columns["label_column"] or "label"
+    if data is not None:
+        rows = read_labelled(data, **columns)
+    else:
+        rows = read_labelled(training_data(recorded, DEFAULT_LABELLED), **columns)
+        _, rows = split_labelled(rows, recorded["val_fraction"], (info.provenance.get("train") or {})["seed"])
+    true_ids = encode_labels(rows, info.labels)
+    probabilities, _ = Classifier(model, tokenizer, info.labels).probabilities(rows.texts, rows.pairs)
+    return classification_report(true_ids, probabilities.argmax(axis=1), info.labels)

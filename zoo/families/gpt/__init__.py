@@ -1,0 +1,40 @@
+"""The GPT family: a decoder-only language model that continues a prompt.
+
+model.py (the network), presets.py, training.py (`zoo train gpt`'s library side), command.py (its
+flags), generator.py (prompt -> streamed continuation) and torch_engine.py (the torch fast path).
+"""
+
+from zoo.families import Family
+from zoo.families.gpt.presets import PRESETS
+
+
+class GPTFamily(Family):
+    name = "gpt"
+    description = "GPT-style decoder-only language model"
+    presets = PRESETS
+    tasks = ("generate",)
+
+    def train_command(self):
+        from zoo.families.gpt.command import gpt
+
+        return gpt
+
+    def model_class(self, task):
+        from zoo.families.gpt.model import GPT
+
+        return GPT
+
+    def runtime(self, task, model, tokenizer, path, info):
+        if task != "generate":
+            return None
+        from zoo.families.gpt.generator import Generator
+
+        return Generator(model, tokenizer)
+
+    def bench_model(self, preset, vocabulary_size, seq_len, batch_size, prompt_tokens, new_tokens, decode_batches):
+        from zoo.families.gpt.bench import bench_model
+
+        return bench_model(preset, vocabulary_size, seq_len, batch_size, prompt_tokens, new_tokens, decode_batches)
+
+
+FAMILY = GPTFamily()

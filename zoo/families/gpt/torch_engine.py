@@ -1,0 +1,108 @@
+"""The PyTorch engine: the GPT forward pass written in plain torch over the model's own weights.
+
+Why not compile the model's `call_with_cache` as on JAX and TensorFlow: see zoo.layers.torch_blocks,
+whose building blocks (linear, float32 layer norm, rotary, attention over the cache, the one way to
+read weights) this engine is assembled from, as the seq2seq one is. So this module is a twin of
+`zoo.families.gpt.model` (embedding, pre-LayerNorm blocks, rotary or learned positions, tied output)
+kept honest by tests that compare its logits and tokens with the model's uncached forward pass.
+
+It runs under `torch.inference_mode`. The cache is torch_blocks' layout, written in place.
+Nothing is compiled, so `compile_count` stays 0 and prompts need no padding.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from zoo.engine.interface import DecodeEngine
+from zoo.layers import torch_blocks as blocks
+
+
+class TorchEngine(DecodeEngine):
+    compiled = False  # eager torch; see the module docstring
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.num_heads, self.hidden_dim = model.num_heads, model.hidden_dim
+        self.head_dim = model.hidden_dim // model.num_heads
+        self._read_weights()
+        self.device = self.embeddings.device
+        self.dtype = self.embeddings.dtype
+        self.rotary = None
+        if model.position_embedding == "rotary":
+            self.rotary = blocks.rotary_tables(model.blocks[0].attn.rotary_embedding, self.head_dim, self.max_length,
+                                               self.embeddings.dtype, self.device)
+        self.key_positions = torch.arange(self.max_length, device=self.device)
+
+    def _read_weights(self):
+        model, weights = self.model, blocks.Weights(self.model)
+        self.weights = weights
+        self.embeddings = weights.tensor(model.token_embedding.embeddings)
+        self.positions = None
+        if model.learned_positions is not None:
+            self.positions = weights.tensor(model.learned_positions.position_embeddings)
+        self.blocks = [dict(attn_norm=weights.norm(block.attn_norm), mlp_norm=weights.norm(block.mlp_norm),
+                            qkv=weights.dense(block.attn.qkv), out=weights.dense(block.attn.out),
+                            mlp_in=weights.dense(block.mlp_in), mlp_out=weights.dense(block.mlp_out))
+                       for block in model.blocks]
+        self.final_norm = weights.norm(model.final_norm)
+
+    # --- the model, token by token: hidden states are (tokens, hidden) --------------------------
+
+    def _embed(self, tokens, positions):
+        x = self.embeddings[tokens]
+        return x if self.positions is None else x + self.positions[positions]
+
+    def _qkv(self, x, block, positions):
+        """Queries, keys, values (tokens, heads, head_dim) of normalized x (tokens, hidden)."""
+        qkv = blocks.linear(blocks.layer_norm(x, block["attn_norm"]), block["qkv"])
+        q, k, v = qkv.view(-1, 3, self.num_heads, self.head_dim).unbind(1)
+        if self.rotary is not None:
+            cos, sin = (table[positions][:, None] for table in self.rotary)
+            q, k = blocks.rotate(q, cos, sin), blocks.rotate(k, cos, sin)
+        return q, k, v
+
+    def _finish_block(self, x, attended, block):
+        """The residual adds and the MLP, after attention's output (tokens, hidden)."""
+        x = x + blocks.linear(attended, block["out"])
+        h = F.gelu(blocks.linear(blocks.layer_norm(x, block["mlp_norm"]), block["mlp_in"]), approximate="tanh")
+        return x + blocks.linear(h, block["mlp_out"])
+
+    def _logits(self, x):
+        return blocks.tied_logits(blocks.layer_norm(x, self.final_norm), self.embeddings)
+
+    # --- the engine interface -------------------------------------------------------------------
+
+    def new_cache(self, slots):
+        return blocks.kv_cache(slots, len(self.blocks), self.num_heads, self.max_length, self.head_dim,
+                               self.dtype, self.device)
+
+    def prefill(self, ids):
+        return self.prefill_slot(self.new_cache(1), 0, ids)
+
+    @torch.inference_mode()
+    def prefill_slot(self, cache, slot, ids):
+        length = len(ids)
+        self.bucket(length)  # checks the length; eager torch needs no padding
+        if self.weights.stale():  # mixed precision, and the model was trained since
+            self._read_weights()
+        positions = torch.arange(length, device=self.device)
+        x = self._embed(torch.as_tensor(ids, dtype=torch.long, device=self.device), positions)
+        for block, layer_cache in zip(self.blocks, cache):
+            attended = blocks.causal_prefill_attention(*self._qkv(x, block, positions), layer_cache, slot)
+            x = self._finish_block(x, attended, block)
+        return self._logits(x[-1:])[0], cache
+
+    def insert(self, cache, slot, row_cache):
+        return blocks.insert(cache, slot, row_cache)
+
+    def reorder(self, cache, rows):
+        return blocks.reorder(cache, rows, self.device)
+
+    @torch.inference_mode()
+    def _decode(self, tokens, cache, positions):
+        step = blocks.StepRows(positions, self.device, self.key_positions)
+        x = self._embed(torch.from_numpy(tokens).to(self.device, torch.long), step.positions)
+        for block, layer_cache in zip(self.blocks, cache):
+            q, k, v = self._qkv(x, block, step.positions)  # (slots, heads, head_dim)
+            x = self._finish_block(x, blocks.cached_attention(q, k, v, layer_cache, step), block)
+        return self._logits(x), cache

@@ -1,0 +1,63 @@
+"""The seq2seq family: an encoder-decoder transformer for translation and summarization.
+
+model.py (the network), presets.py, training.py, command.py, generator.py (source -> streamed
+target, beam search, BLEU/chrF), torch_step.py (the torch decoder step) and evaluation.py.
+"""
+
+from pathlib import Path
+
+from zoo.families import Family
+from zoo.families.seq2seq.presets import PRESETS
+
+SOURCE_TOKENIZER = "source_tokenizer"  # the source side's tokenizer, when the vocabularies are separate
+
+
+class Seq2SeqFamily(Family):
+    name = "seq2seq"
+    description = "encoder-decoder transformer for translation and summarization"
+    presets = PRESETS
+    tasks = ("generate",)
+
+    def train_command(self):
+        from zoo.families.seq2seq.command import seq2seq
+
+        return seq2seq
+
+    def model_class(self, task):
+        from zoo.families.seq2seq.model import Seq2Seq
+
+        return Seq2Seq
+
+    def context(self, model_config):
+        return int(model_config["max_source_length"]), int(model_config["max_target_length"])
+
+    def source_tokenizer(self, path):
+        from zoo.tokenizers import load_tokenizer
+
+        separate = Path(path, SOURCE_TOKENIZER)
+        return load_tokenizer(separate if separate.is_dir() else path)
+
+    def runtime(self, task, model, tokenizer, path, info):
+        if task != "generate":
+            return None
+        from zoo.families.seq2seq.generator import Seq2SeqGenerator
+
+        return Seq2SeqGenerator(model, self.source_tokenizer(path), tokenizer)
+
+    def evaluate(self, model, tokenizer, info, path, data=None, beam_width=4):
+        from zoo.families.seq2seq.evaluation import evaluate_translator
+
+        return evaluate_translator(model, tokenizer, self.source_tokenizer(path), info, data, beam_width)
+
+    def format_report(self, report):
+        from zoo.families.seq2seq.training import format_scores
+
+        return format_scores(report)
+
+    def bench_model(self, preset, vocabulary_size, seq_len, batch_size, prompt_tokens, new_tokens, decode_batches):
+        from zoo.families.seq2seq.bench import bench_model
+
+        return bench_model(preset, vocabulary_size, seq_len, batch_size, prompt_tokens, new_tokens, decode_batches)
+
+
+FAMILY = Seq2SeqFamily()

@@ -1,0 +1,259 @@
+"""Sequence-to-sequence transformer (encoder-decoder), in Keras 3 ops and keras-hub layers only.
+
+Read top to bottom: presets, dropout seeding, the model. As in "Attention Is All You Need" and BART:
+the encoder is a stack of bidirectional `keras_hub.layers.TransformerEncoder`s that ignore source
+padding; the decoder is a stack of `keras_hub.layers.TransformerDecoder`s with causal
+self-attention and cross-attention to the encoder output. Learned position embeddings, GELU MLPs,
+pre-LayerNorm blocks with a final LayerNorm on each side (more stable to train than the paper's
+post-LayerNorm, as in GPT-2 and our GPT), and the decoder's output projection tied to its input
+embedding (keras-hub's `ReversibleEmbedding`). With `shared_embeddings` the source uses that same
+embedding too (one vocabulary for both languages).
+
+Decoding has the cache protocol of `zoo.families.gpt.model.GPT`, which `zoo.engine` compiles for both:
+`init_cache` returns an empty static-shape cache (the decoder's self-attention keys/values in the
+one layout of zoo.layers.attention, and room for each decoder layer's cross-attention keys/values
+of the source and its padding mask); `prefill_with_cache` encodes one source into it and runs the
+start token; `call_with_cache` runs target tokens, each row at its own position. The decoder step
+is written out over keras-hub's TransformerDecoder's own sublayers and weights, since its cached
+call takes one position for all rows (a scalar cache index).
+"""
+
+import keras
+import keras_hub
+from keras import ops
+
+from zoo.layers.attention import attend, cache_layout, cached_attention, kv_cache
+from zoo.layers.seeding import normal as _normal
+from zoo.layers.seeding import seed_dropouts as _seed_dropouts
+from zoo.layers.seeding import seeded_dropout as _dropout
+from zoo.families.seq2seq.presets import PRESETS
+
+@keras.saving.register_keras_serializable(package="zoo")
+class Seq2Seq(keras.Model):
+    """Encoder-decoder: {"source_ids", "source_padding_mask", "target_ids"} -> next-token logits
+    (batch, target_length, target_vocabulary_size), float32 whatever the compute precision.
+
+    `target_ids` is the decoder input (teacher forcing: the start token, then the target).
+    """
+
+    def __init__(self, source_vocabulary_size, target_vocabulary_size, num_encoder_layers, num_decoder_layers,
+                 num_heads, hidden_dim, intermediate_dim, max_source_length, max_target_length, dropout=0.0,
+                 shared_embeddings=False, layer_norm_epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        if hidden_dim % num_heads:
+            raise ValueError(f"hidden_dim {hidden_dim} is not a multiple of num_heads {num_heads}")
+        if shared_embeddings and source_vocabulary_size != target_vocabulary_size:
+            raise ValueError("shared_embeddings needs one vocabulary: source_vocabulary_size "
+                             f"{source_vocabulary_size} differs from target_vocabulary_size {target_vocabulary_size}")
+        self.source_vocabulary_size, self.target_vocabulary_size = source_vocabulary_size, target_vocabulary_size
+        self.num_encoder_layers, self.num_decoder_layers = num_encoder_layers, num_decoder_layers
+        self.num_heads, self.hidden_dim, self.intermediate_dim = num_heads, hidden_dim, intermediate_dim
+        self.max_source_length, self.max_target_length = max_source_length, max_target_length
+        self.dropout, self.shared_embeddings, self.layer_norm_epsilon = dropout, shared_embeddings, layer_norm_epsilon
+        policy = self.dtype_policy
+
+        def embedding(size, name):
+            return keras_hub.layers.ReversibleEmbedding(size, hidden_dim, tie_weights=True,
+                                                        embeddings_initializer=_normal(0.02), dtype=policy, name=name)
+
+        def positions(length, name):
+            return keras_hub.layers.PositionEmbedding(length, initializer=_normal(0.02), dtype=policy, name=name)
+
+        def norm(name):
+            return keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=policy, name=name)
+
+        block = dict(intermediate_dim=intermediate_dim, num_heads=num_heads, dropout=dropout, activation="gelu",
+                     layer_norm_epsilon=layer_norm_epsilon, kernel_initializer=_normal(0.02), normalize_first=True,
+                     dtype=policy)
+        self.target_embedding = embedding(target_vocabulary_size, "target_embedding")
+        self.source_embedding = (self.target_embedding if shared_embeddings
+                                 else embedding(source_vocabulary_size, "source_embedding"))
+        self.source_positions = positions(max_source_length, "source_position_embedding")
+        self.target_positions = positions(max_target_length, "target_position_embedding")
+        self.embedding_dropout = _dropout(dropout, policy)
+        self.encoder_layers = [keras_hub.layers.TransformerEncoder(**block, name=f"encoder_{i}")
+                               for i in range(num_encoder_layers)]
+        self.encoder_norm = norm("encoder_norm")
+        self.decoder_layers = [keras_hub.layers.TransformerDecoder(**block, name=f"decoder_{i}")
+                               for i in range(num_decoder_layers)]
+        self.decoder_norm = norm("decoder_norm")
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        hidden_shape = (None, None, self.hidden_dim)
+        self.source_embedding.build()
+        if not self.shared_embeddings:
+            self.target_embedding.build()
+        self.source_positions.build(hidden_shape)
+        self.target_positions.build(hidden_shape)
+        for layer in self.encoder_layers:
+            layer.build(hidden_shape)
+            _seed_dropouts(layer)
+        for layer in self.decoder_layers:
+            layer.build(hidden_shape, hidden_shape)
+            _seed_dropouts(layer)
+        self.encoder_norm.build(hidden_shape)
+        self.decoder_norm.build(hidden_shape)
+        self.built = True
+
+    # -- encoder ---------------------------------------------------------------------------------
+
+    def encode(self, source_ids, source_padding_mask, training=False):
+        """The encoder output (batch, source_length, hidden_dim); padded positions are ignored."""
+        x = self.source_embedding(source_ids)
+        x = self.embedding_dropout(x + self.source_positions(x), training=training)
+        for layer in self.encoder_layers:
+            x = layer(x, padding_mask=source_padding_mask, training=training)
+        return self.encoder_norm(x)
+
+    # -- decoder ---------------------------------------------------------------------------------
+
+    def _embed_target(self, target_ids, start, training=False):
+        x = self.target_embedding(target_ids)
+        return self.embedding_dropout(x + self.target_positions(x, start_index=start), training=training)
+
+    def _logits(self, x):
+        return ops.cast(self.target_embedding(self.decoder_norm(x), reverse=True), "float32")
+
+    def call(self, inputs, training=False):
+        mask = inputs["source_padding_mask"]
+        encoded = self.encode(inputs["source_ids"], mask, training=training)
+        x = self._embed_target(inputs["target_ids"], 0, training)
+        for layer in self.decoder_layers:
+            x = layer(x, encoded, encoder_padding_mask=mask, training=training)
+        return self._logits(x)
+
+    # -- decoding: the cache protocol zoo.engine compiles -----------------------------------------
+
+    @staticmethod
+    def torch_engine():
+        """The decode engine `zoo.engine.backends` runs this model with on torch: a plain-torch twin."""
+        from zoo.families.seq2seq.torch_step import TorchSeq2SeqEngine
+
+        return TorchSeq2SeqEngine
+
+    @property
+    def max_length(self):
+        """The positions a decode step can be at: the decoder's."""
+        return self.max_target_length
+
+    @property
+    def max_prompt_length(self):
+        """The longest prompt `prefill_with_cache` takes: the start token and a whole source."""
+        return self.max_source_length + 1
+
+    @staticmethod
+    def first_position(prompt_length):
+        """Where the first generated token goes in the cache: after the start token, at position 0."""
+        return 1
+
+    def init_cache(self, batch_size):
+        """An empty cache for decoding `batch_size` sequences, each against its own source:
+
+        "self": the decoder's self-attention cache, per layer a (keys, values) pair in the one
+            layout of zoo.layers.attention for max_target_length positions;
+        "cross": each decoder layer's cross-attention keys and values of the encoded source, in
+            the same layout for max_source_length positions, computed once per source;
+        "source_mask": (batch, max_source_length), True at the source's real tokens.
+        """
+        head_dim, dtype = self.hidden_dim // self.num_heads, self.dtype_policy.compute_dtype
+        layers, heads = self.num_decoder_layers, self.num_heads
+        return {"self": kv_cache(batch_size, layers, heads, head_dim, self.max_target_length, dtype),
+                "cross": kv_cache(batch_size, layers, heads, head_dim, self.max_source_length, dtype),
+                "source_mask": ops.zeros((batch_size, self.max_source_length), dtype="bool")}
+
+    def prefill_with_cache(self, token_ids, length):
+        """A prompt, (1, padded length) with its `length` real tokens first: the decoder's start
+        token, then the source's ids. Encodes the source, puts each decoder layer's cross-attention
+        keys/values of it and its padding mask in a fresh 1-row cache, then runs the start token at
+        target position 0. Returns (logits (1, vocab) of the first target token, cache).
+        (Several prompts at once work too: (rows, padded length), `length` one per row.)"""
+        rows, source = token_ids.shape[0], token_ids[:, 1:]
+        width = source.shape[1]  # static: the prompt's padded length less the start token
+        lengths = ops.reshape(ops.convert_to_tensor(length, "int32"), (-1, 1))
+        mask = ops.arange(self.max_source_length, dtype="int32")[None, :] < lengths - 1
+        mask = ops.broadcast_to(mask, (rows, self.max_source_length))
+        encoded = self.encode(source, mask[:, :width])
+        cache = self.init_cache(rows)
+        padding = self.max_source_length - width
+        cross = []
+        for layer in self.decoder_layers:
+            attention = layer._cross_attention_layer
+            keys, values = cache_layout(attention._key_dense(encoded), attention._value_dense(encoded))
+            if padding:
+                keys = ops.pad(keys, ((0, 0), (0, 0), (0, 0), (0, padding)))
+                values = ops.pad(values, ((0, 0), (0, 0), (0, padding), (0, 0)))
+            cross.append((keys, values))
+        cache = {**cache, "cross": cross, "source_mask": mask}
+        return self.call_with_cache(token_ids[:, :1], cache, 0, logits_at=0)
+
+    def call_with_cache(self, target_ids, cache, start, logits_at=None, reach=None):
+        """Runs `target_ids` (batch, length) through the decoder against `cache` (`init_cache`'s,
+        its sources already in place), row r at target positions start[r] .. start[r]+length-1;
+        `start` is an int (or scalar tensor) for all rows, or a (batch,) vector. The cache may have
+        more rows than `batch`: the rest are left as they are. `reach`, a Python int above every
+        position, limits self-attention's reading of the cache to its first `reach` positions.
+
+        keras-hub's TransformerDecoder (pre-LayerNorm) step by step over its own weights: its
+        cached call takes one position for all rows, and a server's rows are each at their own.
+        Returns (logits, cache): logits (batch, length, vocab), or (batch, vocab) for the token at
+        index `logits_at` alone; the cache holds these tokens' self-attention keys and values too.
+        """
+        batch, length = ops.shape(target_ids)[0], ops.shape(target_ids)[1]
+        start = ops.convert_to_tensor(start, dtype="int32")
+        if len(start.shape) == 0:
+            start = ops.broadcast_to(start, (batch,))
+        positions = start[:, None] + ops.arange(length, dtype="int32")[None, :]
+        x = self.target_embedding(target_ids)
+        x = x + self.target_positions(x, positions=positions)
+        rows = target_ids.shape[0]
+        source_visible = cache["source_mask"]
+        if source_visible.shape[0] != rows:
+            source_visible = source_visible[:rows]
+        source_visible = source_visible[:, None, None, :]  # (batch, heads, length, source length)
+        self_cache = []
+        for layer, layer_cache, (cross_keys, cross_values) in zip(self.decoder_layers, cache["self"], cache["cross"]):
+            attention = layer._self_attention_layer
+            h = layer._self_attention_layer_norm(x)
+            q, k, v = attention._query_dense(h), attention._key_dense(h), attention._value_dense(h)
+            out, layer_cache = cached_attention(q, k, v, layer_cache, positions, reach)
+            self_cache.append(layer_cache)
+            x = x + attention._output_dense(out)
+            attention = layer._cross_attention_layer
+            q = attention._query_dense(layer._cross_attention_layer_norm(x))
+            if cross_keys.shape[0] != rows:
+                cross_keys, cross_values = cross_keys[:rows], cross_values[:rows]
+            x = x + attention._output_dense(attend(q, cross_keys, cross_values, source_visible))
+            h = layer._feedforward_intermediate_dense(layer._feedforward_layer_norm(x))  # with its GELU
+            x = x + layer._feedforward_output_dense(h)
+        cache = {**cache, "self": self_cache}
+        if logits_at is None:
+            return self._logits(x), cache
+        # One row of logits per sequence, as E·x (see GPT.call_with_cache).
+        x = self.decoder_norm(ops.take(x, logits_at, axis=1))
+        embeddings = ops.cast(self.target_embedding.embeddings, x.dtype)
+        return ops.cast(ops.transpose(ops.matmul(embeddings, ops.transpose(x))), "float32"), cache
+
+    def get_config(self):
+        return {**super().get_config(), "source_vocabulary_size": self.source_vocabulary_size,
+                "target_vocabulary_size": self.target_vocabulary_size,
+                "num_encoder_layers": self.num_encoder_layers, "num_decoder_layers": self.num_decoder_layers,
+                "num_heads": self.num_heads, "hidden_dim": self.hidden_dim, "intermediate_dim": self.intermediate_dim,
+                "max_source_length": self.max_source_length, "max_target_length": self.max_target_length,
+                "dropout": self.dropout, "shared_embeddings": self.shared_embeddings,
+                "layer_norm_epsilon": self.layer_norm_epsilon}
+
+
+def seq2seq_from_preset(preset, source_vocabulary_size, target_vocabulary_size=None, **overrides):
+    """A Seq2Seq built from a named preset, with any field overridden (None values are ignored).
+
+    `target_vocabulary_size` defaults to the source's (one shared vocabulary).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    config = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    model = Seq2Seq(source_vocabulary_size=source_vocabulary_size,
+                    target_vocabulary_size=target_vocabulary_size or source_vocabulary_size, **config)
+    model.build()
+    return model

@@ -1,0 +1,94 @@
+"""The flags every `zoo train` family shares (click options, kept beside the TrainConfig they fill; the
+CLI adds --backend when it mounts a family's command) (the TrainConfig knobs, --out/--resume/--json), and
+how a family's command hands them to the library and reports the result."""
+
+import datetime
+import functools
+import json
+import sys
+
+import click
+
+
+
+def positive(ctx, param, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"must be positive, got {value}")
+    return value
+
+
+# Each becomes a TrainConfig field (zoo/training/config.py) of the same name.
+_TRAIN_CONFIG_OPTIONS = [
+    click.option("--max-steps", type=int, default=1000, show_default=True, callback=positive),
+    click.option("--batch-size", type=int, default=32, show_default=True, callback=positive),
+    click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True, help="Peak learning rate."),
+    click.option("--warmup-steps", type=click.IntRange(0), help="Linear warmup; default 10% of --max-steps, at most 100."),
+    click.option("--weight-decay", type=click.FloatRange(0), default=0.1, show_default=True),
+    click.option("--grad-clip", type=click.FloatRange(0), default=1.0, show_default=True, help="Global norm; 0 is off."),
+    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+                 help="bf16: mixed_bfloat16 (fp16 on a GPU without bfloat16); fp16: mixed_float16 with loss scaling."),
+    click.option("--grad-accum", type=int, default=1, show_default=True, callback=positive,
+                 help="Batches per optimizer update (gradients averaged): an update sees grad-accum x batch-size "
+                      "examples; --max-steps counts updates."),
+    click.option("--jit-compile", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                 help="Compiled training step. auto: Keras's choice (XLA on jax, and on tensorflow with a GPU; torch "
+                      "eager); on: XLA everywhere, torch.compile on torch; off: uncompiled."),
+    click.option("--devices", type=click.IntRange(0), default=1, show_default=True,
+                 help="Devices to train on, data-parallel (0: all visible). More than 1 needs --backend jax."),
+    click.option("--model-parallel", type=int, default=1, show_default=True, callback=positive,
+                 help="Shard the model over this many of the --devices (jax; gpt only)."),
+    click.option("--peak-flops", type=float, default=None, callback=positive,
+                 help="Peak FLOP/s of one device, for MFU; default: known for H100/H200/A100/L4/..., else no MFU."),
+    click.option("--eval-every", type=int, default=250, show_default=True, callback=positive),
+    click.option("--eval-blocks", type=int, default=64, show_default=True, callback=positive,
+                 help="Validation examples (blocks, sequences or pairs) scored per evaluation."),
+    click.option("--save-every", type=int, default=500, show_default=True, callback=positive),
+    click.option("--log-every", type=int, default=10, show_default=True, callback=positive),
+    click.option("--seed", type=int, default=0, show_default=True),
+]
+TRAIN_CONFIG_FIELDS = ("max_steps", "batch_size", "learning_rate", "warmup_steps", "weight_decay", "grad_clip",
+                       "precision", "grad_accum", "jit_compile", "devices", "model_parallel", "peak_flops",
+                       "eval_every", "eval_blocks", "save_every", "log_every", "seed")
+
+
+def training_command(kind):
+    """Decorates a family's command with the shared flags. The function receives `train_config`
+    (a TrainConfig), `explicit` (the settings given on this command line), `out`, `resume`,
+    `command`, and its own options; it returns the summary dict, which is printed here."""
+
+    def decorate(function):
+        @click.option("--out", type=click.Path(), default=None, help=f"Run directory; default runs/{kind}-<time>.")
+        @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint.")
+        @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
+        @click.option("--data-parallel", is_flag=True, help="Train on every visible device (= --devices 0; jax).")
+        @functools.wraps(function)
+        @click.pass_context
+        def command(ctx, out, resume, as_json, data_parallel, **options):
+            from zoo.training.config import TrainConfig
+
+            if out is None:
+                if resume:
+                    raise click.UsageError("--resume needs --out RUN")
+                out = f"runs/{kind}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+            settings = {name: options.pop(name) for name in TRAIN_CONFIG_FIELDS}
+            explicit = {name: value for name, value in settings.items()
+                        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+            if data_parallel and "devices" not in explicit:
+                settings["devices"] = explicit["devices"] = 0
+            summary = function(train_config=TrainConfig(**settings), explicit=explicit, out=out, resume=resume,
+                               command=["zoo", *sys.argv[1:]], **options)
+            summary["run"] = str(out)
+            if as_json:
+                click.echo(json.dumps(summary))
+            else:
+                metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary.items()
+                                    if (k == "loss" or k.startswith("val_")) and isinstance(v, float))
+                click.echo(f"run {out}: step {summary['step']}, {metrics}, {summary['wall_s']}s")
+            if summary["stopped"]:
+                ctx.exit(130)
+
+        for option in reversed(_TRAIN_CONFIG_OPTIONS):
+            command = option(command)
+        return command
+
+    return decorate
