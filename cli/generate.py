@@ -65,11 +65,15 @@ def generate(model_path, prompt, input_path, max_new_tokens, temperature, top_k,
 
     from zoo.bundle import load_runtime
     from zoo.engine import SamplingConfig
+    from zoo.engine.sampling import SamplingError
     from zoo.errors import ZooError
 
     config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                             seed=seed, stop=tuple(stop), truncate_prompt=truncate_prompt)
-    config.validate()  # before the model loads: bad flags fail fast too
+    try:
+        config.validate()  # before the model loads: bad flags fail fast too
+    except SamplingError as e:  # the one validation the server shares, named as the flag here
+        raise ZooError(e.named("--" + e.field.replace("_", "-"))) from None
     generator, info = load_runtime(model_path, "generate")
     if beam_width and not hasattr(generator, "beam_search"):
         raise ZooError(f"--beam-width: a {info.kind} model has no beam search; sample or decode greedily "

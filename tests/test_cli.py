@@ -12,6 +12,7 @@ from conftest import ROOT, TINY_MODEL, run_zoo, zoo_json
 
 GPT_BUNDLE = Path(__file__).parent / "fixtures" / "bundles_v1" / "gpt"  # tiny, with a context of 32
 
+
 def _every_command():
     """Every command of `zoo`, nested groups and their lazily loaded commands included, as its
     words: walked from the click group itself, so that a new command is covered without a list."""
@@ -104,8 +105,8 @@ def test_generate_and_export_errors(tmp_path, tiny_run):
     _assert_one_line_error(run_zoo("generate", tmp_path, "--prompt", "x"), "neither a bundle")
     _assert_one_line_error(run_zoo("generate", bundle, "--prompt", "word " * 100, "--max-new-tokens", "4"),
                            "exceeds the model's context of 32")
-    _assert_one_line_error(run_zoo("generate", bundle, "--temperature", "-1"), "temperature must be >= 0")
-    _assert_one_line_error(run_zoo("generate", bundle, "--top-p", "2"), "top_p must be in (0, 1]")
+    _assert_one_line_error(run_zoo("generate", bundle, "--temperature", "-1"), "--temperature must be >= 0")
+    _assert_one_line_error(run_zoo("generate", bundle, "--top-p", "2"), "--top-p must be in (0, 1]")
     _assert_one_line_error(run_zoo("export", run, "--out", bundle), "already exists")
     _assert_one_line_error(run_zoo("export", tmp_path, "--out", tmp_path / "b"), "not a run directory")
     _assert_one_line_error(run_zoo("train", "gpt", "--out", run, *TINY_MODEL), "already exists and is not empty")

@@ -146,6 +146,26 @@ def test_stepping_the_first_rows_of_a_larger_cache_leaves_the_rest_alone(engines
         engine.decode(np.zeros(5, "int32"), cache, np.zeros(5, "int32"))
 
 
+def test_reordered_rows_carry_on_as_the_rows_they_copy(engine):
+    """Beam search's primitive: after reorder([2, 0, 0]) rows 0, 1, 2 of the cache hold what rows
+    2, 0, 0 held, and decode on as those prompts do alone."""
+    prompts = [_prompt(5, 12), _prompt(9, 13), _prompt(3, 14)]
+    alone = [engine.generate_batch([p], 6)[0] for p in prompts]
+    cache = engine.new_cache(3)
+    for slot, ids in enumerate(prompts):
+        _, cache = engine.prefill_slot(cache, slot, ids)
+    cache = engine.reorder(cache, [2, 0, 0])
+    order = [prompts[2], prompts[0], prompts[0]]
+    tokens = np.asarray([alone[2][0], alone[0][0], alone[0][0]], "int32")
+    positions, out = np.asarray([len(p) for p in order], "int32"), [[int(t)] for t in tokens]
+    for _ in range(5):
+        logits, cache = engine.decode(tokens, cache, positions)
+        tokens, positions = logits.argmax(axis=-1).astype("int32"), positions + 1
+        for row, token in enumerate(tokens):
+            out[row].append(int(token))
+    assert out == [alone[2], alone[0], alone[0]]
+
+
 def test_twenty_prompt_lengths_compile_each_bucket_once(engine):
     before = {(what, shape) for what, shape, _ in engine.compile_log}
     lengths = np.random.default_rng(6).choice(np.arange(1, 31), 20, replace=False)

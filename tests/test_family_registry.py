@@ -164,6 +164,7 @@ def toy_family(tmp_path_factory):
             os.environ[key] = value
 
 
+@pytest.mark.backend_independent
 def test_a_family_added_outside_zoo_trains_exports_loads_and_serves(toy_family, tmp_path, small_corpus, backend):
     from zoo import families
     from zoo.bundle import load_runtime

@@ -88,3 +88,55 @@ def test_data_errors_are_one_line(tmp_path, name, content, args, message):
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
     assert message in result.stderr
+
+
+def test_seq2seq_requests_share_decode_steps_and_cancel_frees_the_slot(tiny_copier, backend):
+    """Seq2seq joins the server's continuous batching as GPT does: three requests on four slots,
+    two joining while the first decodes, each get the tokens they get alone, in shared steps; a
+    cancelled stream's slot is freed."""
+    import time
+
+    from zoo.bundle import load_runtime
+    from zoo.engine import SamplingConfig
+
+    _, bundle, _ = tiny_copier
+    generator, _ = load_runtime(bundle)
+    alone = [generator.generate(s, SamplingConfig(temperature=0)) for s in SOURCES]
+    assert len({a.text for a in alone}) == len(SOURCES)
+    server = ServerProcess(bundle, "--step-delay", "0.05", "--decode-slots", "4", backend=backend)
+
+    def steps():
+        count = server.metric("zoo_decode_batch_requests_count", model=MODEL, version="1")
+        return count, count - server.metric("zoo_decode_batch_requests_bucket", model=MODEL, version="1", le="1.0")
+
+    def wait_for(condition, what, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.02)
+
+    try:
+        with ZooClient(server.address, timeout=60) as client:
+            first = client.stream(MODEL, SOURCES[0], temperature=0)
+            received = [next(first)]  # the first request is decoding before the others arrive
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(2) as pool:
+                others = list(pool.map(lambda s: client.generate(MODEL, s, temperature=0), SOURCES[1:]))
+            messages = received + list(first)
+            together = [messages[-1].final] + others
+            for a, t in zip(alone, together, strict=True):
+                assert (list(t.token_ids), t.text) == (a.token_ids, a.text)
+            total, shared = steps()
+            assert shared >= 2, f"only {shared} of {total} decode steps held more than one request"
+            assert total < sum(len(a.token_ids) for a in alone)
+            # Cancel a stream after its first token: its slot is freed before its output is done.
+            tokens = server.metric("zoo_decode_steps_total", model=MODEL, version="1")
+            stream = client.stream(MODEL, SOURCES[2], temperature=0)
+            next(stream)
+            stream.cancel()
+            wait_for(lambda: server.metric("zoo_decode_slots_busy", model=MODEL, version="1") == 0, "the slot freed")
+            handed = server.metric("zoo_decode_steps_total", model=MODEL, version="1") - tokens
+            assert 1 <= handed < len(alone[2].token_ids)
+    finally:
+        server.stop()
