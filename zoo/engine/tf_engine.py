@@ -57,8 +57,8 @@ class TensorFlowEngine(DecodeEngine):
 
     def _reorder_fn(self, cache, rows):
         self._traced()
-        for variable in tf.nest.flatten(cache):
-            variable[:rows.shape[0]].assign(tf.gather(variable, rows))
+        _assign(cache, tf.nest.map_structure(
+            lambda a: ops.slice_update(a, (0,) * len(a.shape), tf.gather(a, rows)), _read(cache)))
         return tf.zeros(())
 
     # --- compiling and running ------------------------------------------------------------------
@@ -66,16 +66,18 @@ class TensorFlowEngine(DecodeEngine):
     def _run(self, what, shape, fn, args):
         args = tf.nest.map_structure(lambda x: x if isinstance(x, tf.Variable) else tf.convert_to_tensor(x), args)
 
+        first = []
+
         def build():
             concrete = tf.function(fn, jit_compile=True, reduce_retracing=False).get_concrete_function(
                 *tf.nest.map_structure(_spec, args))
-            # XLA compiles on the first call: make it here, so that it is timed. Every function
-            # only assigns what it computes, so running it twice changes nothing.
-            concrete(*args)
+            # XLA compiles on the first call: make it here, so that it is timed. That call is this
+            # one (run once only: a reorder run twice would move the rows twice).
+            first.append(concrete(*args))
             return concrete
 
         function = self._compiled(self._functions, what, shape, build)
-        return function(*args)
+        return first[0] if first else function(*args)
 
     def new_cache(self, slots):
         return tf.nest.map_structure(lambda array: tf.Variable(array, trainable=False), self.model.init_cache(slots))
