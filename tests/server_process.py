@@ -50,9 +50,6 @@ class ServerProcess:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
-    def decode_steps(self, model="tiny", version="2"):
-        return self.metric("zoo_decode_steps_total", model=model, version=version)
-
     def stop(self):
         if self.process.poll() is None:
             self.process.terminate()
