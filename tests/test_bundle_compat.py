@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -24,7 +25,7 @@ def test_a_gpt_bundle_from_before_the_registry_computes_the_same():
     assert info.kind == "gpt" and info.task == "generate" and info.format_version == 1
     ids = [tokenizer.end_token_id] + tokenizer.encode(expected["prompt"])
     assert ids == expected["prompt_ids"]
-    logits = np.asarray(model(np.asarray([ids], "int32")))[0, -1]
+    logits = keras.ops.convert_to_numpy(model(np.asarray([ids], "int32")))[0, -1]
     np.testing.assert_allclose(logits, expected["next_logits"], atol=2e-4)
     generator, _ = load_runtime(FIXTURES / "gpt")
     result = generator.generate(expected["prompt"], SamplingConfig(max_new_tokens=expected["max_new_tokens"], temperature=0))
@@ -49,7 +50,7 @@ def test_a_seq2seq_bundle_from_before_the_registry_computes_the_same():
     assert ids == expected["source_ids"]
     logits = model({"source_ids": np.asarray([ids], "int32"), "source_padding_mask": np.ones((1, len(ids)), bool),
                     "target_ids": np.asarray([[tokenizer.end_token_id]], "int32")})
-    np.testing.assert_allclose(np.asarray(logits)[0, 0], expected["first_logits"], atol=2e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(logits)[0, 0], expected["first_logits"], atol=2e-4)
     generator, _ = load_runtime(FIXTURES / "seq2seq")
     result = generator.generate(expected["source"], SamplingConfig(max_new_tokens=expected["max_new_tokens"],
                                                                    temperature=0))
