@@ -88,28 +88,6 @@ TINY_SEQ2SEQ = ["--num-encoder-layers", "1", "--num-decoder-layers", "1", "--num
 
 
 @pytest.fixture(scope="session")
-def tiny_translator(tmp_path_factory, backend):
-    """A tiny English-French seq2seq model trained on the shipped pairs through the real CLI on this
-    backend (200 steps, BLEU scored on 40 validation pairs), its bundle, and the training summary."""
-    run = tmp_path_factory.mktemp("seq2seq") / "translator"
-    summary = zoo_json("train", "seq2seq", "--out", run, *TINY_SEQ2SEQ, "--max-steps", "200", "--eval-every", "100",
-                       "--lr", "3e-3", "--bleu-pairs", "40")
-    bundle = run.parent / "translator-bundle"
-    run_zoo("export", run, "--out", bundle, check=True)
-    return run, bundle, summary
-
-
-COPY_WORDS = ("red blue green black white cat dog bird fish cow sun moon star tree rock one two three four five "
-              "big small old new").split()
-
-
-def copy_sentences(count, seed):
-    """Sentences of 2 to 5 words of COPY_WORDS: the copy task of `tiny_copier`."""
-    rng = random.Random(seed)
-    return [" ".join(rng.choices(COPY_WORDS, k=rng.randint(2, 5))) for _ in range(count)]
-
-
-@pytest.fixture(scope="session")
 def tiny_copier(tmp_path_factory, backend):
     """A tiny seq2seq model trained through the real CLI on this backend to copy sentences (2,000
     pairs written as a .tsv here; 150 steps, BLEU scored on 20 validation pairs), its bundle, and
