@@ -1,16 +1,18 @@
 """What every `zoo` command shares: the --backend option, one-line errors, and texts from the command
 line or from --input FILE|-."""
 
+import sys
+
 import click
 
-from zoo.backend import BACKENDS, select_backend
+from zoo.backend import BACKENDS, load_tensorflow_only_for_its_backend, select_backend
 from zoo.errors import ZooError
 
 
 def _set_backend(ctx, param, value):
     if value is not None or ctx.parent is None:
         try:
-            select_backend(value)
+            load_tensorflow_only_for_its_backend(select_backend(value))
         except ZooError as e:
             raise click.BadParameter(str(e), ctx=ctx, param=param) from None
     return value
@@ -48,7 +50,7 @@ def read_input(input_path, pairs=False):
     """The Inputs of --input (`zoo.data.inputs.read_inputs`), standard input for "-"."""
     from zoo.data.inputs import read_inputs
 
-    return read_inputs(input_path, click.get_binary_stream("stdin"), pairs=pairs)
+    return read_inputs(input_path, sys.stdin.buffer, pairs=pairs)
 
 
 def texts_or_input(texts, input_path, pairs=(), takes_pairs=False, arguments="TEXTS"):

@@ -6,12 +6,22 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# JAX's persistent compilation cache, for this session and the processes it starts: the suite
+# compiles the same tiny programs in many processes (each `zoo generate` of one bundle compiles the
+# same decode steps), and a program compiled once is then read back by its HLO's hash: a `zoo`
+# subprocess on JAX takes ~40% less time. A session gets its own directory (keyed by content, a
+# cache cannot give another program; it is emptied when the session ends).
+_JAX_CACHE = tempfile.TemporaryDirectory(prefix="zoo-tests-jax-cache-")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JAX_CACHE.name)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "zoo" / "data" / "corpora" / "shakespeare.txt"
@@ -21,14 +31,56 @@ TINY_MODEL = ["--num-layers", "2", "--num-heads", "2", "--hidden-dim", "32", "--
               "--max-length", "32", "--vocab-size", "300", "--batch-size", "8"]
 
 
-def run_zoo(*args, backend=None, env=None, timeout=600, check=False, input=None):
-    """Runs the real `zoo` command in a subprocess (`input`: the text on its standard input);
-    returns the CompletedProcess."""
-    full_env = {**os.environ, **(env or {})}
-    if backend:
-        full_env["KERAS_BACKEND"] = backend
-    result = subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], cwd=ROOT, env=full_env,
-                            capture_output=True, text=True, timeout=timeout, input=input)
+def _backend_flag(args):
+    """The backend `--backend X` or `--backend=X` names in `args`, else None."""
+    for i, arg in enumerate(args):
+        if arg == "--backend" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--backend="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _run_zoo_here(args, input):
+    """`zoo ARGS` in this process through click's test runner, as a CompletedProcess: its exit
+    status, standard output and error; an exception the command let escape is written to stderr
+    as a traceback with status 1, as Python does."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    argv, sys.argv = sys.argv, ["zoo", *args]  # what a run records as its command
+    try:
+        result = CliRunner().invoke(cli, args, input=input, prog_name="zoo")
+    finally:
+        sys.argv = argv
+    stderr, code = result.stderr, result.exit_code
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(result.exception))
+        code = 1
+    return subprocess.CompletedProcess(["zoo", *args], code, result.stdout, stderr)
+
+
+def run_zoo(*args, backend=None, env=None, timeout=600, check=False, input=None, own_process=False):
+    """Runs the real `zoo` command (`input`: the text on its standard input); returns a
+    CompletedProcess.
+
+    In this process, through click's test runner, where that runs the same thing: on this
+    session's backend and with this environment. A `zoo` subprocess pays 5 to 10 s of imports on a
+    2-core machine, which was most of the suite's time. In its own process with `own_process`
+    (signals, exit on a kill, file-descriptor-level stderr), for another backend (`backend`, or a
+    `--backend` flag naming one), or with `env`.
+    """
+    args = [str(arg) for arg in args]
+    here = os.environ["KERAS_BACKEND"]
+    if not own_process and not env and backend in (None, here) and _backend_flag(args) in (None, here):
+        result = _run_zoo_here(args, input)
+    else:
+        full_env = {**os.environ, **(env or {})}
+        if backend:
+            full_env["KERAS_BACKEND"] = backend
+        result = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=full_env,
+                                capture_output=True, text=True, timeout=timeout, input=input)
     if check and result.returncode != 0:
         raise AssertionError(f"zoo {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return result
@@ -85,6 +137,16 @@ def tiny_classifier(tmp_path_factory, backend):
 TINY_SEQ2SEQ = ["--num-encoder-layers", "1", "--num-decoder-layers", "1", "--num-heads", "2", "--hidden-dim", "64",
                 "--intermediate-dim", "128", "--max-source-length", "48", "--max-target-length", "48",
                 "--vocab-size", "800", "--batch-size", "32"]
+
+
+COPY_WORDS = ("red blue green black white cat dog bird fish cow sun moon star tree rock one two three four five "
+              "big small old new").split()
+
+
+def copy_sentences(count, seed):
+    """Sentences of 2 to 5 words of COPY_WORDS: the copy task of `tiny_copier`."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(COPY_WORDS, k=rng.randint(2, 5))) for _ in range(count)]
 
 
 @pytest.fixture(scope="session")

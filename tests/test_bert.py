@@ -171,6 +171,7 @@ def test_mlm_loss_falls_on_real_text_and_restored_variables_replay_training_exac
     assert any(not np.array_equal(a, b) for a, b in zip(_values(model.trainable_variables), trained))
 
 
+@pytest.mark.backend_independent  # a count of weights, not of what they compute
 def test_base_preset_has_the_bert_base_shape():
     vocab, layers, hidden, intermediate, positions = 30522, 12, 768, 3072, 512
     embeddings = vocab * hidden + positions * hidden + 2 * hidden + 2 * hidden  # token, position, segment, norm

@@ -94,6 +94,7 @@ def test_data_errors_are_one_line(tmp_path, content, args, message):
     assert message in result.stderr
 
 
+@pytest.mark.backend_independent
 def test_a_label_the_model_never_saw_is_an_error(tiny_classifier, tmp_path):
     data = tmp_path / "dev.tsv"
     data.write_text("sentence\tlabel\nBonjour tout le monde\tfrench\nBuongiorno\tklingon\n", encoding="utf-8")

@@ -55,11 +55,26 @@ def test_every_command_has_help_with_an_example(command):
     assert "Example" in result.output, f"zoo {' '.join(command)} --help shows no example"
 
 
-def test_info_reports_the_chosen_backend(backend):
-    details = zoo_json("info", backend=backend)
-    assert details["backend"] == backend
-    assert details["devices"] and details["keras"].startswith("3.")
-    assert zoo_json("info", "--backend", "torch")["backend"] == "torch"
+@pytest.mark.cross_backend
+def test_info_reports_the_chosen_backend_and_tensorflow_loads_only_on_its_own():
+    """`zoo info` names the backend $KERAS_BACKEND chose, or --backend over it. keras-hub imports
+    TensorFlow when it can; on jax and torch `zoo` keeps it out (seconds at every start), and
+    keras-hub still loads. The command runs in-process in the child, so that what it imported can
+    be read afterwards."""
+    code = ("import json, sys\n"
+            "from cli.main import cli\n"
+            "cli(['info', '--json', *sys.argv[1:]], standalone_mode=False)\n"
+            "print(json.dumps({'tensorflow_loaded': sys.modules.get('tensorflow') is not None}))\n")
+    for backend, flags in [("jax", []), ("tensorflow", []), ("torch", ["--backend", "torch"])]:
+        env = {**os.environ, "KERAS_BACKEND": "jax" if flags else backend}  # torch: by the flag, over jax
+        result = subprocess.run([sys.executable, "-c", code, *flags], cwd=ROOT, capture_output=True, text=True,
+                                timeout=300, env=env)
+        assert result.returncode == 0, result.stderr
+        *info, loaded = result.stdout.strip().splitlines()
+        details = json.loads("\n".join(info))
+        assert details["backend"] == backend and details[backend].count(".") >= 1, details
+        assert details["devices"] and details["keras"].startswith("3.") and details["keras_hub"], details
+        assert json.loads(loaded) == {"tensorflow_loaded": backend == "tensorflow"}, backend
 
 
 def _assert_one_line_error(result, *fragments):
@@ -99,6 +114,7 @@ def test_flag_errors(tmp_path, small_corpus):
     _assert_one_line_error(run_zoo("train", "gpt", "--resume", "--out", tmp_path / "nothing"), "not a run directory")
 
 
+@pytest.mark.backend_independent
 def test_generate_and_export_errors(tmp_path, tiny_run):
     run, bundle = tiny_run
     _assert_one_line_error(run_zoo("generate", tmp_path / "nope", "--prompt", "x"), "no such bundle or run")
@@ -121,6 +137,7 @@ def test_generate_from_run_and_bundle_agree(tiny_run):
     assert len(from_bundle["token_ids"]) <= 12
 
 
+@pytest.mark.backend_independent
 def test_generate_truncates_long_prompt_only_when_asked(tiny_run):
     _, bundle = tiny_run
     result = zoo_json("generate", bundle, "--prompt", "word " * 100, "--max-new-tokens", "4", "--temperature", "0",
@@ -128,6 +145,7 @@ def test_generate_truncates_long_prompt_only_when_asked(tiny_run):
     assert result["prompt_tokens"] == 32 - 4
 
 
+@pytest.mark.backend_independent
 def test_generate_streams_the_prompt_and_continuation(tiny_run):
     _, bundle = tiny_run
     result = run_zoo("generate", bundle, "--prompt", "ROMEO.", "--max-new-tokens", "10", "--seed", "3", check=True)
@@ -152,7 +170,8 @@ TENSORFLOW_NOISE = ("All log messages before absl::InitializeLog", "cudart_stub.
 
 def test_tensorflow_start_up_lines_stay_out_of_stderr_and_real_errors_do_not(backend):
     # The error comes after the model, and with it keras-hub and TensorFlow, has loaded.
-    result = run_zoo("generate", GPT_BUNDLE, "--prompt", "word " * 100, "--max-new-tokens", "4", backend=backend)
+    result = run_zoo("generate", GPT_BUNDLE, "--prompt", "word " * 100, "--max-new-tokens", "4", backend=backend,
+                     own_process=True)
     assert result.returncode == 1 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert not [line for line in lines if any(noise in line for noise in TENSORFLOW_NOISE)], result.stderr

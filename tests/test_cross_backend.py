@@ -16,20 +16,33 @@ BACKENDS = ["jax", "tensorflow", "torch"]
 NO_TF = {"PYTHONPATH": str(ROOT / "tests" / "helpers" / "no_tensorflow")}
 
 
+def zoo_commands(backend, *commands, env=None):
+    """Runs `zoo` commands one after another in one process on `backend` (tests/helpers/zoo_commands.py);
+    returns its CompletedProcess, after checking that every command succeeded."""
+    commands = [[str(arg) for arg in command] for command in commands]
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "zoo_commands.py"), json.dumps(commands)],
+                            cwd=ROOT, env={**os.environ, "KERAS_BACKEND": backend, **(env or {})},
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory, small_corpus):
-    """Tiny bundles of every kind (gpt, a bert classifier, seq2seq), each trained on each backend."""
+    """Tiny bundles of every kind (gpt, a bert classifier, seq2seq), each trained and exported on
+    each backend (the commands of one backend in one process)."""
     commands = {"gpt": ["gpt", "--data", small_corpus, *TINY_MODEL],
                 "bert": ["bert", "--task", "classify", *TINY_BERT, "--vocab-size", "600", "--cased"],
                 "seq2seq": ["seq2seq", *TINY_SEQ2SEQ, "--bleu-pairs", "0"]}
     made = {}
     for backend in BACKENDS:
+        steps = []
         for kind, command in commands.items():
             run = tmp_path_factory.mktemp(f"{kind}-{backend}") / "run"
-            run_zoo("train", *command, "--out", run, "--max-steps", "20", "--eval-every", "20", "--lr", "3e-3",
-                    backend=backend, check=True)
             made[(kind, backend)] = run.parent / "bundle"
-            run_zoo("export", run, "--out", made[(kind, backend)], backend=backend, check=True)
+            steps += [["train", *command, "--out", run, "--max-steps", "20", "--eval-every", "20", "--lr", "3e-3"],
+                      ["export", run, "--out", made[(kind, backend)]]]
+        zoo_commands(backend, *steps)
     return made
 
 
@@ -62,9 +75,9 @@ def test_train_export_generate_without_tensorflow(tmp_path, small_corpus, backen
     blocked = run_zoo("info", backend="tensorflow", env=NO_TF)
     assert blocked.returncode != 0  # the blocker works: TensorFlow really is unavailable here
     run, bundle = tmp_path / "run", tmp_path / "bundle"
-    run_zoo("train", "gpt", "--data", small_corpus, "--out", run, *TINY_MODEL, "--max-steps", "5", "--eval-every", "5",
-            backend=backend, env=NO_TF, check=True)
-    run_zoo("export", run, "--out", bundle, backend=backend, env=NO_TF, check=True)
-    result = run_zoo("generate", bundle, "--prompt", "KING.", "--max-new-tokens", "5", "--json", backend=backend,
-                     env=NO_TF, check=True)
-    assert json.loads(result.stdout)["finish_reason"] in ("length", "end_token")
+    result = zoo_commands(backend,
+                          ["train", "gpt", "--data", small_corpus, "--out", run, *TINY_MODEL, "--max-steps", "5",
+                           "--eval-every", "5"],
+                          ["export", run, "--out", bundle],
+                          ["generate", bundle, "--prompt", "KING.", "--max-new-tokens", "5", "--json"], env=NO_TF)
+    assert json.loads(result.stdout.strip().splitlines()[-1])["finish_reason"] in ("length", "end_token")

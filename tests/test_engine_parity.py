@@ -89,7 +89,7 @@ def test_prefill_and_decode_logits_equal_the_uncached_model(case):
     """Three requests share a 4-slot cache: slot 0 from the start, slot 2 joins after 2 steps,
     slot 1 after 4, so the rows step at different positions (slot 3 stays idle). Each is fed
     random tokens; every logits row must be the uncached model's at that request's position."""
-    model, engine, rng = case.model, new_engine(case.model), np.random.default_rng(5)
+    engine, rng = new_engine(case.model), np.random.default_rng(5)
     prompts = {0: case.prompt(rng, 5), 2: case.prompt(rng, 2), 1: case.prompt(rng, 7)}
     joins = {0: 0, 2: 2, 1: 4}
     cache = engine.new_cache(4)

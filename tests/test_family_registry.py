@@ -166,21 +166,24 @@ def toy_family(tmp_path_factory):
 
 @pytest.mark.backend_independent
 def test_a_family_added_outside_zoo_trains_exports_loads_and_serves(toy_family, tmp_path, small_corpus, backend):
+    """Each `zoo` runs in a process of its own, as a user's would: one that finds the family at
+    start-up through $ZOO_FAMILIES, not this one, which has loaded the registry already."""
     from zoo import families
     from zoo.bundle import load_runtime
     from zoo.engine import SamplingConfig
 
-    assert "toybigram" in run_zoo("train", "--help", check=True).stdout
+    assert "toybigram" in run_zoo("train", "--help", check=True, own_process=True).stdout
     run, bundle = tmp_path / "run", tmp_path / "bundle"
     summary = zoo_json("train", "toybigram", "--data", small_corpus, "--out", run, "--max-steps", "60",
-                       "--batch-size", "16", "--lr", "1e-1", "--eval-every", "30")
+                       "--batch-size", "16", "--lr", "1e-1", "--eval-every", "30", own_process=True)
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
     assert summary["step"] == 60 and losses[-1] < losses[0] - 0.5  # it learned bigrams
-    run_zoo("export", run, "--out", bundle, check=True)
+    run_zoo("export", run, "--out", bundle, check=True, own_process=True)
     assert json.loads((bundle / "zoo.json").read_text())["kind"] == "toybigram"
 
-    generated = zoo_json("generate", bundle, "--prompt", "ROMEO", "--max-new-tokens", "12", "--temperature", "0")
+    generated = zoo_json("generate", bundle, "--prompt", "ROMEO", "--max-new-tokens", "12", "--temperature", "0",
+                         own_process=True)
     assert families.get("toybigram").name == "toybigram"  # this process found it through $ZOO_FAMILIES too
     generator, info = load_runtime(bundle)
     local = generator.generate("ROMEO", SamplingConfig(max_new_tokens=12, temperature=0))

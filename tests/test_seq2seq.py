@@ -110,35 +110,6 @@ def test_cached_decoding_logits_equal_teacher_forcing(untrained):
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=1e-5)
 
 
-def test_the_generators_decoder_step_equals_teacher_forcing(untrained, reverser, tokenizer):
-    """The engine generation runs on (compiled on JAX and TensorFlow, a plain-torch twin on
-    torch), one token at a time from its own cache, against the uncached model, source padding
-    included; on an untrained model and a trained one (whose larger activations show small
-    differences). Rows join one step apart, so each steps at its own position (all three rows
-    step from the start, as a server's do: a row not yet joined computes garbage nobody reads)."""
-    for model in (untrained, reverser.model):
-        inputs = batch(model, seed=1)
-        full = numpy(model(inputs))
-        engine = Seq2SeqGenerator(model, tokenizer, tokenizer).engine
-        assert engine is engine_for(model)
-        cache, positions = engine.new_cache(3), np.zeros(3, "int32")
-        targets = inputs["target_ids"]
-        for step in range(model.max_target_length + 2):
-            if step < 3:  # row `step` joins
-                logits, cache = engine.prefill_slot(cache, step, engine_prompts(inputs)[step])
-                np.testing.assert_allclose(logits, full[step, 0], atol=1e-5)
-                positions[step] = engine.first_position(engine_prompts(inputs)[step])
-            live = [row for row in range(min(step + 1, 3)) if positions[row] < model.max_target_length]
-            if not live:
-                break
-            stepped = np.minimum(positions, model.max_target_length - 1)
-            logits, cache = engine.decode(targets[np.arange(3), stepped], cache, stepped)
-            for row in live:
-                np.testing.assert_allclose(logits[row], full[row, positions[row]], atol=1e-5)
-                positions[row] += 1
-        assert positions.tolist() == [model.max_target_length] * 3
-
-
 def test_source_padding_is_invisible(untrained):
     inputs = batch(untrained)
     before = numpy(untrained(inputs))
@@ -250,6 +221,7 @@ def test_cached_greedy_equals_uncached_recomputation(reverser, untrained, tokeni
 
 def test_beam_width_one_is_greedy(reverser, untrained, tokenizer):
     untrained_generator = Seq2SeqGenerator(untrained, tokenizer, tokenizer)
+    assert untrained_generator.engine is engine_for(untrained)  # generators of one model share its engine
     for generator, source in ((reverser, "abcde"), (reverser, "fab"), (untrained_generator, "ddd")):
         greedy = generator.generate(source, SamplingConfig(temperature=0))
         beam = generator.beam_search(source, beam_width=1)

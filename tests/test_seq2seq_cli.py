@@ -31,6 +31,7 @@ def test_training_lowers_the_validation_loss_and_scores_bleu(tiny_copier):
     assert len(scores["examples"]) == 3 and all(e["reference"] and e["hypothesis"] for e in scores["examples"])
 
 
+@pytest.mark.backend_independent
 def test_translate_generate_and_eval(tiny_copier, tmp_path):
     run, bundle, _ = tiny_copier
     greedy = zoo_json("generate", run, "--prompt", SOURCES[0], "--temperature", "0")
@@ -45,33 +46,43 @@ def test_translate_generate_and_eval(tiny_copier, tmp_path):
     assert [e["source"] for e in report["examples"]] == SOURCES
 
 
-def test_generate_and_stream_over_a_server_equal_local_greedy(tiny_copier, backend):
-    from zoo.engine import SamplingConfig
+@pytest.fixture(scope="module")
+def generator(tiny_copier):
+    """The bundle's generator in this process, on this backend."""
     from zoo.bundle import load_runtime
 
-    _, bundle, _ = tiny_copier
-    generator, _ = load_runtime(bundle)
+    return load_runtime(tiny_copier[1])[0]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_copier, backend):
+    """The bundle served with decode steps of at least 50 ms (so that requests can be seen sharing
+    them) and 4 decode slots."""
+    process = ServerProcess(tiny_copier[1], "--step-delay", "0.05", "--decode-slots", "4", backend=backend)
+    yield process
+    process.stop()
+
+
+def test_generate_and_stream_over_a_server_equal_local_greedy(generator, server):
+    from zoo.engine import SamplingConfig
+
     local = [generator.generate(s, SamplingConfig(temperature=0)) for s in SOURCES]
     sampling = dict(temperature=0.9, top_k=20, top_p=0.9, seed=3, max_new_tokens=10)
     local_sampled = generator.generate(SOURCES[0], SamplingConfig(**sampling, stop=("zzz",)))
-    server = ServerProcess(bundle, backend=backend)
-    try:
-        with ZooClient(server.address, timeout=60) as client:
-            info = client.model_info(MODEL)
-            assert info.kind == 3 and info.max_new_tokens == 16 and info.context_length == 16  # MODEL_KIND_SEQ2SEQ
-            for source, expected in zip(SOURCES, local, strict=True):
-                response = client.generate(MODEL, source, temperature=0)
-                assert response.text == expected.text
-                assert list(response.token_ids) == expected.token_ids
-                chunks = list(client.stream(MODEL, source, temperature=0))
-                assert "".join(c.chunk.text for c in chunks[:-1]) == expected.text
-                assert chunks[-1].final.text == expected.text
-            sampled = [client.generate(MODEL, SOURCES[0], **sampling, stop=["zzz"]) for _ in range(2)]
-            # The same seed gives the same tokens, and those of the local generator with that seed.
-            for response in sampled:
-                assert (response.text, list(response.token_ids)) == (local_sampled.text, local_sampled.token_ids)
-    finally:
-        server.stop()
+    with ZooClient(server.address, timeout=60) as client:
+        info = client.model_info(MODEL)
+        assert info.kind == 3 and info.max_new_tokens == 16 and info.context_length == 16  # MODEL_KIND_SEQ2SEQ
+        for source, expected in zip(SOURCES, local, strict=True):
+            response = client.generate(MODEL, source, temperature=0)
+            assert response.text == expected.text
+            assert list(response.token_ids) == expected.token_ids
+            chunks = list(client.stream(MODEL, source, temperature=0))
+            assert "".join(c.chunk.text for c in chunks[:-1]) == expected.text
+            assert chunks[-1].final.text == expected.text
+        sampled = [client.generate(MODEL, SOURCES[0], **sampling, stop=["zzz"]) for _ in range(2)]
+        # The same seed gives the same tokens, and those of the local generator with that seed.
+        for response in sampled:
+            assert (response.text, list(response.token_ids)) == (local_sampled.text, local_sampled.token_ids)
 
 
 @pytest.mark.backend_independent
@@ -90,24 +101,26 @@ def test_data_errors_are_one_line(tmp_path, name, content, args, message):
     assert message in result.stderr
 
 
-def test_seq2seq_requests_share_decode_steps_and_cancel_frees_the_slot(tiny_copier, backend):
+def test_seq2seq_requests_share_decode_steps_and_cancel_frees_the_slot(generator, server):
     """Seq2seq joins the server's continuous batching as GPT does: three requests on four slots,
     two joining while the first decodes, each get the tokens they get alone, in shared steps; a
     cancelled stream's slot is freed."""
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
-    from zoo.bundle import load_runtime
     from zoo.engine import SamplingConfig
 
-    _, bundle, _ = tiny_copier
-    generator, _ = load_runtime(bundle)
     alone = [generator.generate(s, SamplingConfig(temperature=0)) for s in SOURCES]
     assert len({a.text for a in alone}) == len(SOURCES)
-    server = ServerProcess(bundle, "--step-delay", "0.05", "--decode-slots", "4", backend=backend)
+    # Counted from here: the test above may have run on the same server.
+    before = server.metric("zoo_decode_batch_requests_count", model=MODEL, version="1"), \
+        server.metric("zoo_decode_batch_requests_bucket", model=MODEL, version="1", le="1.0")
 
     def steps():
+        """Decode steps since `before`, and those of them that held more than one request."""
         count = server.metric("zoo_decode_batch_requests_count", model=MODEL, version="1")
-        return count, count - server.metric("zoo_decode_batch_requests_bucket", model=MODEL, version="1", le="1.0")
+        alone_steps = server.metric("zoo_decode_batch_requests_bucket", model=MODEL, version="1", le="1.0")
+        return count - before[0], (count - alone_steps) - (before[0] - before[1])
 
     def wait_for(condition, what, timeout=60):
         deadline = time.monotonic() + timeout
@@ -115,28 +128,23 @@ def test_seq2seq_requests_share_decode_steps_and_cancel_frees_the_slot(tiny_copi
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(0.02)
 
-    try:
-        with ZooClient(server.address, timeout=60) as client:
-            first = client.stream(MODEL, SOURCES[0], temperature=0)
-            received = [next(first)]  # the first request is decoding before the others arrive
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(2) as pool:
-                others = list(pool.map(lambda s: client.generate(MODEL, s, temperature=0), SOURCES[1:]))
-            messages = received + list(first)
-            together = [messages[-1].final] + others
-            for a, t in zip(alone, together, strict=True):
-                assert (list(t.token_ids), t.text) == (a.token_ids, a.text)
-            total, shared = steps()
-            assert shared >= 2, f"only {shared} of {total} decode steps held more than one request"
-            assert total < sum(len(a.token_ids) for a in alone)
-            # Cancel a stream after its first token: its slot is freed before its output is done.
-            tokens = server.metric("zoo_decode_steps_total", model=MODEL, version="1")
-            stream = client.stream(MODEL, SOURCES[2], temperature=0)
-            next(stream)
-            stream.cancel()
-            wait_for(lambda: server.metric("zoo_decode_slots_busy", model=MODEL, version="1") == 0, "the slot freed")
-            handed = server.metric("zoo_decode_steps_total", model=MODEL, version="1") - tokens
-            assert 1 <= handed < len(alone[2].token_ids)
-    finally:
-        server.stop()
+    with ZooClient(server.address, timeout=60) as client:
+        first = client.stream(MODEL, SOURCES[0], temperature=0)
+        received = [next(first)]  # the first request is decoding before the others arrive
+        with ThreadPoolExecutor(2) as pool:
+            others = list(pool.map(lambda s: client.generate(MODEL, s, temperature=0), SOURCES[1:]))
+        messages = received + list(first)
+        together = [messages[-1].final] + others
+        for a, t in zip(alone, together, strict=True):
+            assert (list(t.token_ids), t.text) == (a.token_ids, a.text)
+        total, shared = steps()
+        assert shared >= 2, f"only {shared} of {total} decode steps held more than one request"
+        assert total < sum(len(a.token_ids) for a in alone)
+        # Cancel a stream after its first token: its slot is freed before its output is done.
+        tokens = server.metric("zoo_decode_steps_total", model=MODEL, version="1")
+        stream = client.stream(MODEL, SOURCES[2], temperature=0)
+        next(stream)
+        stream.cancel()
+        wait_for(lambda: server.metric("zoo_decode_slots_busy", model=MODEL, version="1") == 0, "the slot freed")
+        handed = server.metric("zoo_decode_steps_total", model=MODEL, version="1") - tokens
+        assert 1 <= handed < len(alone[2].token_ids)

@@ -74,6 +74,20 @@ def slow_server(slow_servers):
     return slow_servers()
 
 
+@pytest.fixture(scope="module")
+def local(tiny_run):
+    """The bundle's generator in this process, on this backend: what `zoo generate` runs."""
+    from zoo.bundle import load_runtime
+
+    return load_runtime(tiny_run[1])[0]
+
+
+def local_generate(local, prompt, **settings):
+    from zoo.engine import SamplingConfig
+
+    return local.generate(prompt, SamplingConfig(**settings))
+
+
 def greedy(client, prompt="ROMEO.", **kwargs):
     return client.generate(MODEL, prompt, temperature=0, max_new_tokens=kwargs.pop("max_new_tokens", 10), **kwargs)
 
@@ -166,14 +180,14 @@ def test_list_models_and_model_info(client, server, tiny_run, backend):
 # --- generation -----------------------------------------------------------------------------------------
 
 
-def test_greedy_generation_equals_zoo_generate(client, server, tiny_run):
+def test_greedy_generation_equals_local_generation(client, server, tiny_run, local):
     bundle = tiny_run[1]
-    expected = zoo_json("generate", bundle, "--prompt", "ROMEO.", "--temperature", "0", "--max-new-tokens", "12")
+    expected = local_generate(local, "ROMEO.", temperature=0, max_new_tokens=12)
     response = greedy(client, max_new_tokens=12)
-    assert response.text == expected["text"] and list(response.token_ids) == expected["token_ids"]
-    assert FINISH_REASONS[response.finish_reason] == expected["finish_reason"]
-    assert response.usage.prompt_tokens == expected["prompt_tokens"]
-    assert response.usage.generated_tokens == len(expected["token_ids"])
+    assert response.text == expected.text and list(response.token_ids) == expected.token_ids
+    assert FINISH_REASONS[response.finish_reason] == expected.finish_reason
+    assert response.usage.prompt_tokens == expected.prompt_tokens
+    assert response.usage.generated_tokens == len(expected.token_ids)
     assert (response.model_spec.name, response.model_spec.version) == (MODEL, 2)
     assert greedy(client, max_new_tokens=12, version=1).model_spec.version == 1
 
@@ -187,17 +201,16 @@ def test_greedy_generation_equals_zoo_generate(client, server, tiny_run):
     # And through `zoo client generate --json`.
     cli = json.loads(zoo_client_cli(server, "generate", MODEL, "--prompt", "ROMEO.", "--temperature", "0",
                                     "--max-new-tokens", "12", "--json").stdout)
-    assert (cli["text"], cli["token_ids"], cli["finish_reason"]) == (expected["text"], expected["token_ids"],
-                                                                     expected["finish_reason"])
+    assert (cli["text"], cli["token_ids"], cli["finish_reason"]) == (expected.text, expected.token_ids,
+                                                                     expected.finish_reason)
 
-    # A stop sequence taken from the greedy text ends it there, as `zoo generate --stop` does.
-    stop = expected["text"][3:5]
+    # A stop sequence taken from the greedy text ends it there, as it does locally.
+    stop = expected.text[3:5]
     assert stop
-    stopped = zoo_json("generate", bundle, "--prompt", "ROMEO.", "--temperature", "0", "--max-new-tokens", "12",
-                       "--stop", stop)
+    stopped = local_generate(local, "ROMEO.", temperature=0, max_new_tokens=12, stop=(stop,))
     response = greedy(client, max_new_tokens=12, stop=[stop])
-    assert response.text == stopped["text"] == expected["text"][:expected["text"].find(stop)]
-    assert response.finish_reason == pb.FINISH_REASON_STOP_SEQUENCE and stopped["finish_reason"] == "stop"
+    assert response.text == stopped.text == expected.text[:expected.text.find(stop)]
+    assert response.finish_reason == pb.FINISH_REASON_STOP_SEQUENCE and stopped.finish_reason == "stop"
 
 
 def test_stream_sends_chunks_in_order_then_one_final_message(client, server):
@@ -219,13 +232,12 @@ def test_stream_sends_chunks_in_order_then_one_final_message(client, server):
     assert printed.returncode == 0 and printed.stdout == unary.text + "\n"
 
 
-def test_sampling_with_a_seed_is_reproducible(client, tiny_run):
+def test_sampling_with_a_seed_is_reproducible(client, local):
     settings = dict(temperature=0.9, top_k=20, top_p=0.9, max_new_tokens=8)
     a = client.generate(MODEL, "KING.", seed=7, **settings)
-    # The reference: `zoo generate` in its own process, with the same bundle and seed.
-    expected = zoo_json("generate", tiny_run[1], "--prompt", "KING.", "--temperature", "0.9", "--top-k", "20",
-                        "--top-p", "0.9", "--seed", "7", "--max-new-tokens", "8")
-    assert (list(a.token_ids), a.text) == (expected["token_ids"], expected["text"]) and len(a.token_ids) <= 8
+    # The reference: the bundle's generator in this process (not the server's), with the same seed.
+    expected = local_generate(local, "KING.", seed=7, **settings)
+    assert (list(a.token_ids), a.text) == (expected.token_ids, expected.text) and len(a.token_ids) <= 8
     assert client.generate(MODEL, "KING.", seed=7, **settings).token_ids == a.token_ids
     others = [list(client.generate(MODEL, "KING.", seed=seed, **settings).token_ids) for seed in (8, 9, 10)]
     assert any(other != list(a.token_ids) for other in others), "the seed changes nothing"

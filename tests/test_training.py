@@ -48,8 +48,10 @@ def test_checkpoints_every_save_every_steps_keeping_the_newest_three(straight_ru
 
 
 def _final_weights(run):
+    """The arrays of the final checkpoint, by position. Not the variables' paths: Keras numbers the
+    objects it names (seed_generator_50, ...) per process, and a checkpoint is read by position."""
     with np.load(run / "checkpoints" / f"step-{STEPS:08d}.npz") as data:
-        return {k: data[k] for k in data.files}
+        return {k: data[k] for k in data.files if k != "paths"}
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +132,21 @@ def test_resume_refuses_changed_settings(straight_run, small_corpus):
     result = run_zoo("train", "gpt", "--data", small_corpus, "--out", straight_run, "--resume", "--lr", "0.5")
     assert result.returncode != 0
     assert "--lr 0.5 differs from the run's 0.003" in result.stderr
+
+
+def test_the_schedule_is_keras_cosine_decay_with_warmup():
+    """zoo's schedule (warmup then cosine decay, its branch picked without `ops.cond`, which
+    recompiles at every eager call on JAX) gives Keras's CosineDecay's values at every step,
+    warmup and the end of the decay included."""
+    import keras
+
+    from zoo.training.loop import WarmupCosineDecay
+
+    for warmup in (0, 7):
+        settings = dict(initial_learning_rate=3e-3 / (warmup + 1), decay_steps=40, alpha=0.1,
+                        warmup_target=3e-3 if warmup else None, warmup_steps=warmup)
+        ours, keras_schedule = WarmupCosineDecay(**settings), keras.optimizers.schedules.CosineDecay(**settings)
+        steps = range(0, 40 + warmup + 5)
+        got = [float(ours(step)) for step in steps]
+        np.testing.assert_allclose(got, [float(keras_schedule(step)) for step in steps], rtol=1e-6, atol=0)
+        assert got[-1] == pytest.approx(3e-4)  # alpha * the peak, held after the decay ends

@@ -32,6 +32,27 @@ def select_backend(name=None):
     return name
 
 
+# keras-hub imports TensorFlow whenever it is installed, whatever the backend, for its tf.data
+# preprocessing layers, which zoo does not use (zoo tokenizes with `tokenizers`). On jax and torch
+# that import is pure cost at every start of the `zoo` command: 4 to 7 s on a 2-core machine, a
+# few hundred MB, and TensorFlow's C++ start-up lines on stderr. Python's documented way to make a
+# module absent is a None entry in sys.modules: importing it then raises ModuleNotFoundError and
+# importlib.util.find_spec returns None, which keras-hub (like our GPU machines, which have no
+# TensorFlow) treats as "not installed".
+_TENSORFLOW_MODULES = ("tensorflow", "tensorflow_text")
+
+
+def load_tensorflow_only_for_its_backend(backend):
+    """In a process the `zoo` command owns: makes TensorFlow absent unless `backend` is tensorflow
+    (see above); undoes that for tensorflow. A TensorFlow already imported stays as it is."""
+    for name in _TENSORFLOW_MODULES:
+        if backend == "tensorflow":
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+        elif name not in sys.modules:
+            sys.modules[name] = None
+
+
 def describe():
     """Backend, library versions and visible devices, as a dict (for `zoo info`)."""
     import keras
@@ -66,9 +87,10 @@ def describe():
 
 # --- TensorFlow's start-up noise ---------------------------------------------------------------------------
 #
-# keras-hub imports TensorFlow whenever it is installed, whatever the backend, and TensorFlow's C++
-# side logs while it loads: "Could not find cuda drivers on your machine" (cudart_stub.cc) on a
-# machine without a GPU, "Unable to register cuDNN factory" on one with JAX or torch beside it.
+# TensorFlow's C++ side logs while it loads (on the tensorflow backend, or wherever a program that
+# imports zoo lets keras-hub import it): "Could not find cuda drivers on your machine"
+# (cudart_stub.cc) on a machine without a GPU, "Unable to register cuDNN factory" on one with JAX
+# or torch beside it.
 # These go through absl's C++ logging before anything has called absl::InitializeLog(), which
 # writes every message to stderr (after "WARNING: All log messages before absl::InitializeLog() is
 # called are written to STDERR") whatever TF_CPP_MIN_LOG_LEVEL says: that variable only reaches
