@@ -1,4 +1,5 @@
-"""Continuous batching for Generate and GenerateStream on a generation model (GPT or seq2seq) (as in Orca, vLLM and TGI).
+"""Continuous batching for Generate and GenerateStream on a generation model, GPT or seq2seq (as in
+Orca, vLLM and TGI).
 
 One scheduler per model version owns a KV cache of `slots` rows and runs one loop:
 
@@ -48,7 +49,7 @@ class _Request:
 
 
 class ContinuousBatcher:
-    """Schedules the generations of one generation model version (GPT or seq2seq) over `slots` shared decode slots.
+    """Schedules the generations of one model version (GPT or seq2seq) over `slots` shared decode slots.
 
     `engine`: the model's DecodeEngine; `lock`: held around every model call (the model version's
     lock); `on_token`: called once per generated token (metrics); `step_delay`: seconds to sleep
