@@ -152,7 +152,11 @@ class DecodeEngine:
     def _slots(cache):
         # A cache is the model's nested structure of arrays (lists, tuples, dicts), each with one
         # row per slot first: a GPT's per-layer (keys, values), a seq2seq's also its sources.
-        return int(keras.tree.flatten(cache)[0].shape[0])
+        # Walked to its first array by hand: keras.tree.flatten took 0.2 ms a call on torch, 2-4%
+        # of a decode step.
+        while isinstance(cache, (list, tuple, dict)):
+            cache = cache[min(cache)] if isinstance(cache, dict) else cache[0]
+        return int(cache.shape[0])
 
     @staticmethod
     def _padded(ids, size):

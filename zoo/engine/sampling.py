@@ -52,6 +52,7 @@ class SamplingConfig:
             if not stop:
                 raise SamplingError("stop", "must not be empty", index=i)
 
+
 def sample(logits, config, rng):
     """A token id from one row of float logits."""
     if config.temperature == 0:
