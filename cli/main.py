@@ -17,6 +17,7 @@ from cli.common import ZooGroup, backend_option
 from cli.evaluate import classify, evaluate
 from cli.generate import export, generate, translate
 from cli.prepare import prepare
+from cli.pretrained import import_
 from cli.serve import serve
 from cli.train import train
 
@@ -57,6 +58,7 @@ def info(as_json):
 
 cli.add_command(train)
 cli.add_command(prepare)
+cli.add_command(import_)
 cli.add_command(export)
 cli.add_command(generate)
 cli.add_command(translate)

@@ -160,4 +160,15 @@ def model_info(m, versions, serving_backend, max_new_tokens=0):
                                   train_tokens=data.get("train_tokens") or 0, val_tokens=data.get("val_tokens") or 0),
             steps=provenance.get("steps") or 0,
             final_metrics={k: float(v) for k, v in (provenance.get("final_metrics") or {}).items()},
-            train_settings=train, command=[str(c) for c in provenance.get("command") or []]))
+            train_settings=train, command=[str(c) for c in provenance.get("command") or []],
+            pretrained=_pretrained_source(provenance.get("pretrained"))))
+
+
+def _pretrained_source(pretrained):
+    """The PretrainedSource of an imported bundle's provenance; None (unset) for a trained one."""
+    if not pretrained:
+        return None
+    return mpb.PretrainedSource(source=pretrained.get("source") or "", revision=pretrained.get("revision") or "",
+                                architecture=pretrained.get("architecture") or "",
+                                weight_sha256=pretrained.get("weight_files") or {},
+                                license=pretrained.get("license") or "")

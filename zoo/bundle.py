@@ -81,17 +81,33 @@ def _bundle_info(run_dir, config, step, tokenizer):
 
 
 def export_bundle(run_dir, out, force=False):
-    """Writes the bundle for `run_dir` to `out` atomically (a temporary directory renamed into place)."""
-    import json
-
-    import keras
-
+    """Writes the bundle for `run_dir` to `out` atomically (see `write_bundle`)."""
     run_dir, out = Path(run_dir), Path(out)
     if not is_run(run_dir):
         raise ZooError(f"{run_dir}: not a run directory (no {RUN_CONFIG} and checkpoints/)")
     if out.exists() and not force:
         raise ZooError(f"{out}: already exists (pass --force to replace it)")
     model, tokenizer, info = load_run(run_dir)
+
+    def copy_second_tokenizers(bundle):  # a family's second tokenizer (seq2seq's source)
+        for extra in sorted(run_dir.glob("*/tokenizer.json")):
+            (bundle / extra.parent.name).mkdir()
+            shutil.copy2(extra, bundle / extra.parent.name / "tokenizer.json")
+
+    return write_bundle(out, model, tokenizer, info, force, copy_second_tokenizers)
+
+
+def write_bundle(out, model, tokenizer, info, force=False, write_extra=None):
+    """Writes a bundle of `model`, `tokenizer` and `info` (a BundleInfo) to `out` atomically: into
+    a temporary directory beside it, every file fsynced, then renamed into place (an existing `out`
+    is replaced only with `force`). `write_extra(directory)` adds a family's own files."""
+    import json
+
+    import keras
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise ZooError(f"{out}: already exists (pass --force to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
@@ -99,9 +115,8 @@ def export_bundle(run_dir, out, force=False):
         (tmp / "config.json").write_text(json.dumps(keras.saving.serialize_keras_object(model), indent=2))
         model.save_weights(tmp / "model.weights.h5")
         tokenizer.save(tmp)
-        for extra in sorted(run_dir.glob("*/tokenizer.json")):  # a family's second tokenizer (seq2seq's source)
-            (tmp / extra.parent.name).mkdir()
-            shutil.copy2(extra, tmp / extra.parent.name / "tokenizer.json")
+        if write_extra is not None:
+            write_extra(tmp)
         (tmp / BUNDLE_INFO).write_text(bundle_info_json(info))
         for file in tmp.rglob("*"):
             if file.is_file():

@@ -9,6 +9,7 @@ family kept outside this package is added by naming its module in `$ZOO_FAMILIES
 (comma-separated), or by `register(family)` in-process.
 """
 
+import dataclasses
 import importlib
 import os
 
@@ -52,6 +53,15 @@ class Family:
         """A second tokenizer the model reads its input with (seq2seq's source side), or None."""
         return None
 
+    # --- pretrained checkpoints (zoo import) -----------------------------------------------------
+
+    hf_architectures = ()  # the Hugging Face `architectures` names the family's converter imports
+
+    def import_hf(self, checkpoint, progress=None):
+        """The `Imported` model of a Hugging Face checkpoint (a zoo.pretrained.HFCheckpoint) whose
+        architecture is one of `hf_architectures`; progress(done, total, name) per tensor."""
+        raise NotImplementedError
+
     # --- inference ------------------------------------------------------------------------------
 
     def runtime(self, task, model, tokenizer, path, info):
@@ -88,6 +98,16 @@ class Family:
           the measurements of a model with a decode engine (see zoo/bench.py).
         """
         return None
+
+
+@dataclasses.dataclass
+class Imported:
+    """A model a family's converter built from a pretrained checkpoint, ready to be a bundle."""
+
+    model: object  # the Keras model, built, with the checkpoint's weights
+    tokenizer: object  # its (main) tokenizer
+    task: str
+    labels: list | None = None
 
 
 def register(family):
@@ -131,6 +151,15 @@ def get(name):
     if name not in _FAMILIES:
         raise ZooError(f"model family {name!r} is not known to this version of zoo (known: {', '.join(names())})")
     return _FAMILIES[name]
+
+
+def for_hf_architecture(architecture, source):
+    """The family that imports Hugging Face `architecture`; a ZooError listing the supported ones."""
+    for name in names():
+        if architecture in _FAMILIES[name].hf_architectures:
+            return _FAMILIES[name]
+    supported = ", ".join(a for name in names() for a in _FAMILIES[name].hf_architectures)
+    raise ZooError(f"{source}: architecture {architecture} is not supported (supported: {supported})")
 
 
 def of_model(model):

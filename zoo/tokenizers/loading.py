@@ -9,4 +9,4 @@ def load_tokenizer(directory):
     tokenizer, zoo = read_tokenizer_file(directory)
     if zoo.get("kind") == WordPieceTokenizer.kind:
         return WordPieceTokenizer(tokenizer, zoo.get("lowercase", True))
-    return TextTokenizer(tokenizer, zoo.get("kind", "bpe"))
+    return TextTokenizer.from_settings(tokenizer, zoo)

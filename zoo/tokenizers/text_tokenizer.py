@@ -17,11 +17,12 @@ FILE_NAME = "tokenizer.json"
 
 
 class TextTokenizer:
-    """A trained tokenizer: text <-> token ids. `kind` is "char" or "bpe"."""
+    """A trained or imported tokenizer: text <-> token ids. `kind` is "char" or "bpe". `end_token`
+    marks document boundaries (a GPT's prompts start with it); an imported tokenizer names its own."""
 
-    def __init__(self, tokenizer, kind):
-        self.tokenizer, self.kind = tokenizer, kind
-        self.end_token_id = tokenizer.token_to_id(END_TOKEN)
+    def __init__(self, tokenizer, kind, end_token=END_TOKEN):
+        self.tokenizer, self.kind, self.end_token = tokenizer, kind, end_token
+        self.end_token_id = tokenizer.token_to_id(end_token)
 
     @property
     def vocabulary_size(self):
@@ -29,7 +30,7 @@ class TextTokenizer:
 
     def special_tokens(self):
         """The special tokens by role, as a bundle's zoo.json lists them."""
-        return {"end": END_TOKEN}
+        return {"end": self.end_token}
 
     def encode(self, text):
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -41,13 +42,20 @@ class TextTokenizer:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
     def save(self, directory):
-        """Writes `tokenizer.json` into `directory` (the kind goes into its "zoo" entry)."""
-        write_tokenizer_file(self.tokenizer, directory, {"kind": self.kind})
+        """Writes `tokenizer.json` into `directory` (the kind and end token go into its "zoo" entry)."""
+        settings = {"kind": self.kind}
+        if self.end_token != END_TOKEN:
+            settings["end_token"] = self.end_token
+        write_tokenizer_file(self.tokenizer, directory, settings)
 
     @classmethod
     def load(cls, directory):
-        tokenizer, zoo = read_tokenizer_file(directory)
-        return cls(tokenizer, zoo.get("kind", "bpe"))
+        return cls.from_settings(*read_tokenizer_file(directory))
+
+    @classmethod
+    def from_settings(cls, tokenizer, zoo):
+        """From a tokenizer file's parts (`read_tokenizer_file`)."""
+        return cls(tokenizer, zoo.get("kind", "bpe"), zoo.get("end_token", END_TOKEN))
 
 
 def write_tokenizer_file(tokenizer, directory, zoo):

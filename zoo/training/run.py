@@ -70,6 +70,34 @@ def training_data(recorded, default):
     return source
 
 
+def init_source(init, kind, overrides):
+    """(model constructor arguments, tokenizer) of the run or bundle `init` that a new run of family
+    `kind` starts from (`--init`), its shape kept: a shape flag in `overrides` other than dropout
+    is refused by name."""
+    from zoo.bundle import is_bundle
+    from zoo.configs import BUNDLE_INFO, read_bundle_info, read_json
+    from zoo.tokenizers import load_tokenizer
+
+    path = Path(init)
+    if not is_bundle(path) and not (path / RUN_CONFIG).is_file():
+        raise ZooError(f"--init {init}: neither a bundle (no {BUNDLE_INFO}) nor a run directory (no {RUN_CONFIG})")
+    info = read_bundle_info(path) if is_bundle(path) else read_run_config(path)
+    if info.kind != kind:
+        raise ZooError(f"--init {init}: is a {info.kind!r} model; fine-tuning starts from a {kind} run or bundle")
+    given = [k for k, v in overrides.items() if v is not None and k != "dropout"]
+    if given:
+        raise ZooError(f"--{given[0].replace('_', '-')} cannot be combined with --init: the model's shape comes "
+                       "from the pretrained model")
+    if is_bundle(path):  # the Keras-serialized model's constructor arguments, less Layer's own
+        config = {k: v for k, v in read_json(path / "config.json")["config"].items()
+                  if k not in ("name", "trainable", "dtype")}
+    else:
+        config = dict(info.model)
+    if overrides.get("dropout") is not None:
+        config["dropout"] = overrides["dropout"]
+    return config, load_tokenizer(path)
+
+
 def check_new_run(out):
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

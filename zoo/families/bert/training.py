@@ -16,13 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.bundle import is_bundle
-from zoo.configs import BUNDLE_INFO, RUN_CONFIG, read_bundle_info, read_json, read_run_config
 from zoo.data import DEFAULT_CORPUS, read_documents, split_documents
 from zoo.data.labelled import DEFAULT_LABELLED, class_names, encode_labels, read_labelled, split_labelled
 from zoo.data.mlm import ClassificationBatches, MLMBatches, class_weights_balanced, mlm_sequences
 from zoo.errors import ZooError
-from zoo.tokenizers import WordPieceTokenizer, load_tokenizer, train_wordpiece
+from zoo.tokenizers import WordPieceTokenizer, train_wordpiece
 from zoo.training import run
 
 DEFAULT_SEQ_LEN = 128  # BERT pretrains on 128-token sequences for most of its steps
@@ -37,26 +35,9 @@ def _model_config(preset, overrides):
 
 
 def _init_source(init, overrides):
-    """(model config, tokenizer) of the pretrained run or bundle `init`."""
-    path = Path(init)
-    if not is_bundle(path) and not (path / RUN_CONFIG).is_file():
-        raise ZooError(f"--init {init}: neither a bundle (no {BUNDLE_INFO}) nor a run directory (no {RUN_CONFIG})")
-    info = read_bundle_info(path) if is_bundle(path) else read_run_config(path)
-    if info.kind != "bert":
-        raise ZooError(f"--init {init}: is a {info.kind!r} model; fine-tuning starts from a bert run or bundle")
-    given = [k for k, v in overrides.items() if v is not None and k != "dropout"]
-    if given:
-        raise ZooError(f"--{given[0].replace('_', '-')} cannot be combined with --init: the encoder's shape comes "
-                       "from the pretrained model")
-    if is_bundle(path):
-        model = read_json(path / "config.json")["config"]
-        config = {k: model[k] for k in ("num_layers", "num_heads", "hidden_dim", "intermediate_dim", "max_length",
-                                        "num_segments", "dropout")}
-    else:
-        config = {k: v for k, v in info.model.items() if k not in ("vocabulary_size", "num_classes")}
-    if overrides.get("dropout") is not None:
-        config["dropout"] = overrides["dropout"]
-    return config, load_tokenizer(path)
+    """(encoder config, tokenizer) of the pretrained run or bundle `init`."""
+    config, tokenizer = run.init_source(init, "bert", overrides)
+    return {k: v for k, v in config.items() if k not in ("vocabulary_size", "num_classes")}, tokenizer
 
 
 def _log_softmax(logits):

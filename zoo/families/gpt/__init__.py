@@ -1,10 +1,11 @@
 """The GPT family: a decoder-only language model that continues a prompt.
 
 model.py (the network), presets.py, training.py (`zoo train gpt`'s library side), command.py (its
-flags), generator.py (prompt -> streamed continuation) and torch_engine.py (the torch fast path).
+flags), generator.py (prompt -> streamed continuation), torch_engine.py (the torch fast path) and
+huggingface.py (GPT-2 checkpoints in).
 """
 
-from zoo.families import Family
+from zoo.families import Family, Imported
 from zoo.families.gpt.presets import PRESETS
 
 
@@ -23,6 +24,14 @@ class GPTFamily(Family):
         from zoo.families.gpt.model import GPT
 
         return GPT
+
+    hf_architectures = ("GPT2LMHeadModel", "GPT2Model")
+
+    def import_hf(self, checkpoint, progress=None):
+        from zoo.families.gpt.huggingface import import_checkpoint
+
+        model, tokenizer = import_checkpoint(checkpoint, progress)
+        return Imported(model, tokenizer, "generate")
 
     def runtime(self, task, model, tokenizer, path, info):
         if task != "generate":

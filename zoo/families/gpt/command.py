@@ -13,6 +13,9 @@ from zoo.training.options import positive, training_command
 @click.option("--text-field", default="text", show_default=True, help="The text field of .jsonl records.")
 @click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Share of the corpus (its end) held out.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="nano", show_default=True, help="Model shape.")
+@click.option("--init", type=click.Path(), default=None,
+              help="Fine-tune a GPT run or bundle (e.g. GPT-2 from `zoo import`): its shape, tokenizer and weights; "
+                   "instead of --preset and the tokenizer flags.")
 @click.option("--num-layers", type=int, callback=positive, help="Override the preset.")
 @click.option("--num-heads", type=int, callback=positive, help="Override the preset.")
 @click.option("--hidden-dim", type=int, callback=positive, help="Override the preset.")
@@ -25,7 +28,7 @@ from zoo.training.options import positive, training_command
 @click.option("--vocab-size", type=int, default=2048, show_default=True, help="BPE vocabulary size.")
 @click.option("--seq-len", type=int, callback=positive, help="Training block length; default the context length.")
 @training_command("gpt")
-def gpt(data, text_field, val_fraction, preset, num_layers, num_heads, hidden_dim, intermediate_dim, max_length,
+def gpt(data, text_field, val_fraction, preset, init, num_layers, num_heads, hidden_dim, intermediate_dim, max_length,
         dropout, position_embedding, tokenizer_kind, vocab_size, seq_len, **run):
     """Train a GPT-style language model.
 
@@ -37,12 +40,21 @@ def gpt(data, text_field, val_fraction, preset, num_layers, num_heads, hidden_di
       zoo train gpt --preset nano --max-steps 500 --out runs/shakespeare
       zoo train gpt --data my_corpus/ --tokenizer char --preset small --out runs/mine --precision bf16
       zoo train gpt --out runs/shakespeare --resume --max-steps 1000
+      zoo import hf://gpt2 --out bundles/gpt2 && zoo train gpt --init bundles/gpt2 --data corpus.txt --seq-len 256
       zoo prepare --data big_corpus/ --out prepared/big && zoo train gpt --data prepared/big --grad-accum 4
     """
     from zoo.data.prepared import is_prepared
     from zoo.families.gpt.training import train_gpt
 
     ctx = click.get_current_context()
+    given = [name for name in ("preset", "tokenizer_kind", "vocab_size")
+             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    if init is not None and given:
+        flag = {"tokenizer_kind": "--tokenizer", "vocab_size": "--vocab-size"}.get(given[0], "--" + given[0])
+        raise click.UsageError(f"{flag} cannot be combined with --init: the model's shape and tokenizer come from it")
+    if init is not None and is_prepared(data):
+        raise click.UsageError("--init with a prepared corpus: prepare it with the pretrained model's tokenizer "
+                               "or give the text with --data")
     if is_prepared(data):
         fixed = [name for name in ("tokenizer_kind", "vocab_size", "val_fraction", "text_field")
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
@@ -52,7 +64,7 @@ def gpt(data, text_field, val_fraction, preset, num_layers, num_heads, hidden_di
                                    "`zoo prepare`; prepare it again to change them")
 
     return train_gpt(
-        run["out"], data=data, preset=preset,
+        run["out"], data=data, preset=preset, init=init,
         model_overrides=dict(num_layers=num_layers, num_heads=num_heads, hidden_dim=hidden_dim,
                              intermediate_dim=intermediate_dim, max_length=max_length, dropout=dropout,
                              position_embedding=position_embedding),

@@ -35,10 +35,20 @@ def _model_config(preset, model_overrides, seq_len):
 
 
 def _new_run_config(data, preset, model_overrides, tokenizer_kind, vocabulary_size, seq_len, val_fraction,
-                    text_field, train_config):
-    """Reads and splits the data, trains the tokenizer; returns (config, tokenizer, train_docs, val_docs)."""
+                    text_field, train_config, init=None):
+    """Reads and splits the data, trains the tokenizer (or takes `init`'s model shape and tokenizer);
+    returns (config, tokenizer, train_docs, val_docs)."""
     documents = read_documents(data, text_field)  # first: bad data fails before keras is imported
     train_docs, val_docs = split_documents(documents, val_fraction)
+    if init is not None:
+        model_config, tokenizer = run.init_source(init, "gpt", model_overrides)
+        seq_len = seq_len or model_config["max_length"]
+        if seq_len > model_config["max_length"]:
+            raise ZooError(f"--seq-len {seq_len} exceeds the context of --init {init} ({model_config['max_length']})")
+        data_entry = run.data_entry(data, DEFAULT_CORPUS, text_field=text_field, val_fraction=val_fraction)
+        config = {**_config(None, model_config, seq_len, tokenizer, train_config, data_entry), "init": str(init)}
+        config["model"]["vocabulary_size"] = model_config["vocabulary_size"]  # may exceed the tokenizer's
+        return config, tokenizer, train_docs, val_docs
     model_config, seq_len = _model_config(preset, model_overrides, seq_len)
     if tokenizer_kind == "char":
         tokenizer = train_char(train_docs)
@@ -96,8 +106,11 @@ def _whole_batches(validation, train_config):
 
 def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kind="bpe", vocabulary_size=2048,
               seq_len=None, val_fraction=0.1, text_field="text", train_config=None, resume=False,
-              explicit_train_changes=None, command=None):
+              explicit_train_changes=None, command=None, init=None):
     """Trains (or with `resume`, continues) a GPT run in `out`. Returns the loop's summary dict.
+
+    With `init` (a GPT run or bundle, e.g. an imported GPT-2) the run fine-tunes it: its shape,
+    tokenizer and weights.
 
     With a prepared corpus as `data`, the tokenizer settings and `val_fraction` / `text_field`
     are those it was prepared with.
@@ -132,7 +145,7 @@ def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kin
         else:
             config, tokenizer, *docs = _new_run_config(
                 data, preset, model_overrides or {}, tokenizer_kind, vocabulary_size, seq_len, val_fraction,
-                text_field, train_config)
+                text_field, train_config, init)
     seq_len = config["seq_len"]
     train_tokens, val_tokens, tokenizer = _tokens(config, prepared, tokenizer, docs)
     batches = BlockBatches(train_tokens, seq_len, train_config.batch_size, train_config.seed)
@@ -145,6 +158,11 @@ def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kin
 
         model = GPT(**config["model"])
         model.build()
+        if config.get("init") and not resume:
+            from zoo.bundle import load_model
+
+            model.set_weights(load_model(config["init"])[0].get_weights())
+            print(f"weights carried over from {config['init']}", file=sys.stderr)
         return model
 
     return run.fit(out, config, train_config, build_model, batches, validation,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12zoo/v1/model.proto\x12\x06zoo.v1\x1a\x1cgoogle/protobuf/struct.proto\"*\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"v\n\rTokenizerInfo\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.zoo.v1.TokenizerKind\x12\x17\n\x0fvocabulary_size\x18\x02 \x01(\x03\x12\x11\n\tend_token\x18\x03 \x01(\t\x12\x14\n\x0c\x65nd_token_id\x18\x04 \x01(\x03\"V\n\x0cTrainingData\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x14\n\x0ctrain_tokens\x18\x03 \x01(\x03\x12\x12\n\nval_tokens\x18\x04 \x01(\x03\"\x90\x03\n\nProvenance\x12 \n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32\x0f.zoo.v1.Backend\x12\x41\n\x10library_versions\x18\x02 \x03(\x0b\x32\'.zoo.v1.Provenance.LibraryVersionsEntry\x12\"\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x14.zoo.v1.TrainingData\x12\r\n\x05steps\x18\x04 \x01(\x03\x12;\n\rfinal_metrics\x18\x05 \x03(\x0b\x32$.zoo.v1.Provenance.FinalMetricsEntry\x12/\n\x0etrain_settings\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x63ommand\x18\x07 \x03(\t\x1a\x36\n\x14LibraryVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11\x46inalMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xbd\x02\n\tModelInfo\x12%\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x11.zoo.v1.ModelSpec\x12\x10\n\x08versions\x18\x02 \x03(\x03\x12\x1f\n\x04kind\x18\x03 \x01(\x0e\x32\x11.zoo.v1.ModelKind\x12\x1a\n\x04task\x18\x04 \x01(\x0e\x32\x0c.zoo.v1.Task\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\x03\x12(\n\ttokenizer\x18\x07 \x01(\x0b\x32\x15.zoo.v1.TokenizerInfo\x12(\n\x0fserving_backend\x18\x08 \x01(\x0e\x32\x0f.zoo.v1.Backend\x12&\n\nprovenance\x18\t \x01(\x0b\x32\x12.zoo.v1.Provenance\x12\x16\n\x0emax_new_tokens\x18\n \x01(\x03\"\x13\n\x11ListModelsRequest\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.zoo.v1.ModelInfo\"<\n\x13GetModelInfoRequest\x12%\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x11.zoo.v1.ModelSpec\"8\n\x14GetModelInfoResponse\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.zoo.v1.ModelInfo*h\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eMODEL_KIND_GPT\x10\x01\x12\x13\n\x0fMODEL_KIND_BERT\x10\x02\x12\x16\n\x12MODEL_KIND_SEQ2SEQ\x10\x03*J\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_GENERATION\x10\x01\x12\x17\n\x13TASK_CLASSIFICATION\x10\x02*~\n\rTokenizerKind\x12\x1e\n\x1aTOKENIZER_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13TOKENIZER_KIND_CHAR\x10\x01\x12\x16\n\x12TOKENIZER_KIND_BPE\x10\x02\x12\x1c\n\x18TOKENIZER_KIND_WORDPIECE\x10\x03*^\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x42\x41\x43KEND_JAX\x10\x01\x12\x16\n\x12\x42\x41\x43KEND_TENSORFLOW\x10\x02\x12\x11\n\rBACKEND_TORCH\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12zoo/v1/model.proto\x12\x06zoo.v1\x1a\x1cgoogle/protobuf/struct.proto\"*\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"v\n\rTokenizerInfo\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.zoo.v1.TokenizerKind\x12\x17\n\x0fvocabulary_size\x18\x02 \x01(\x03\x12\x11\n\tend_token\x18\x03 \x01(\t\x12\x14\n\x0c\x65nd_token_id\x18\x04 \x01(\x03\"V\n\x0cTrainingData\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x14\n\x0ctrain_tokens\x18\x03 \x01(\x03\x12\x12\n\nval_tokens\x18\x04 \x01(\x03\"\xbe\x03\n\nProvenance\x12 \n\x07\x62\x61\x63kend\x18\x01 \x01(\x0e\x32\x0f.zoo.v1.Backend\x12\x41\n\x10library_versions\x18\x02 \x03(\x0b\x32\'.zoo.v1.Provenance.LibraryVersionsEntry\x12\"\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x14.zoo.v1.TrainingData\x12\r\n\x05steps\x18\x04 \x01(\x03\x12;\n\rfinal_metrics\x18\x05 \x03(\x0b\x32$.zoo.v1.Provenance.FinalMetricsEntry\x12/\n\x0etrain_settings\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x63ommand\x18\x07 \x03(\t\x12,\n\npretrained\x18\x08 \x01(\x0b\x32\x18.zoo.v1.PretrainedSource\x1a\x36\n\x14LibraryVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x33\n\x11\x46inalMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd3\x01\n\x10PretrainedSource\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x41\n\rweight_sha256\x18\x04 \x03(\x0b\x32*.zoo.v1.PretrainedSource.WeightSha256Entry\x12\x0f\n\x07license\x18\x05 \x01(\t\x1a\x33\n\x11WeightSha256Entry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbd\x02\n\tModelInfo\x12%\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x11.zoo.v1.ModelSpec\x12\x10\n\x08versions\x18\x02 \x03(\x03\x12\x1f\n\x04kind\x18\x03 \x01(\x0e\x32\x11.zoo.v1.ModelKind\x12\x1a\n\x04task\x18\x04 \x01(\x0e\x32\x0c.zoo.v1.Task\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\x03\x12(\n\ttokenizer\x18\x07 \x01(\x0b\x32\x15.zoo.v1.TokenizerInfo\x12(\n\x0fserving_backend\x18\x08 \x01(\x0e\x32\x0f.zoo.v1.Backend\x12&\n\nprovenance\x18\t \x01(\x0b\x32\x12.zoo.v1.Provenance\x12\x16\n\x0emax_new_tokens\x18\n \x01(\x03\"\x13\n\x11ListModelsRequest\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.zoo.v1.ModelInfo\"<\n\x13GetModelInfoRequest\x12%\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x11.zoo.v1.ModelSpec\"8\n\x14GetModelInfoResponse\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.zoo.v1.ModelInfo*h\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eMODEL_KIND_GPT\x10\x01\x12\x13\n\x0fMODEL_KIND_BERT\x10\x02\x12\x16\n\x12MODEL_KIND_SEQ2SEQ\x10\x03*J\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_GENERATION\x10\x01\x12\x17\n\x13TASK_CLASSIFICATION\x10\x02*~\n\rTokenizerKind\x12\x1e\n\x1aTOKENIZER_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13TOKENIZER_KIND_CHAR\x10\x01\x12\x16\n\x12TOKENIZER_KIND_BPE\x10\x02\x12\x1c\n\x18TOKENIZER_KIND_WORDPIECE\x10\x03*^\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x42\x41\x43KEND_JAX\x10\x01\x12\x16\n\x12\x42\x41\x43KEND_TENSORFLOW\x10\x02\x12\x11\n\rBACKEND_TORCH\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,14 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVENANCE_LIBRARYVERSIONSENTRY']._serialized_options = b'8\001'
   _globals['_PROVENANCE_FINALMETRICSENTRY']._loaded_options = None
   _globals['_PROVENANCE_FINALMETRICSENTRY']._serialized_options = b'8\001'
-  _globals['_MODELKIND']._serialized_start=1233
-  _globals['_MODELKIND']._serialized_end=1337
-  _globals['_TASK']._serialized_start=1339
-  _globals['_TASK']._serialized_end=1413
-  _globals['_TOKENIZERKIND']._serialized_start=1415
-  _globals['_TOKENIZERKIND']._serialized_end=1541
-  _globals['_BACKEND']._serialized_start=1543
-  _globals['_BACKEND']._serialized_end=1637
+  _globals['_PRETRAINEDSOURCE_WEIGHTSHA256ENTRY']._loaded_options = None
+  _globals['_PRETRAINEDSOURCE_WEIGHTSHA256ENTRY']._serialized_options = b'8\001'
+  _globals['_MODELKIND']._serialized_start=1493
+  _globals['_MODELKIND']._serialized_end=1597
+  _globals['_TASK']._serialized_start=1599
+  _globals['_TASK']._serialized_end=1673
+  _globals['_TOKENIZERKIND']._serialized_start=1675
+  _globals['_TOKENIZERKIND']._serialized_end=1801
+  _globals['_BACKEND']._serialized_start=1803
+  _globals['_BACKEND']._serialized_end=1897
   _globals['_MODELSPEC']._serialized_start=60
   _globals['_MODELSPEC']._serialized_end=102
   _globals['_TOKENIZERINFO']._serialized_start=104
@@ -51,19 +53,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGDATA']._serialized_start=224
   _globals['_TRAININGDATA']._serialized_end=310
   _globals['_PROVENANCE']._serialized_start=313
-  _globals['_PROVENANCE']._serialized_end=713
-  _globals['_PROVENANCE_LIBRARYVERSIONSENTRY']._serialized_start=606
-  _globals['_PROVENANCE_LIBRARYVERSIONSENTRY']._serialized_end=660
-  _globals['_PROVENANCE_FINALMETRICSENTRY']._serialized_start=662
-  _globals['_PROVENANCE_FINALMETRICSENTRY']._serialized_end=713
-  _globals['_MODELINFO']._serialized_start=716
-  _globals['_MODELINFO']._serialized_end=1033
-  _globals['_LISTMODELSREQUEST']._serialized_start=1035
-  _globals['_LISTMODELSREQUEST']._serialized_end=1054
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1056
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1111
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1113
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1173
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1175
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1231
+  _globals['_PROVENANCE']._serialized_end=759
+  _globals['_PROVENANCE_LIBRARYVERSIONSENTRY']._serialized_start=652
+  _globals['_PROVENANCE_LIBRARYVERSIONSENTRY']._serialized_end=706
+  _globals['_PROVENANCE_FINALMETRICSENTRY']._serialized_start=708
+  _globals['_PROVENANCE_FINALMETRICSENTRY']._serialized_end=759
+  _globals['_PRETRAINEDSOURCE']._serialized_start=762
+  _globals['_PRETRAINEDSOURCE']._serialized_end=973
+  _globals['_PRETRAINEDSOURCE_WEIGHTSHA256ENTRY']._serialized_start=922
+  _globals['_PRETRAINEDSOURCE_WEIGHTSHA256ENTRY']._serialized_end=973
+  _globals['_MODELINFO']._serialized_start=976
+  _globals['_MODELINFO']._serialized_end=1293
+  _globals['_LISTMODELSREQUEST']._serialized_start=1295
+  _globals['_LISTMODELSREQUEST']._serialized_end=1314
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1316
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1371
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1373
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1433
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1435
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1491
 # @@protoc_insertion_point(module_scope)

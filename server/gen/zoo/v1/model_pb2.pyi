@@ -83,7 +83,7 @@ class TrainingData(_message.Message):
     def __init__(self, path: _Optional[str] = ..., sha256: _Optional[str] = ..., train_tokens: _Optional[int] = ..., val_tokens: _Optional[int] = ...) -> None: ...
 
 class Provenance(_message.Message):
-    __slots__ = ("backend", "library_versions", "data", "steps", "final_metrics", "train_settings", "command")
+    __slots__ = ("backend", "library_versions", "data", "steps", "final_metrics", "train_settings", "command", "pretrained")
     class LibraryVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,7 @@ class Provenance(_message.Message):
     FINAL_METRICS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
+    PRETRAINED_FIELD_NUMBER: _ClassVar[int]
     backend: Backend
     library_versions: _containers.ScalarMap[str, str]
     data: TrainingData
@@ -112,7 +113,29 @@ class Provenance(_message.Message):
     final_metrics: _containers.ScalarMap[str, float]
     train_settings: _struct_pb2.Struct
     command: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, backend: _Optional[_Union[Backend, str]] = ..., library_versions: _Optional[_Mapping[str, str]] = ..., data: _Optional[_Union[TrainingData, _Mapping]] = ..., steps: _Optional[int] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., train_settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., command: _Optional[_Iterable[str]] = ...) -> None: ...
+    pretrained: PretrainedSource
+    def __init__(self, backend: _Optional[_Union[Backend, str]] = ..., library_versions: _Optional[_Mapping[str, str]] = ..., data: _Optional[_Union[TrainingData, _Mapping]] = ..., steps: _Optional[int] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., train_settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., command: _Optional[_Iterable[str]] = ..., pretrained: _Optional[_Union[PretrainedSource, _Mapping]] = ...) -> None: ...
+
+class PretrainedSource(_message.Message):
+    __slots__ = ("source", "revision", "architecture", "weight_sha256", "license")
+    class WeightSha256Entry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    LICENSE_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    revision: str
+    architecture: str
+    weight_sha256: _containers.ScalarMap[str, str]
+    license: str
+    def __init__(self, source: _Optional[str] = ..., revision: _Optional[str] = ..., architecture: _Optional[str] = ..., weight_sha256: _Optional[_Mapping[str, str]] = ..., license: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("model_spec", "versions", "kind", "task", "labels", "context_length", "tokenizer", "serving_backend", "provenance", "max_new_tokens")

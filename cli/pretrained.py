@@ -1,0 +1,57 @@
+"""`zoo import`: a pretrained checkpoint as a zoo bundle."""
+
+import sys
+import time
+
+import click
+
+from cli.common import backend_option
+
+
+class _Progress:
+    """Tensors read, on one stderr line (rewritten in a terminal, every 10% in a log)."""
+
+    def __init__(self):
+        self.start, self.shown = time.perf_counter(), -1
+
+    def __call__(self, done, total, name):
+        tenth = done * 10 // total
+        if not sys.stderr.isatty() and tenth == self.shown and done != total:
+            return
+        self.shown = tenth
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (total - done)
+        end = "\n" if done == total or not sys.stderr.isatty() else "\r"
+        click.echo(f"weights {done}/{total} ({done * 100 // total}%) {name}  elapsed {elapsed:.1f}s  "
+                   f"eta {eta:.1f}s", err=True, nl=False)
+        click.echo(end, err=True, nl=False)
+
+
+@click.command("import")
+@backend_option
+@click.argument("source")
+@click.option("--out", required=True, type=click.Path(), help="Bundle directory to write.")
+@click.option("--revision", default=None, help="A hub branch, tag or commit (hf:// sources only).")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def import_(source, out, revision, force):
+    """Import a pretrained checkpoint as a bundle that every zoo command and backend serves.
+
+    SOURCE is a local Hugging Face model directory (config.json, model.safetensors or a sharded
+    index, and its tokenizer files) or hf://<repo id>, downloaded with huggingface_hub when online
+    (its cache and HF_HUB_OFFLINE apply). Supported: GPT2LMHeadModel and GPT2Model. Weights are
+    read one tensor at a time; pickle checkpoints (pytorch_model.bin) are refused.
+
+    \b
+    Example:
+      zoo import hf://gpt2 --out bundles/gpt2
+      zoo import ~/models/distilgpt2 --out bundles/distilgpt2 --backend torch
+      zoo generate bundles/gpt2 --prompt "The meaning of life is" --max-new-tokens 40
+    """
+    from zoo.pretrained import import_checkpoint
+
+    if revision is not None and not source.startswith("hf://"):
+        raise click.BadParameter("applies to hf:// sources only", param_hint="--revision")
+    path, info = import_checkpoint(source, out, force=force, revision=revision, progress=_Progress())
+    pretrained = info.provenance["pretrained"]
+    click.echo(f"wrote {path} ({info.kind}, task {info.task}, {pretrained['architecture']}, "
+               f"context {info.max_length}, vocabulary {info.vocabulary_size})")

@@ -1,0 +1,42 @@
+"""`zoo import`: a pretrained checkpoint in, an ordinary zoo bundle out.
+
+The source is read here, family-neutral (zoo.pretrained.huggingface); the family registry names
+the family whose converter takes the checkpoint's architecture (`Family.hf_architectures`), and
+that family builds its model, weights and tokenizer (zoo/families/<name>/huggingface.py). The
+bundle is written as `zoo export` writes one, with where it came from in zoo.json's provenance.
+"""
+
+from pathlib import Path
+
+from zoo import families
+from zoo.errors import ZooError
+from zoo.pretrained.huggingface import HFCheckpoint, resolve
+
+__all__ = ["HFCheckpoint", "import_checkpoint"]
+
+
+def import_checkpoint(source, out, force=False, revision=None, progress=None):
+    """Imports `source` (a Hugging Face model directory, or hf://<repo id>) as a bundle at `out`;
+    progress(done, total, tensor name) as weights are read. Returns (out, BundleInfo)."""
+    import keras
+
+    from zoo.bundle import write_bundle
+    from zoo.configs import BundleInfo
+    from zoo.training.run import library_versions
+
+    if Path(out).exists() and not force:  # before any download or conversion
+        raise ZooError(f"{out}: already exists (pass --force to replace it)")
+    directory, revision = resolve(source, revision)
+    checkpoint = HFCheckpoint(directory, source, revision)
+    family = families.for_hf_architecture(checkpoint.architecture, source)
+    imported = family.import_hf(checkpoint, progress)
+    tokenizer = imported.tokenizer
+    max_length, max_target_length = family.context(imported.model.get_config())
+    info = BundleInfo(
+        kind=family.name, task=imported.task, max_length=max_length, max_target_length=max_target_length,
+        vocabulary_size=tokenizer.vocabulary_size,
+        tokenizer={"kind": tokenizer.kind, "vocabulary_size": tokenizer.vocabulary_size},
+        special_tokens=tokenizer.special_tokens(), labels=imported.labels,
+        provenance={"backend": keras.backend.backend(), "versions": library_versions(),
+                    "pretrained": checkpoint.provenance()})
+    return write_bundle(out, imported.model, tokenizer, info, force), info
