@@ -73,13 +73,10 @@ class HFCheckpoint:
         self.architecture = architectures[0] if architectures else self.config.get("model_type", "(none)")
         self.weight_files = self._weight_files()
         self._where = {}  # tensor name -> file
-        self._open = {}  # file -> safe_open handle
-        from safetensors import safe_open
-
         for file in self.weight_files:
-            handle = self._open[file] = safe_open(str(file), framework="numpy")
-            for name in handle.keys():
-                self._where[name] = file
+            with _open_safetensors(file) as handle:
+                for name in handle.keys():
+                    self._where[name] = file
 
     def _weight_files(self):
         index = self.directory / SHARD_INDEX
@@ -104,10 +101,13 @@ class HFCheckpoint:
         return name in self._where
 
     def tensor(self, name):
-        """One tensor as a NumPy array, read from its file now."""
+        """One tensor as a NumPy array (a copy), read from its file now. The file is mapped only
+        while it is read: a mapping kept open would hold every page read so far in the process's
+        memory, the whole checkpoint by the end of an import."""
         if name not in self._where:
             raise ZooError(f"{self.source}: the checkpoint has no tensor {name!r} (is it a {self.architecture}?)")
-        return self._open[self._where[name]].get_tensor(name)
+        with _open_safetensors(self._where[name]) as handle:
+            return handle.get_tensor(name)
 
     def assign(self, model, pairs, progress=None):
         """Reads each (tensor name, Keras variable) pair's tensor into its variable, one tensor in
@@ -144,6 +144,15 @@ class HFCheckpoint:
         match = re.match(r"---\n(.*?)\n---", card.read_text(encoding="utf-8", errors="replace"), re.S)
         found = match and re.search(r"^license:\s*(\S+)", match.group(1), re.M)
         return found.group(1).strip("'\"") if found else None
+
+
+def _open_safetensors(path):
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(path), framework="numpy")
+    except Exception as e:  # safetensors raises its own SafetensorError (a plain Exception) on a bad file
+        raise ZooError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def sha256(path):
