@@ -9,16 +9,29 @@ from cli.common import backend_option, input_option, read_input, texts_or_input
 
 @click.command()
 @backend_option
-@click.argument("run", type=click.Path())
-@click.option("--out", required=True, type=click.Path(), help="Bundle directory to write.")
+@click.argument("run", metavar="RUN_OR_BUNDLE", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Directory to write.")
+@click.option("--format", "format_", type=click.Choice(["zoo", "hf"]), default="zoo", show_default=True,
+              help="zoo: a bundle of a run's newest checkpoint. hf: a Hugging Face model directory (config.json, "
+                   "model.safetensors, tokenizer files) of a run or bundle, for transformers, vLLM or TGI; "
+                   "a gpt model exports as GPT-2 (GPT2LMHeadModel).")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
-def export(run, out, force):
-    """Export a run's newest checkpoint as a self-contained bundle.
+def export(run, out, format_, force):
+    """Export a run's newest checkpoint as a self-contained bundle, or a run or bundle as a
+    Hugging Face model directory.
 
     \b
     Example:
       zoo export runs/shakespeare --out bundles/shakespeare
+      zoo export bundles/shakespeare --format hf --out hf/shakespeare
+      python -c "import transformers; transformers.AutoModelForCausalLM.from_pretrained('hf/shakespeare')"
     """
+    if format_ == "hf":
+        from zoo.pretrained import export_hf
+
+        path, info = export_hf(run, out, force=force)
+        click.echo(f"wrote {path} (Hugging Face format, {info.kind} model)")
+        return
     from zoo.bundle import export_bundle
 
     click.echo(f"wrote {export_bundle(run, out, force=force)}")

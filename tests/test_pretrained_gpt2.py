@@ -257,3 +257,29 @@ def test_fine_tuning_an_imported_gpt2_starts_from_its_weights_and_keeps_its_toke
         result = run_zoo("train", "gpt", "--init", gpt2_bundle, "--data", small_corpus, "--out", tmp_path / "bad",
                          *flags)
         assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+@pytest.mark.backend_independent
+def test_export_hf_loads_in_transformers_with_zoos_logits_and_ids(gpt2_bundle, tiny_run, tmp_path):
+    """An imported GPT-2, and a GPT trained here from scratch, out to a Hugging Face directory and
+    into transformers' Auto classes."""
+    import keras
+    import torch
+    import transformers
+
+    from zoo.bundle import load_model
+
+    for name, source in (("imported", gpt2_bundle), ("trained-here", tiny_run[1])):
+        out = tmp_path / name
+        run_zoo("export", source, "--format", "hf", "--out", out, check=True)
+        model, tokenizer, _ = load_model(source)
+        reference = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+        hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+        for text in TEXTS:
+            assert hf_tokenizer.encode(text) == tokenizer.encode(text), (name, text)
+        ids = [tokenizer.end_token_id] + tokenizer.encode(TEXTS[0])[:model.max_length - 1]
+        with torch.no_grad():
+            expected = reference(torch.tensor([ids])).logits.numpy()
+        got = keras.ops.convert_to_numpy(model(np.asarray([ids], "int32")))
+        assert np.abs(got - expected).max() < 1e-4, name
+    assert run_zoo("export", gpt2_bundle, "--format", "hf", "--out", tmp_path / "imported").returncode == 1  # no --force

@@ -15,12 +15,11 @@ Loading deserializes with Keras `safe_mode=True` (no code from the bundle runs) 
 backend, whatever backend trained the model. The model's family (`zoo.families`) names its class.
 """
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from zoo import families
+from zoo.atomic import atomic_directory
 from zoo.configs import BUNDLE_INFO, RUN_CONFIG, BundleInfo, bundle_info_json, read_bundle_info, read_run_config
 from zoo.errors import ZooError
 from zoo.tokenizers import load_tokenizer
@@ -98,42 +97,21 @@ def export_bundle(run_dir, out, force=False):
 
 
 def write_bundle(out, model, tokenizer, info, force=False, write_extra=None):
-    """Writes a bundle of `model`, `tokenizer` and `info` (a BundleInfo) to `out` atomically: into
-    a temporary directory beside it, every file fsynced, then renamed into place (an existing `out`
-    is replaced only with `force`). `write_extra(directory)` adds a family's own files."""
+    """Writes a bundle of `model`, `tokenizer` and `info` (a BundleInfo) to `out` atomically
+    (`zoo.atomic.atomic_directory`; an existing `out` is replaced only with `force`).
+    `write_extra(directory)` adds a family's own files."""
     import json
 
     import keras
 
-    out = Path(out)
-    if out.exists() and not force:
-        raise ZooError(f"{out}: already exists (pass --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        tmp.chmod(0o755)
+    with atomic_directory(out, force) as tmp:
         (tmp / "config.json").write_text(json.dumps(keras.saving.serialize_keras_object(model), indent=2))
         model.save_weights(tmp / "model.weights.h5")
         tokenizer.save(tmp)
         if write_extra is not None:
             write_extra(tmp)
         (tmp / BUNDLE_INFO).write_text(bundle_info_json(info))
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                with open(file, "rb") as f:
-                    os.fsync(f.fileno())
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def load_bundle(path):

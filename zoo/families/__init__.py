@@ -62,6 +62,12 @@ class Family:
         architecture is one of `hf_architectures`; progress(done, total, name) per tensor."""
         raise NotImplementedError
 
+    def export_hf(self, model, tokenizer, directory):
+        """Writes `model` and `tokenizer` into `directory` as a Hugging Face model directory that
+        transformers loads (`zoo export --format hf`); a ZooError when the model has no
+        transformers equivalent."""
+        raise ZooError(f"{self.name} models do not export to the Hugging Face format yet")
+
     # --- inference ------------------------------------------------------------------------------
 
     def runtime(self, task, model, tokenizer, path, info):

@@ -1,4 +1,5 @@
-"""`zoo import`: a pretrained checkpoint in, an ordinary zoo bundle out.
+"""`zoo import`: a pretrained checkpoint in, an ordinary zoo bundle out; and `zoo export --format
+hf`, a run or bundle out as a Hugging Face model directory.
 
 The source is read here, family-neutral (zoo.pretrained.huggingface); the family registry names
 the family whose converter takes the checkpoint's architecture (`Family.hf_architectures`), and
@@ -12,7 +13,7 @@ from zoo import families
 from zoo.errors import ZooError
 from zoo.pretrained.huggingface import HFCheckpoint, resolve
 
-__all__ = ["HFCheckpoint", "import_checkpoint"]
+__all__ = ["HFCheckpoint", "export_hf", "import_checkpoint"]
 
 
 def import_checkpoint(source, out, force=False, revision=None, progress=None):
@@ -40,3 +41,17 @@ def import_checkpoint(source, out, force=False, revision=None, progress=None):
         provenance={"backend": keras.backend.backend(), "versions": library_versions(),
                     "pretrained": checkpoint.provenance()})
     return write_bundle(out, imported.model, tokenizer, info, force), info
+
+
+def export_hf(path, out, force=False):
+    """Writes the run or bundle at `path` to `out` as a Hugging Face model directory, atomically,
+    by its family's converter. Returns (out, BundleInfo)."""
+    from zoo.atomic import atomic_directory
+    from zoo.bundle import load_model
+
+    if Path(out).exists() and not force:
+        raise ZooError(f"{out}: already exists (pass --force to replace it)")
+    model, tokenizer, info = load_model(path)
+    with atomic_directory(out, force) as directory:
+        families.get(info.kind).export_hf(model, tokenizer, directory)
+    return Path(out), info

@@ -2,7 +2,7 @@
 
 model.py (the network), presets.py, training.py (`zoo train gpt`'s library side), command.py (its
 flags), generator.py (prompt -> streamed continuation), torch_engine.py (the torch fast path) and
-huggingface.py (GPT-2 checkpoints in).
+huggingface.py (GPT-2 checkpoints in and out).
 """
 
 from zoo.families import Family, Imported
@@ -32,6 +32,11 @@ class GPTFamily(Family):
 
         model, tokenizer = import_checkpoint(checkpoint, progress)
         return Imported(model, tokenizer, "generate")
+
+    def export_hf(self, model, tokenizer, directory):
+        from zoo.families.gpt.huggingface import export_checkpoint
+
+        export_checkpoint(model, tokenizer, directory)
 
     def runtime(self, task, model, tokenizer, path, info):
         if task != "generate":

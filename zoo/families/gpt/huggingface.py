@@ -84,3 +84,34 @@ def import_checkpoint(checkpoint, progress):
     prefix = "transformer." if checkpoint.has("transformer.wte.weight") else ""
     checkpoint.assign(model, [(prefix + name, variable) for name, variable in weight_pairs(model)], progress)
     return model, text_tokenizer
+
+
+def export_checkpoint(model, tokenizer, directory):
+    """Writes `model` (a GPT with learned positions) and `tokenizer` into `directory` as a Hugging
+    Face GPT2LMHeadModel: config.json, model.safetensors, tokenizer.json, tokenizer_config.json.
+    transformers loads it with `AutoModelForCausalLM.from_pretrained`; the head stays tied to the
+    token embedding, so no lm_head.weight is written (GPT-2's own checkpoints have none either)."""
+    import json
+
+    import keras
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    if model.position_embedding != "learned":
+        raise ZooError("a GPT with rotary positions has no GPT-2 equivalent (GPT-2 learns its positions); "
+                       "only GPTs trained with --position-embedding learned export as GPT-2")
+    tensors = {"transformer." + name: np.ascontiguousarray(keras.ops.convert_to_numpy(variable.value), "float32")
+               for name, variable in weight_pairs(model)}
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    end = tokenizer.end_token_id
+    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": model.vocabulary_size,
+              "n_positions": model.max_length, "n_embd": model.hidden_dim, "n_layer": model.num_layers,
+              "n_head": model.num_heads, "n_inner": model.intermediate_dim, "activation_function": TANH_GELU[0],
+              "layer_norm_epsilon": model.layer_norm_epsilon, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+              "attn_pdrop": 0.0, "scale_attn_weights": True, "tie_word_embeddings": True,
+              "bos_token_id": end, "eos_token_id": end, "torch_dtype": "float32"}
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    (directory / "tokenizer.json").write_text(tokenizer.tokenizer.to_str(), encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.max_length,
+        "bos_token": tokenizer.end_token, "eos_token": tokenizer.end_token, "unk_token": tokenizer.end_token}, indent=2))
