@@ -14,7 +14,6 @@ backend loaded, no model), so that the difference is what the import itself hold
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys

@@ -38,13 +38,17 @@ def import_(source, out, revision, force):
 
     SOURCE is a local Hugging Face model directory (config.json, model.safetensors or a sharded
     index, and its tokenizer files) or hf://<repo id>, downloaded with huggingface_hub when online
-    (its cache and HF_HUB_OFFLINE apply). Supported: GPT2LMHeadModel and GPT2Model. Weights are
-    read one tensor at a time; pickle checkpoints (pytorch_model.bin) are refused.
+    (its cache and HF_HUB_OFFLINE apply); or a KerasHub preset directory (save_to_preset) or a
+    kaggle:// handle. Supported: GPT2LMHeadModel, GPT2Model and KerasHub's GPT2Backbone (gpt);
+    BertForSequenceClassification, BertForMaskedLM and BertModel (bert). Weights are read one
+    tensor at a time; pickle checkpoints (pytorch_model.bin) are refused.
 
     \b
     Example:
       zoo import hf://gpt2 --out bundles/gpt2
       zoo import ~/models/distilgpt2 --out bundles/distilgpt2 --backend torch
+      zoo import kaggle://keras/gpt2/keras/gpt2_base_en --out bundles/gpt2-kh
+      zoo import ~/models/bert-sst2 --out bundles/sst2 && zoo classify bundles/sst2 "a gripping film"
       zoo generate bundles/gpt2 --prompt "The meaning of life is" --max-new-tokens 40
     """
     from zoo.pretrained import import_checkpoint

@@ -283,3 +283,51 @@ def test_export_hf_loads_in_transformers_with_zoos_logits_and_ids(gpt2_bundle, t
         got = keras.ops.convert_to_numpy(model(np.asarray([ids], "int32")))
         assert np.abs(got - expected).max() < 1e-4, name
     assert run_zoo("export", gpt2_bundle, "--format", "hf", "--out", tmp_path / "imported").returncode == 1  # no --force
+
+
+@pytest.fixture(scope="session")
+def keras_hub_gpt2(tmp_path_factory, hf_gpt2):
+    """(preset directory, backbone) of a tiny KerasHub GPT2Backbone saved with `save_to_preset`, its
+    tokenizer assets laid out as keras-hub's GPT2Tokenizer saves them (written here from the test
+    tokenizer's vocabulary and merges: keras-hub's tokenizer needs tensorflow-text to run)."""
+    import keras
+    import keras_hub
+
+    directory = tmp_path_factory.mktemp("keras-hub-gpt2") / "preset"
+    hf_tokenizer = hf_gpt2[2]
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=len(hf_tokenizer), num_layers=2, num_heads=4,
+                                             hidden_dim=32, intermediate_dim=64, max_sequence_length=64)
+    for variable in backbone.weights:  # GPT-2's 0.02 init makes near-uniform logits; spread them
+        variable.assign(np.random.default_rng(len(variable.path)).normal(0, 0.2, variable.shape).astype("float32")
+                        + (1.0 if variable.path.endswith("gamma") else 0.0))
+    backbone.save_to_preset(str(directory))
+    assets = directory / "assets" / "tokenizer"
+    assets.mkdir(parents=True)
+    (assets / "vocabulary.json").write_text(json.dumps(hf_tokenizer.get_vocab()), encoding="utf-8")
+    merges = json.loads(hf_tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    (assets / "merges.txt").write_text("".join(" ".join(m) + "\n" if isinstance(m, list) else m + "\n" for m in merges),
+                                       encoding="utf-8")
+    return directory, backbone
+
+
+def test_imported_keras_hub_gpt2_gives_keras_hubs_logits(keras_hub_gpt2, hf_gpt2, tmp_path):
+    import keras
+    import keras_hub
+
+    from zoo.bundle import load_bundle
+
+    directory, backbone = keras_hub_gpt2
+    bundle = tmp_path / "bundle"
+    run_zoo("import", directory, "--out", bundle, check=True)
+    model, tokenizer, info = load_bundle(bundle)
+    assert info.provenance["pretrained"]["architecture"] == "GPT2Backbone"
+    hf_tokenizer = hf_gpt2[2]
+    assert all(tokenizer.encode(text) == hf_tokenizer.encode(text) for text in TEXTS)
+
+    lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    ids = np.asarray([[tokenizer.end_token_id] + tokenizer.encode(TEXTS[0])], "int32")
+    expected = keras.ops.convert_to_numpy(lm({"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}))
+    got = keras.ops.convert_to_numpy(model(ids))
+    assert np.abs(got - expected).max() < 1e-4
+    assert np.abs(expected).max() > 1.0  # logits far from uniform: a mis-mapped weight would show

@@ -58,7 +58,8 @@ def generator(tiny_copier):
 def server(tiny_copier, backend):
     """The bundle served with decode steps of at least 50 ms (so that requests can be seen sharing
     them) and 4 decode slots."""
-    process = ServerProcess(tiny_copier[1], "--step-delay", "0.05", "--decode-slots", "4", backend=backend)
+    process = ServerProcess(tiny_copier[1], "--step-delay", "0.05", "--decode-slots", "4", "--no-warmup",
+                            backend=backend)
     yield process
     process.stop()
 

@@ -60,8 +60,11 @@ def slow_servers(repository, backend):
 
     def live():
         if not started or started[-1].process.poll() is not None:
+            # No warm-up: what these tests watch (steps shared, slots, the queue, draining) does
+            # not depend on it, and it would cost each backend's suite a start-up compile.
             started.append(ServerProcess(repository, "--step-delay", "0.05", "--grace-period", "30", "--decode-slots",
-                                         "4", "--max-queue", "1", "--torch-threads", "2", backend=backend))
+                                         "4", "--max-queue", "1", "--torch-threads", "2", "--no-warmup",
+                                         backend=backend))
         return started[-1]
 
     yield live
@@ -138,9 +141,16 @@ def test_every_message_and_field_is_documented():
 # --- start-up, listing and metadata ------------------------------------------------------------------
 
 
-def test_start_up_log_names_models_backend_and_address(server, backend):
+def test_start_up_log_names_models_backend_and_address(server, slow_server, backend):
     assert f"model {MODEL}: versions 1, 2 (serving 2) on backend {backend}" in server.log
     assert f"on {server.address}" in server.log
+    # Warm-up compiled every version's decode functions before serving (torch's engine compiles
+    # nothing); the slow server was started without it.
+    for version in (1, 2):
+        compiled = re.search(rf"model {MODEL} version {version}: decode engine compiled in [\d.]+s \((\d+) functions\)",
+                             server.log)
+        assert compiled and (int(compiled.group(1)) > 0) == (backend != "torch"), server.log
+    assert "decode engine compiled" not in slow_server.log
 
 
 def test_torch_uses_all_cores_but_one_unless_told(server, slow_server, backend):

@@ -62,6 +62,13 @@ class Family:
         architecture is one of `hf_architectures`; progress(done, total, name) per tensor."""
         raise NotImplementedError
 
+    keras_hub_backbones = ()  # the KerasHub backbone classes the family's converter imports
+
+    def import_keras_hub(self, preset, progress=None):
+        """The `Imported` model of a KerasHub preset (a zoo.pretrained.KerasHubPreset) whose
+        backbone class is one of `keras_hub_backbones`."""
+        raise NotImplementedError
+
     def export_hf(self, model, tokenizer, directory):
         """Writes `model` and `tokenizer` into `directory` as a Hugging Face model directory that
         transformers loads (`zoo export --format hf`); a ZooError when the model has no
@@ -159,12 +166,13 @@ def get(name):
     return _FAMILIES[name]
 
 
-def for_hf_architecture(architecture, source):
-    """The family that imports Hugging Face `architecture`; a ZooError listing the supported ones."""
+def for_architecture(architecture, source, declared="hf_architectures"):
+    """The family whose `declared` list (hf_architectures or keras_hub_backbones) holds
+    `architecture`; a ZooError listing the supported ones otherwise."""
     for name in names():
-        if architecture in _FAMILIES[name].hf_architectures:
+        if architecture in getattr(_FAMILIES[name], declared):
             return _FAMILIES[name]
-    supported = ", ".join(a for name in names() for a in _FAMILIES[name].hf_architectures)
+    supported = ", ".join(a for name in names() for a in getattr(_FAMILIES[name], declared))
     raise ZooError(f"{source}: architecture {architecture} is not supported (supported: {supported})")
 
 

@@ -1,9 +1,10 @@
 """`zoo import`: a pretrained checkpoint in, an ordinary zoo bundle out; and `zoo export --format
 hf`, a run or bundle out as a Hugging Face model directory.
 
-The source is read here, family-neutral (zoo.pretrained.huggingface); the family registry names
-the family whose converter takes the checkpoint's architecture (`Family.hf_architectures`), and
-that family builds its model, weights and tokenizer (zoo/families/<name>/huggingface.py). The
+The source is read here, family-neutral (zoo.pretrained.huggingface, zoo.pretrained.keras_hub);
+the family registry names the family whose converter takes the checkpoint's architecture
+(`Family.hf_architectures`, `Family.keras_hub_backbones`), and that family builds its model,
+weights and tokenizer (zoo/families/<name>/huggingface.py, keras_hub.py). The
 bundle is written as `zoo export` writes one, with where it came from in zoo.json's provenance.
 """
 
@@ -12,12 +13,14 @@ from pathlib import Path
 from zoo import families
 from zoo.errors import ZooError
 from zoo.pretrained.huggingface import HFCheckpoint, resolve
+from zoo.pretrained.keras_hub import KerasHubPreset, is_keras_hub_source
 
 __all__ = ["HFCheckpoint", "export_hf", "import_checkpoint"]
 
 
 def import_checkpoint(source, out, force=False, revision=None, progress=None):
-    """Imports `source` (a Hugging Face model directory, or hf://<repo id>) as a bundle at `out`;
+    """Imports `source` (a Hugging Face model directory or hf://<repo id>; a KerasHub preset
+    directory or kaggle:// handle) as a bundle at `out`;
     progress(done, total, tensor name) as weights are read. Returns (out, BundleInfo)."""
     import keras
 
@@ -27,10 +30,17 @@ def import_checkpoint(source, out, force=False, revision=None, progress=None):
 
     if Path(out).exists() and not force:  # before any download or conversion
         raise ZooError(f"{out}: already exists (pass --force to replace it)")
-    directory, revision = resolve(source, revision)
-    checkpoint = HFCheckpoint(directory, source, revision)
-    family = families.for_hf_architecture(checkpoint.architecture, source)
-    imported = family.import_hf(checkpoint, progress)
+    if is_keras_hub_source(source):
+        if revision is not None:
+            raise ZooError(f"{source}: a KerasHub preset has no revision to pick (--revision is for hf:// sources)")
+        checkpoint = KerasHubPreset(source)
+        family = families.for_architecture(checkpoint.architecture, source, "keras_hub_backbones")
+        imported = family.import_keras_hub(checkpoint, progress)
+    else:
+        directory, revision = resolve(source, revision)
+        checkpoint = HFCheckpoint(directory, source, revision)
+        family = families.for_architecture(checkpoint.architecture, source, "hf_architectures")
+        imported = family.import_hf(checkpoint, progress)
     tokenizer = imported.tokenizer
     max_length, max_target_length = family.context(imported.model.get_config())
     info = BundleInfo(

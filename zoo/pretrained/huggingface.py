@@ -112,15 +112,12 @@ class HFCheckpoint:
     def assign(self, model, pairs, progress=None):
         """Reads each (tensor name, Keras variable) pair's tensor into its variable, one tensor in
         memory at a time; calls progress(done, total, name) after each."""
-        for done, (name, variable) in enumerate(pairs, 1):
-            array = self.tensor(name)
-            if tuple(array.shape) != tuple(variable.shape):
-                raise ZooError(f"{self.source}: tensor {name} has shape {tuple(array.shape)}, the model expects "
-                               f"{tuple(variable.shape)} (config.json and the weights disagree)")
-            variable.assign(array.astype(variable.dtype, copy=False))
-            del array
-            if progress is not None:
-                progress(done, len(pairs), name)
+        self.assign_items([(name, variable, lambda name=name: self.tensor(name)) for name, variable in pairs], progress)
+
+    def assign_items(self, items, progress=None):
+        """`assign_arrays` of (name, variable, read) items, read() giving a tensor in the model's
+        layout (transposed, reshaped) from this checkpoint."""
+        assign_arrays(self.source, items, progress)
 
     def file(self, name, required_for=None):
         """The path of a file of the directory; a ZooError naming it when it is missing and
@@ -144,6 +141,20 @@ class HFCheckpoint:
         match = re.match(r"---\n(.*?)\n---", card.read_text(encoding="utf-8", errors="replace"), re.S)
         found = match and re.search(r"^license:\s*(\S+)", match.group(1), re.M)
         return found.group(1).strip("'\"") if found else None
+
+
+def assign_arrays(source, items, progress=None):
+    """For each (name, Keras variable, read) item: read() gives the variable's new value (an array
+    of its shape), assigned and dropped before the next is read. progress(done, total, name)."""
+    for done, (name, variable, read) in enumerate(items, 1):
+        array = read()
+        if tuple(array.shape) != tuple(variable.shape):
+            raise ZooError(f"{source}: weight {name} has shape {tuple(array.shape)}, the model expects "
+                           f"{tuple(variable.shape)} (the config and the weights disagree)")
+        variable.assign(array.astype(variable.dtype, copy=False))
+        del array
+        if progress is not None:
+            progress(done, len(items), name)
 
 
 def _open_safetensors(path):

@@ -1,10 +1,11 @@
 """The BERT family: a bidirectional encoder, pretrained as a masked LM and fine-tuned to classify.
 
 model.py (encoder and heads), presets.py, training.py, command.py, classifier.py (texts ->
-labels and pooled embeddings) and evaluation.py (accuracy, macro-F1, confusion matrix).
+labels and pooled embeddings), evaluation.py (accuracy, macro-F1, confusion matrix) and
+huggingface.py (BERT checkpoints in).
 """
 
-from zoo.families import Family
+from zoo.families import Family, Imported
 from zoo.families.bert.presets import PRESETS
 
 
@@ -23,6 +24,13 @@ class BertFamily(Family):
         from zoo.families.bert.model import BertClassifier, BertMaskedLM
 
         return BertClassifier if task == "classify" else BertMaskedLM
+
+    hf_architectures = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
+
+    def import_hf(self, checkpoint, progress=None):
+        from zoo.families.bert.huggingface import import_checkpoint
+
+        return Imported(*import_checkpoint(checkpoint, progress))
 
     def runtime(self, task, model, tokenizer, path, info):
         if task != "classify":

@@ -2,7 +2,7 @@
 
 model.py (the network), presets.py, training.py (`zoo train gpt`'s library side), command.py (its
 flags), generator.py (prompt -> streamed continuation), torch_engine.py (the torch fast path) and
-huggingface.py (GPT-2 checkpoints in and out).
+huggingface.py (GPT-2 checkpoints in and out) and keras_hub.py (KerasHub GPT-2 presets in).
 """
 
 from zoo.families import Family, Imported
@@ -31,6 +31,14 @@ class GPTFamily(Family):
         from zoo.families.gpt.huggingface import import_checkpoint
 
         model, tokenizer = import_checkpoint(checkpoint, progress)
+        return Imported(model, tokenizer, "generate")
+
+    keras_hub_backbones = ("GPT2Backbone",)
+
+    def import_keras_hub(self, preset, progress=None):
+        from zoo.families.gpt.keras_hub import import_preset
+
+        model, tokenizer = import_preset(preset, progress)
         return Imported(model, tokenizer, "generate")
 
     def export_hf(self, model, tokenizer, directory):

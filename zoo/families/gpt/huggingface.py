@@ -55,7 +55,7 @@ def weight_pairs(model):
 def tokenizer(checkpoint, end_token_id):
     """GPT-2's byte-level BPE, exactly: its tokenizer.json as it is, else built from vocab.json
     and merges.txt the way transformers' GPT2TokenizerFast converts them."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer
 
     from zoo.tokenizers import TextTokenizer
 
@@ -63,14 +63,22 @@ def tokenizer(checkpoint, end_token_id):
         hf_tokenizer = Tokenizer.from_file(str(checkpoint.file("tokenizer.json")))
     else:
         needs = "GPT-2's byte-level BPE, when there is no tokenizer.json"
-        vocab, merges = checkpoint.file("vocab.json", needs), checkpoint.file("merges.txt", needs)
-        hf_tokenizer = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
-        hf_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        hf_tokenizer.decoder = decoders.ByteLevel()
+        hf_tokenizer = byte_level_bpe(checkpoint.file("vocab.json", needs), checkpoint.file("merges.txt", needs))
     end_token = hf_tokenizer.id_to_token(end_token_id)
     if end_token is None:
         raise ZooError(f"{checkpoint.source}: the tokenizer has no token {end_token_id} (the config's eos_token_id)")
     return TextTokenizer(hf_tokenizer, "bpe", end_token)
+
+
+def byte_level_bpe(vocab, merges):
+    """GPT-2's byte-level BPE from its vocabulary (JSON) and merges files, as transformers'
+    GPT2TokenizerFast converts them."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    hf_tokenizer = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    hf_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf_tokenizer.decoder = decoders.ByteLevel()
+    return hf_tokenizer
 
 
 def import_checkpoint(checkpoint, progress):
