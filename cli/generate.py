@@ -14,7 +14,8 @@ from cli.common import backend_option, input_option, read_input, texts_or_input
 @click.option("--format", "format_", type=click.Choice(["zoo", "hf"]), default="zoo", show_default=True,
               help="zoo: a bundle of a run's newest checkpoint. hf: a Hugging Face model directory (config.json, "
                    "model.safetensors, tokenizer files) of a run or bundle, for transformers, vLLM or TGI; "
-                   "a gpt model exports as GPT-2 (GPT2LMHeadModel).")
+                   "a gpt model exports as GPT-2 (GPT2LMHeadModel), a bert one as BertForSequenceClassification "
+                   "or BertForMaskedLM.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def export(run, out, format_, force):
     """Export a run's newest checkpoint as a self-contained bundle, or a run or bundle as a

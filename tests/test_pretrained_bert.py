@@ -162,3 +162,40 @@ def test_unsupported_bert_settings_are_one_line_errors(hf_bert, tmp_path):
         (variant / "config.json").write_text(json.dumps({**config, **change}))
         result = run_zoo("import", variant, "--out", tmp_path / "out")
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.backend_independent
+def test_export_hf_loads_in_transformers_with_zoos_outputs(bert_bundles, tiny_classifier, tmp_path):
+    """Imported BERTs, and a classifier trained here from scratch, out to Hugging Face directories
+    and into transformers' Auto classes."""
+    import keras
+    import torch
+    import transformers
+
+    from zoo.bundle import load_model, load_runtime
+
+    for name, source in (("classifier", bert_bundles / "classifier"), ("trained-here", tiny_classifier[1])):
+        out = tmp_path / name
+        run_zoo("export", source, "--format", "hf", "--out", out, check=True)
+        classifier, info = load_runtime(source)
+        reference = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+        hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+        assert [reference.config.id2label[i] for i in range(len(info.labels))] == info.labels
+        batch = hf_tokenizer(TEXTS, PAIRS, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            expected = torch.softmax(reference(**batch).logits, -1).numpy()
+        got, _ = classifier.probabilities(TEXTS, PAIRS)
+        assert np.abs(got - expected).max() < 1e-4, name
+
+    out = tmp_path / "masked-lm"
+    run_zoo("export", bert_bundles / "masked-lm", "--format", "hf", "--out", out, check=True)
+    model, tokenizer, _ = load_model(bert_bundles / "masked-lm")
+    reference = transformers.AutoModelForMaskedLM.from_pretrained(out).eval()
+    inputs, _ = tokenizer.encode_batch(TEXTS)
+    positions = np.asarray([[1, 2]] * len(TEXTS), "int32")
+    got = keras.ops.convert_to_numpy(model({**inputs, "mask_positions": positions}))
+    with torch.no_grad():
+        logits = reference(input_ids=torch.tensor(inputs["token_ids"]).long(),
+                           token_type_ids=torch.tensor(inputs["segment_ids"]).long(),
+                           attention_mask=torch.tensor(inputs["padding_mask"]).long()).logits.numpy()
+    assert np.abs(got - np.take_along_axis(logits, positions[:, :, None].astype("int64"), axis=1)).max() < 1e-4

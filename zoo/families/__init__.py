@@ -69,10 +69,10 @@ class Family:
         backbone class is one of `keras_hub_backbones`."""
         raise NotImplementedError
 
-    def export_hf(self, model, tokenizer, directory):
-        """Writes `model` and `tokenizer` into `directory` as a Hugging Face model directory that
-        transformers loads (`zoo export --format hf`); a ZooError when the model has no
-        transformers equivalent."""
+    def export_hf(self, model, tokenizer, info, directory):
+        """Writes `model` and `tokenizer` (`info`: their BundleInfo) into `directory` as a Hugging
+        Face model directory that transformers loads (`zoo export --format hf`); a ZooError when
+        the model has no transformers equivalent."""
         raise ZooError(f"{self.name} models do not export to the Hugging Face format yet")
 
     # --- inference ------------------------------------------------------------------------------

@@ -63,5 +63,5 @@ def export_hf(path, out, force=False):
         raise ZooError(f"{out}: already exists (pass --force to replace it)")
     model, tokenizer, info = load_model(path)
     with atomic_directory(out, force) as directory:
-        families.get(info.kind).export_hf(model, tokenizer, directory)
+        families.get(info.kind).export_hf(model, tokenizer, info, directory)
     return Path(out), info

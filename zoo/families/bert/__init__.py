@@ -2,7 +2,7 @@
 
 model.py (encoder and heads), presets.py, training.py, command.py, classifier.py (texts ->
 labels and pooled embeddings), evaluation.py (accuracy, macro-F1, confusion matrix) and
-huggingface.py (BERT checkpoints in).
+huggingface.py (BERT checkpoints in and out).
 """
 
 from zoo.families import Family, Imported
@@ -31,6 +31,11 @@ class BertFamily(Family):
         from zoo.families.bert.huggingface import import_checkpoint
 
         return Imported(*import_checkpoint(checkpoint, progress))
+
+    def export_hf(self, model, tokenizer, info, directory):
+        from zoo.families.bert.huggingface import export_checkpoint
+
+        export_checkpoint(model, tokenizer, info.labels, directory)
 
     def runtime(self, task, model, tokenizer, path, info):
         if task != "classify":

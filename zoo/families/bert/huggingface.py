@@ -46,52 +46,95 @@ def labels(config, source):
     return [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(count)]
 
 
-def weight_items(checkpoint, model, prefix):
-    """(tensor name, our variable, read) for every weight the checkpoint has for `model`."""
-    encoder, hidden = model.encoder, model.hidden_dim
-    heads, head_dim = model.num_heads, model.hidden_dim // model.num_heads
+def weight_map(model, prefix, pooler=True, mlm_head=True):
+    """(tensor name, our variable, input axes) for every weight of `model` in a transformers BERT:
+    a torch Linear weight (outputs, inputs) is our kernel with its `input axes` first, flattened
+    and transposed; None for every other tensor (the same numbers, reshaped)."""
+    encoder = model.encoder
 
-    def read(name, transpose=False, shape=None):
-        def value():
-            array = checkpoint.tensor(name)
-            array = array.T if transpose else array
-            return array.reshape(shape) if shape is not None else array
-        return value
-
-    def linear(name, layer, kernel_shape=None, bias_shape=None):
-        return [(name + ".weight", layer.kernel, read(name + ".weight", True, kernel_shape)),
-                (name + ".bias", layer.bias, read(name + ".bias", shape=bias_shape))]
+    def linear(name, layer, input_axes=1):
+        return [(name + ".weight", layer.kernel, input_axes), (name + ".bias", layer.bias, None)]
 
     def norm(name, layer):
-        return [(name + ".weight", layer.gamma, read(name + ".weight")), (name + ".bias", layer.beta, read(name + ".bias"))]
+        return [(name + ".weight", layer.gamma, None), (name + ".bias", layer.beta, None)]
 
     e = prefix + "embeddings."
-    items = [(e + "word_embeddings.weight", encoder.token_embedding.embeddings, read(e + "word_embeddings.weight")),
-             (e + "position_embeddings.weight", encoder.position_embedding.position_embeddings,
-              read(e + "position_embeddings.weight")),
-             (e + "token_type_embeddings.weight", encoder.segment_embedding.embeddings,
-              read(e + "token_type_embeddings.weight"))]
+    items = [(e + "word_embeddings.weight", encoder.token_embedding.embeddings, None),
+             (e + "position_embeddings.weight", encoder.position_embedding.position_embeddings, None),
+             (e + "token_type_embeddings.weight", encoder.segment_embedding.embeddings, None)]
     items += norm(e + "LayerNorm", encoder.embeddings_norm)
     for i, block in enumerate(encoder.blocks):
         layer, attention = f"{prefix}encoder.layer.{i}.", block._self_attention_layer  # keras-hub's/Keras's attributes
         for part, dense in (("query", attention._query_dense), ("key", attention._key_dense),
                             ("value", attention._value_dense)):
-            items += linear(f"{layer}attention.self.{part}", dense, (hidden, heads, head_dim), (heads, head_dim))
-        items += linear(layer + "attention.output.dense", attention._output_dense, (heads, head_dim, hidden))
+            items += linear(f"{layer}attention.self.{part}", dense)
+        items += linear(layer + "attention.output.dense", attention._output_dense, input_axes=2)
         items += norm(layer + "attention.output.LayerNorm", block._self_attention_layer_norm)
         items += linear(layer + "intermediate.dense", block._feedforward_intermediate_dense)
         items += linear(layer + "output.dense", block._feedforward_output_dense)
         items += norm(layer + "output.LayerNorm", block._feedforward_layer_norm)
-    if checkpoint.has(prefix + "pooler.dense.weight"):  # BertForMaskedLM has no pooler: ours stays new
+    if pooler:
         items += linear(prefix + "pooler.dense", encoder.pooler)
     if hasattr(model, "classifier"):
         items += linear("classifier", model.classifier)
-    if hasattr(model, "mlm_head") and checkpoint.has("cls.predictions.bias"):
+    if hasattr(model, "mlm_head") and mlm_head:
         head = model.mlm_head
         items += linear("cls.predictions.transform.dense", head._intermediate_dense)
         items += norm("cls.predictions.transform.LayerNorm", head._intermediate_layer_norm)
-        items.append(("cls.predictions.bias", head._bias, read("cls.predictions.bias")))
+        items.append(("cls.predictions.bias", head._bias, None))
     return items
+
+
+def weight_items(checkpoint, model, prefix):
+    """(tensor name, our variable, read) for every weight the checkpoint has for `model`: read()
+    gives the tensor in our layout. A BertForMaskedLM has no pooler, a BertModel no MLM head:
+    those of ours stay new."""
+    def reader(name, variable, input_axes):
+        def read():
+            array = checkpoint.tensor(name)
+            return (array.T if input_axes else array).reshape(variable.shape)
+        return read
+
+    mapped = weight_map(model, prefix, pooler=checkpoint.has(prefix + "pooler.dense.weight"),
+                        mlm_head=checkpoint.has("cls.predictions.bias"))
+    return [(name, variable, reader(name, variable, axes)) for name, variable, axes in mapped]
+
+
+def export_checkpoint(model, tokenizer, labels, directory):
+    """Writes `model` (a BERT classifier or masked LM) and its WordPiece into `directory` as a
+    transformers BertForSequenceClassification or BertForMaskedLM (config.json, model.safetensors,
+    tokenizer.json, tokenizer_config.json)."""
+    import json
+    import math
+
+    import keras
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    classify = hasattr(model, "classifier")
+    tensors = {}
+    for name, variable, input_axes in weight_map(model, "bert.", pooler=classify):
+        array = keras.ops.convert_to_numpy(variable.value).astype("float32")
+        if input_axes:
+            array = array.reshape(math.prod(array.shape[:input_axes]), -1).T
+        tensors[name] = np.ascontiguousarray(array.reshape(-1) if name.endswith(".bias") else array)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    config = {"architectures": ["BertForSequenceClassification" if classify else "BertForMaskedLM"],
+              "model_type": "bert", "vocab_size": model.vocabulary_size, "hidden_size": model.hidden_dim,
+              "num_hidden_layers": model.num_layers, "num_attention_heads": model.num_heads,
+              "intermediate_size": model.intermediate_dim, "max_position_embeddings": model.max_length,
+              "type_vocab_size": model.num_segments, "hidden_act": "gelu", "layer_norm_eps": model.layer_norm_epsilon,
+              "hidden_dropout_prob": model.dropout, "attention_probs_dropout_prob": model.dropout,
+              "position_embedding_type": "absolute", "pad_token_id": tokenizer.pad_token_id, "torch_dtype": "float32"}
+    if classify:
+        config.update(id2label={str(i): label for i, label in enumerate(labels)},
+                      label2id={label: i for i, label in enumerate(labels)}, problem_type="single_label_classification")
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    (directory / "tokenizer.json").write_text(tokenizer.tokenizer.to_str(), encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "BertTokenizerFast", "do_lower_case": tokenizer.lowercase,
+        "model_max_length": model.max_length, "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+        "cls_token": "[CLS]", "mask_token": "[MASK]"}, indent=2))
 
 
 def tokenizer(checkpoint):
