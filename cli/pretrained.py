@@ -53,8 +53,6 @@ def import_(source, out, revision, force):
     """
     from zoo.pretrained import import_checkpoint
 
-    if revision is not None and not source.startswith("hf://"):
-        raise click.BadParameter("applies to hf:// sources only", param_hint="--revision")
     path, info = import_checkpoint(source, out, force=force, revision=revision, progress=_Progress())
     pretrained = info.provenance["pretrained"]
     click.echo(f"wrote {path} ({info.kind}, task {info.task}, {pretrained['architecture']}, "

@@ -37,14 +37,19 @@ def atomic_write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def refuse_existing(out, force):
+    """A ZooError if `out` exists and may not be replaced: called before expensive work too."""
+    if Path(out).exists() and not force:
+        raise ZooError(f"{out}: already exists (pass --force to replace it)")
+
+
 @contextlib.contextmanager
 def atomic_directory(out, force=False):
     """Yields a temporary directory beside `out` to fill; then fsyncs every file in it and renames
     it into place (replacing an existing `out` only with `force`). On an error it is removed and
     `out` is left as it was."""
     out = Path(out)
-    if out.exists() and not force:
-        raise ZooError(f"{out}: already exists (pass --force to replace it)")
+    refuse_existing(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:

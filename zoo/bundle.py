@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from zoo import families
-from zoo.atomic import atomic_directory
+from zoo.atomic import atomic_directory, refuse_existing
 from zoo.configs import BUNDLE_INFO, RUN_CONFIG, BundleInfo, bundle_info_json, read_bundle_info, read_run_config
 from zoo.errors import ZooError
 from zoo.tokenizers import load_tokenizer
@@ -84,8 +84,7 @@ def export_bundle(run_dir, out, force=False):
     run_dir, out = Path(run_dir), Path(out)
     if not is_run(run_dir):
         raise ZooError(f"{run_dir}: not a run directory (no {RUN_CONFIG} and checkpoints/)")
-    if out.exists() and not force:
-        raise ZooError(f"{out}: already exists (pass --force to replace it)")
+    refuse_existing(out, force)  # before loading anything
     model, tokenizer, info = load_run(run_dir)
 
     def copy_second_tokenizers(bundle):  # a family's second tokenizer (seq2seq's source)

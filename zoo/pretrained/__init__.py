@@ -11,8 +11,9 @@ bundle is written as `zoo export` writes one, with where it came from in zoo.jso
 from pathlib import Path
 
 from zoo import families
+from zoo.atomic import atomic_directory, refuse_existing
 from zoo.errors import ZooError
-from zoo.pretrained.huggingface import HFCheckpoint, resolve
+from zoo.pretrained.huggingface import HUB_PREFIX, HFCheckpoint, resolve
 from zoo.pretrained.keras_hub import KerasHubPreset, is_keras_hub_source
 
 __all__ = ["HFCheckpoint", "export_hf", "import_checkpoint"]
@@ -28,11 +29,10 @@ def import_checkpoint(source, out, force=False, revision=None, progress=None):
     from zoo.configs import BundleInfo
     from zoo.training.run import library_versions
 
-    if Path(out).exists() and not force:  # before any download or conversion
-        raise ZooError(f"{out}: already exists (pass --force to replace it)")
+    refuse_existing(out, force)  # before any download or conversion
+    if revision is not None and not source.startswith(HUB_PREFIX):
+        raise ZooError(f"--revision applies to hf:// sources only, not {source}")
     if is_keras_hub_source(source):
-        if revision is not None:
-            raise ZooError(f"{source}: a KerasHub preset has no revision to pick (--revision is for hf:// sources)")
         checkpoint = KerasHubPreset(source)
         family = families.for_architecture(checkpoint.architecture, source, "keras_hub_backbones")
         imported = family.import_keras_hub(checkpoint, progress)
@@ -56,11 +56,9 @@ def import_checkpoint(source, out, force=False, revision=None, progress=None):
 def export_hf(path, out, force=False):
     """Writes the run or bundle at `path` to `out` as a Hugging Face model directory, atomically,
     by its family's converter. Returns (out, BundleInfo)."""
-    from zoo.atomic import atomic_directory
     from zoo.bundle import load_model
 
-    if Path(out).exists() and not force:
-        raise ZooError(f"{out}: already exists (pass --force to replace it)")
+    refuse_existing(out, force)  # before loading the model
     model, tokenizer, info = load_model(path)
     with atomic_directory(out, force) as directory:
         families.get(info.kind).export_hf(model, tokenizer, info, directory)
