@@ -40,12 +40,14 @@ def import_(source, out, revision, force):
     index, and its tokenizer files) or hf://<repo id>, downloaded with huggingface_hub when online
     (its cache and HF_HUB_OFFLINE apply); or a KerasHub preset directory (save_to_preset) or a
     kaggle:// handle. Supported: GPT2LMHeadModel, GPT2Model and KerasHub's GPT2Backbone (gpt);
-    BertForSequenceClassification, BertForMaskedLM and BertModel (bert). Weights are read one
-    tensor at a time; pickle checkpoints (pytorch_model.bin) are refused.
+    BertForSequenceClassification, BertForMaskedLM, BertModel and KerasHub's BertBackbone (bert);
+    MarianMTModel, BartForConditionalGeneration and BlenderbotForConditionalGeneration (seq2seq).
+    Weights are read one tensor at a time; pickle checkpoints (pytorch_model.bin) are refused.
 
     \b
     Example:
       zoo import hf://gpt2 --out bundles/gpt2
+      zoo import hf://Helsinki-NLP/opus-mt-en-es --out bundles/en-es && zoo translate bundles/en-es "Hello!"
       zoo import ~/models/distilgpt2 --out bundles/distilgpt2 --backend torch
       zoo import kaggle://keras/gpt2/keras/gpt2_base_en --out bundles/gpt2-kh
       zoo import ~/models/bert-sst2 --out bundles/sst2 && zoo classify bundles/sst2 "a gripping film"

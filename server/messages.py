@@ -151,7 +151,7 @@ def model_info(m, versions, serving_backend, max_new_tokens=0):
         labels=info.labels or [], context_length=m.context_length, max_new_tokens=max_new_tokens,
         tokenizer=mpb.TokenizerInfo(kind=enum_value(mpb.TokenizerKind, "TOKENIZER_KIND_", m.tokenizer.kind),
                                     vocabulary_size=m.tokenizer.vocabulary_size,
-                                    end_token=end_token, end_token_id=m.tokenizer.tokenizer.token_to_id(end_token) or 0),
+                                    end_token=end_token, end_token_id=m.tokenizer.token_to_id(end_token) or 0),
         serving_backend=enum_value(mpb.Backend, "BACKEND_", serving_backend),
         provenance=mpb.Provenance(
             backend=enum_value(mpb.Backend, "BACKEND_", provenance.get("backend")),

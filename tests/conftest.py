@@ -86,6 +86,19 @@ def run_zoo(*args, backend=None, env=None, timeout=600, check=False, input=None,
     return result
 
 
+def checkpoint_variant(source, target, drop=(), config=None):
+    """`target`: a copy of the checkpoint directory `source` (links to its files) less the files
+    named in `drop`, with `config` (a dict) merged into its config.json."""
+    target.mkdir()
+    for file in source.iterdir():
+        if file.name not in drop:
+            (target / file.name).symlink_to(file)
+    if config is not None:
+        (target / "config.json").unlink()
+        (target / "config.json").write_text(json.dumps({**json.loads((source / "config.json").read_text()), **config}))
+    return target
+
+
 def zoo_json(*args, **kwargs):
     return json.loads(run_zoo(*args, "--json", check=True, **kwargs).stdout)
 

@@ -199,3 +199,115 @@ def test_export_hf_loads_in_transformers_with_zoos_outputs(bert_bundles, tiny_cl
                            token_type_ids=torch.tensor(inputs["segment_ids"]).long(),
                            attention_mask=torch.tensor(inputs["padding_mask"]).long()).logits.numpy()
     assert np.abs(got - np.take_along_axis(logits, positions[:, :, None].astype("int64"), axis=1)).max() < 1e-4
+
+
+def _spread(model):
+    """Weights of the scale a trained BERT has (the 0.02 init leaves attention nearly uniform and
+    GELU nearly linear): a mis-mapped weight, or a different GELU, shows in the outputs."""
+    for variable in model.weights:
+        variable.assign(np.random.default_rng(len(variable.path)).normal(0, 0.2, variable.shape).astype("float32")
+                        + (1.0 if variable.path.endswith("gamma") else 0.0))
+
+
+@pytest.fixture(scope="session")
+def keras_hub_bert(tmp_path_factory):
+    """{"classifier", "backbone"}: preset directories written by `save_to_preset`, a tiny
+    BertTextClassifier (softmax, with its preprocessor) and its backbone alone with its tokenizer,
+    over a cased WordPiece trained here, read lower-cased (accents kept, keras-hub's default)."""
+    import keras
+    import keras_hub
+
+    from zoo.tokenizers import train_wordpiece
+
+    text = CORPUS.read_text(encoding="utf-8").splitlines()[:3000]
+    pieces = train_wordpiece(text + TEXTS + PAIRS, 600, lowercase=False).tokenizer
+    vocabulary = sorted(pieces.get_vocab(), key=pieces.get_vocab().get)
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True)
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), num_layers=2, num_heads=4,
+                                             hidden_dim=32, intermediate_dim=64, max_sequence_length=64)
+    classifier = keras_hub.models.BertTextClassifier(
+        backbone, 3, activation="softmax",
+        preprocessor=keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=64))
+    _spread(classifier)
+    base = tmp_path_factory.mktemp("keras-hub-bert")
+    classifier.save_to_preset(str(base / "classifier"))
+    backbone.save_to_preset(str(base / "backbone"))
+    tokenizer.save_to_preset(str(base / "backbone"))
+    return {"classifier": base / "classifier", "backbone": base / "backbone"}
+
+
+def test_imported_keras_hub_bert_gives_keras_hubs_outputs_and_ids(keras_hub_bert, tmp_path):
+    """The classifier preset as a classify bundle, the backbone alone as an mlm bundle: the same
+    inputs as KerasHub's preprocessor, and its outputs (to 1e-4 with KerasHub's GELU made exact, as
+    zoo's BERT computes it; to the tanh approximation's error with its own)."""
+    import keras
+    import keras_hub
+
+    from zoo.bundle import load_bundle, load_runtime
+
+    for name in ("classifier", "backbone"):
+        run_zoo("import", keras_hub_bert[name], "--out", tmp_path / name, check=True)
+    classifier, info = load_runtime(tmp_path / "classifier")
+    assert (info.task, info.labels, info.provenance["pretrained"]["architecture"]) == \
+        ("classify", ["LABEL_0", "LABEL_1", "LABEL_2"], "BertBackbone")
+    model, tokenizer, info = load_bundle(tmp_path / "backbone")
+    assert info.task == "mlm"
+
+    reference = keras_hub.models.TextClassifier.from_preset(str(keras_hub_bert["classifier"]))
+    expected_inputs = {k: keras.ops.convert_to_numpy(v) for k, v in reference.preprocessor(x=(TEXTS, PAIRS)).items()}
+    inputs, _ = tokenizer.encode_batch(TEXTS, PAIRS, max_length=64)
+    for key in ("token_ids", "segment_ids", "padding_mask"):
+        assert np.array_equal(inputs[key], expected_inputs[key].astype(inputs[key].dtype)), key
+    inputs, _ = tokenizer.encode_batch(TEXTS, PAIRS)  # padded to the longest row
+    assert not inputs["padding_mask"].all()
+
+    def outputs(encoder):
+        got = {k: keras.ops.convert_to_numpy(v) for k, v in encoder(inputs).items()}
+        return got["sequence_output"][inputs["padding_mask"]], got["pooled_output"]
+
+    got_probabilities, _ = classifier.probabilities(TEXTS, PAIRS)
+    got = outputs(model.encoder) + (got_probabilities,)
+    expected = outputs(reference.backbone) + (keras.ops.convert_to_numpy(reference(inputs)),)
+    for name, g, e in zip(("sequence", "pooled", "probabilities"), got, expected):
+        assert np.abs(g - e).max() < 1e-4, name
+    assert np.abs(expected[0]).max() > 1.0  # weights at a scale where exact and tanh GELU differ by ~1e-3
+
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("lowercase,strip_accents", [(True, True), (False, False)])
+def test_imported_keras_hub_wordpiece_gives_keras_hubs_ids(keras_hub_bert, tmp_path, lowercase, strip_accents):
+    import shutil
+
+    import keras_hub
+
+    from zoo.families.bert.keras_hub import tokenizer
+    from zoo.pretrained import KerasHubPreset
+
+    vocabulary = (keras_hub_bert["backbone"] / "assets" / "tokenizer" / "vocabulary.txt").read_text().splitlines()
+    reference = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=lowercase,
+                                               strip_accents=strip_accents)
+    shutil.copy(keras_hub_bert["backbone"] / "config.json", tmp_path)
+    reference.save_to_preset(str(tmp_path))
+    word_pieces = tokenizer(KerasHubPreset(tmp_path), len(vocabulary))
+    for text in TEXTS + PAIRS:
+        assert word_pieces.encode(text)[0][1:-1] == [int(i) for i in reference(text)], text
+
+
+@pytest.mark.backend_independent
+def test_unsupported_keras_hub_bert_settings_are_one_line_errors(keras_hub_bert, tmp_path):
+    directory = keras_hub_bert["classifier"]
+    for file_name, change, message in (
+            ("task.json", {"activation": "sigmoid"}, "BertTextClassifier with activation 'sigmoid'"),
+            ("tokenizer.json", {"split": False}, "BertTokenizer with split False"),
+            ("config.json", {"dtype": {"class_name": "DTypePolicyMap", "config": {}}}, "DTypePolicyMap dtype")):
+        variant = tmp_path / file_name
+        variant.mkdir()
+        for file in directory.iterdir():
+            if file.name != file_name:
+                (variant / file.name).symlink_to(file)
+        settings = json.loads((directory / file_name).read_text())
+        settings["config"].update(change)
+        (variant / file_name).write_text(json.dumps(settings))
+        result = run_zoo("import", variant, "--out", tmp_path / "out")
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import CORPUS, run_zoo
+from conftest import CORPUS, checkpoint_variant, run_zoo
 
 # English, accented, CJK and emoji text: the tokenizer must give transformers' ids on all of them.
 TEXTS = ["ROMEO. But soft, what light through yonder window breaks?", "Ça été très dérangeant, naïve Zoë.",
@@ -152,22 +152,13 @@ def test_import_errors_are_one_line(hf_gpt2, tmp_path):
     directory = hf_gpt2[0]
 
     def copy(name, drop=(), config=None):
-        target = tmp_path / name
-        target.mkdir()
-        for file in directory.iterdir():
-            if file.name not in drop:
-                (target / file.name).symlink_to(file)
-        if config is not None:
-            (target / "config.json").unlink()
-            (target / "config.json").write_text(json.dumps(config))
-        return target
+        return checkpoint_variant(directory, tmp_path / name, drop, config)
 
-    llama = copy("llama", config={**json.loads((directory / "config.json").read_text()),
-                                  "architectures": ["LlamaForCausalLM"]})
+    llama = copy("llama", config={"architectures": ["LlamaForCausalLM"]})
     pickled = copy("pickled", drop={p.name for p in directory.glob("*.safetensors")} | {"model.safetensors.index.json"})
     (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
     no_tokenizer = copy("no-tokenizer", drop={"tokenizer.json", "merges.txt"})
-    relu = copy("relu", config={**json.loads((directory / "config.json").read_text()), "activation_function": "relu"})
+    relu = copy("relu", config={"activation_function": "relu"})
     cases = [
         ([llama], "architecture LlamaForCausalLM is not supported (supported: GPT2LMHeadModel, GPT2Model"),
         ([pickled], "has only pytorch_model.bin, which zoo never loads"),

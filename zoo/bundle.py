@@ -6,8 +6,9 @@ like a keras-hub preset:
 
     config.json         the Keras-serialized model (class and constructor arguments)
     model.weights.h5    the weights (Keras .weights.h5: plain arrays, any backend)
-    tokenizer.json      the Hugging Face tokenizer file (with zoo's "kind" entry); a family with a
-                        second tokenizer (seq2seq's source side) keeps it in a subdirectory
+    tokenizer.json      the Hugging Face tokenizer file (with zoo's "kind" entry), or Marian's
+                        sentencepiece.model + sentencepiece.json; a family with a second tokenizer
+                        (seq2seq's source side) keeps it in a subdirectory
     zoo.json            format version, family ("kind"), task, context length, special tokens,
                         provenance (`zoo.configs.BundleInfo`)
 
@@ -22,7 +23,7 @@ from zoo import families
 from zoo.atomic import atomic_directory, refuse_existing
 from zoo.configs import BUNDLE_INFO, RUN_CONFIG, BundleInfo, bundle_info_json, read_bundle_info, read_run_config
 from zoo.errors import ZooError
-from zoo.tokenizers import load_tokenizer
+from zoo.tokenizers import is_tokenizer_directory, load_tokenizer
 
 
 def is_bundle(path):
@@ -40,7 +41,9 @@ def _build_model(config):
 
 
 def load_run(run_dir):
-    """(model, tokenizer, info) from a run directory's newest checkpoint, in float32."""
+    """(model, tokenizer, info) from a run directory's newest checkpoint, in float32. A LoRA run's
+    adapters are merged into its kernels: the model is an ordinary one (`zoo.training.lora.merged`)."""
+    from zoo.training import lora
     from zoo.training.checkpoints import checkpoint_step, latest_checkpoint, restore_checkpoint
 
     run_dir = Path(run_dir)
@@ -49,7 +52,12 @@ def load_run(run_dir):
     if checkpoint is None:
         raise ZooError(f"{run_dir}: has no checkpoint yet (train it first)")
     model = _build_model(config)
+    adapters = config.settings.get("lora")
+    if adapters:
+        lora.enable(model, adapters)
     restore_checkpoint(checkpoint, model, with_optimizer=False)
+    if adapters:
+        model = lora.merged(model, _build_model(config))
     tokenizer = load_tokenizer(run_dir)
     info = _bundle_info(run_dir, config, checkpoint_step(checkpoint), tokenizer)
     return model, tokenizer, info
@@ -76,7 +84,8 @@ def _bundle_info(run_dir, config, step, tokenizer):
         special_tokens=tokenizer.special_tokens(), labels=config.labels,
         provenance={"backend": config.backend, "versions": config.versions, "data": config.data, "steps": step,
                     "final_metrics": _final_metrics(run_dir, step), "train": config.train,
-                    "command": config.command})
+                    "command": config.command,
+                    **({"lora": {**config.settings["lora"], "merged": True}} if config.settings.get("lora") else {})})
 
 
 def export_bundle(run_dir, out, force=False):
@@ -88,9 +97,8 @@ def export_bundle(run_dir, out, force=False):
     model, tokenizer, info = load_run(run_dir)
 
     def copy_second_tokenizers(bundle):  # a family's second tokenizer (seq2seq's source)
-        for extra in sorted(run_dir.glob("*/tokenizer.json")):
-            (bundle / extra.parent.name).mkdir()
-            shutil.copy2(extra, bundle / extra.parent.name / "tokenizer.json")
+        for extra in sorted(path for path in run_dir.iterdir() if path.is_dir() and is_tokenizer_directory(path)):
+            shutil.copytree(extra, bundle / extra.name)
 
     return write_bundle(out, model, tokenizer, info, force, copy_second_tokenizers)
 

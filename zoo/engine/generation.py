@@ -94,7 +94,7 @@ class Continuation:
             return []
         self.generated.append(token)
         self.logprobs.append(logprob(row, token))
-        self.pending = self.tokenizer.decode(self.generated[self.settled_tokens:])
+        self.pending = self._decode_unsettled()
         if not self.pending.endswith("\ufffd"):
             self.settled, self.settled_tokens, self.pending = self.settled + self.pending, len(self.generated), ""
         text, stops = self.settled + self.pending, self.config.stop
@@ -110,6 +110,17 @@ class Continuation:
         self.emitted = max(self.emitted, ready)
         self.done = len(self.generated) == self.budget
         return [step]
+
+    def _decode_unsettled(self):
+        """The text of the tokens since the last settling. Decoded after the last settled token and
+        less that token's own text: a SentencePiece decoder drops a leading space (the word
+        boundary "▁world" carries) when a piece comes first, as it must for a whole text."""
+        new = self.generated[self.settled_tokens:]
+        if not self.settled_tokens:
+            return self.tokenizer.decode(new)
+        context = self.generated[self.settled_tokens - 1:self.settled_tokens]
+        before, text = self.tokenizer.decode(context), self.tokenizer.decode(context + new)
+        return text[len(before):] if text.startswith(before) else self.tokenizer.decode(new)
 
     def close(self):
         text = self.settled + self.pending

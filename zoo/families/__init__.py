@@ -69,10 +69,10 @@ class Family:
         backbone class is one of `keras_hub_backbones`."""
         raise NotImplementedError
 
-    def export_hf(self, model, tokenizer, info, directory):
-        """Writes `model` and `tokenizer` (`info`: their BundleInfo) into `directory` as a Hugging
-        Face model directory that transformers loads (`zoo export --format hf`); a ZooError when
-        the model has no transformers equivalent."""
+    def export_hf(self, model, tokenizer, info, directory, path):
+        """Writes `model` and `tokenizer` (`info`: their BundleInfo; `path`: the run or bundle they
+        came from) into `directory` as a Hugging Face model directory that transformers loads
+        (`zoo export --format hf`); a ZooError when the model has no transformers equivalent."""
         raise ZooError(f"{self.name} models do not export to the Hugging Face format yet")
 
     # --- inference ------------------------------------------------------------------------------
@@ -121,6 +121,7 @@ class Imported:
     tokenizer: object  # its (main) tokenizer
     task: str
     labels: list | None = None
+    extra_tokenizers: dict = dataclasses.field(default_factory=dict)  # subdirectory -> a second tokenizer
 
 
 def register(family):

@@ -50,7 +50,13 @@ def import_checkpoint(source, out, force=False, revision=None, progress=None):
         special_tokens=tokenizer.special_tokens(), labels=imported.labels,
         provenance={"backend": keras.backend.backend(), "versions": library_versions(),
                     "pretrained": checkpoint.provenance()})
-    return write_bundle(out, imported.model, tokenizer, info, force), info
+
+    def write_extra_tokenizers(directory):
+        for name, extra in imported.extra_tokenizers.items():
+            (directory / name).mkdir()
+            extra.save(directory / name)
+
+    return write_bundle(out, imported.model, tokenizer, info, force, write_extra_tokenizers), info
 
 
 def export_hf(path, out, force=False):
@@ -61,5 +67,5 @@ def export_hf(path, out, force=False):
     refuse_existing(out, force)  # before loading the model
     model, tokenizer, info = load_model(path)
     with atomic_directory(out, force) as directory:
-        families.get(info.kind).export_hf(model, tokenizer, info, directory)
+        families.get(info.kind).export_hf(model, tokenizer, info, directory, Path(path))
     return Path(out), info

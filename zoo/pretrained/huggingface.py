@@ -24,7 +24,7 @@ PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h
 # What an import downloads from the hub: the config, the weights, the tokenizer files of every
 # supported family, and the model card (its licence).
 HUB_FILES = ["config.json", "*.safetensors", SHARD_INDEX, "tokenizer.json", "tokenizer_config.json",
-             "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt", "*.spm", "*.model",
+             "special_tokens_map.json", "vocab.json", "target_vocab.json", "merges.txt", "vocab.txt", "*.spm", "*.model",
              "README.md", "LICENSE*", "generation_config.json"]
 TO_SAFETENSORS = ("convert it to safetensors first, e.g. in Python: transformers.AutoModel.from_pretrained(DIR)"
                   ".save_pretrained(DIR, safe_serialization=True), or use the hub's convert space")
@@ -155,6 +155,36 @@ def assign_arrays(source, items, progress=None):
         del array
         if progress is not None:
             progress(done, len(items), name)
+
+
+def mapped_items(checkpoint, mapped):
+    """`assign_items` items of a weight map: (tensor name, our variable, input axes), where a torch
+    Linear weight (outputs, inputs) is our kernel with its `input axes` first, flattened and
+    transposed, and input axes None means the same numbers, reshaped."""
+    def reader(name, variable, input_axes):
+        def read():
+            array = checkpoint.tensor(name)
+            return (array.T if input_axes else array).reshape(variable.shape)
+        return read
+
+    return [(name, variable, reader(name, variable, axes)) for name, variable, axes in mapped]
+
+
+def mapped_tensors(mapped):
+    """{tensor name: float32 NumPy array} of a weight map (see `mapped_items`), in transformers'
+    layout: what an export writes with safetensors."""
+    import math
+
+    import keras
+    import numpy as np
+
+    tensors = {}
+    for name, variable, input_axes in mapped:
+        array = keras.ops.convert_to_numpy(variable.value).astype("float32")
+        if input_axes:
+            array = array.reshape(math.prod(array.shape[:input_axes]), -1).T
+        tensors[name] = np.ascontiguousarray(array.reshape(-1) if name.endswith(".bias") else array)
+    return tensors
 
 
 def _open_safetensors(path):

@@ -35,14 +35,20 @@ class KerasHubPreset:
 
     def __init__(self, preset):
         self.source = self.preset = str(preset)
-        self.config = json.loads(self._file("config.json").read_text(encoding="utf-8"))
+        self.config = json.loads(self.file("config.json").read_text(encoding="utf-8"))
         self.architecture = self.config.get("class_name", "(none)")
 
-    def _file(self, name, required_for=None):
-        # keras-hub's own resolver: the file in a local preset, or downloaded (and cached) for a handle.
-        from keras_hub.src.utils.preset_utils import check_file_exists, get_file
+    def has(self, name):
+        from keras_hub.src.utils.preset_utils import check_file_exists
 
-        if not check_file_exists(self.preset, name):
+        return check_file_exists(self.preset, name)
+
+    def file(self, name, required_for=None):
+        """The path of one of the preset's files: keras-hub's own resolver finds it in a local
+        preset, or downloads (and caches) it for a handle."""
+        from keras_hub.src.utils.preset_utils import get_file
+
+        if not self.has(name):
             what = f" (needed for {required_for})" if required_for else ""
             raise ZooError(f"{self.source}: missing {name}{what}")
         try:
@@ -56,11 +62,11 @@ class KerasHubPreset:
         return keras_hub.models.Backbone.from_preset(self.preset)
 
     def asset(self, name, required_for):
-        return self._file(f"{TOKENIZER_ASSETS}/{name}", required_for)
+        return self.file(f"{TOKENIZER_ASSETS}/{name}", required_for)
 
     def provenance(self):
         from zoo.pretrained.huggingface import sha256
 
-        weights = self._file("model.weights.h5")
+        weights = self.file("model.weights.h5")
         return {"source": self.source, "revision": None, "architecture": self.architecture,
                 "weight_files": {weights.name: sha256(weights)}, "license": None}

@@ -2,12 +2,14 @@
 
 Built on Hugging Face `tokenizers` (Rust): keras-hub's own tokenizers need tensorflow-text,
 which the JAX/torch GPU install does not have. The saved `tokenizer.json` is the standard
-Hugging Face file, readable by the ecosystem's tools.
+Hugging Face file, readable by the ecosystem's tools. Marian's checkpoints bring SentencePiece
+models, read with the `sentencepiece` library (sentencepiece_tokenizer.py).
 """
 
-from zoo.tokenizers.loading import load_tokenizer
-from zoo.tokenizers.text_tokenizer import END_TOKEN, TextTokenizer, train_bpe, train_char
+from zoo.tokenizers.loading import is_tokenizer_directory, load_tokenizer
+from zoo.tokenizers.sentencepiece_tokenizer import SentencePieceTokenizer
+from zoo.tokenizers.text_tokenizer import END_TOKEN, TextTokenizer, byte_level_bpe, train_bpe, train_char
 from zoo.tokenizers.wordpiece import WordPieceTokenizer, train_wordpiece
 
-__all__ = ["END_TOKEN", "TextTokenizer", "WordPieceTokenizer", "load_tokenizer", "train_bpe", "train_char",
-           "train_wordpiece"]
+__all__ = ["END_TOKEN", "SentencePieceTokenizer", "TextTokenizer", "WordPieceTokenizer", "byte_level_bpe",
+           "is_tokenizer_directory", "load_tokenizer", "train_bpe", "train_char", "train_wordpiece"]

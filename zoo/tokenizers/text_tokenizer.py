@@ -18,11 +18,14 @@ FILE_NAME = "tokenizer.json"
 
 class TextTokenizer:
     """A trained or imported tokenizer: text <-> token ids. `kind` is "char" or "bpe". `end_token`
-    marks document boundaries (a GPT's prompts start with it); an imported tokenizer names its own."""
+    marks document boundaries (a GPT's prompts start with it); an imported tokenizer names its own.
+    `begin_token` (BART's <s>), when set, begins every encoded text and is dropped when decoding."""
 
-    def __init__(self, tokenizer, kind, end_token=END_TOKEN):
-        self.tokenizer, self.kind, self.end_token = tokenizer, kind, end_token
+    def __init__(self, tokenizer, kind, end_token=END_TOKEN, begin_token=None):
+        self.tokenizer, self.kind, self.end_token, self.begin_token = tokenizer, kind, end_token, begin_token
         self.end_token_id = tokenizer.token_to_id(end_token)
+        self.begin_token_id = None if begin_token is None else tokenizer.token_to_id(begin_token)
+        self._begin = [] if begin_token is None else [self.begin_token_id]
 
     @property
     def vocabulary_size(self):
@@ -30,22 +33,29 @@ class TextTokenizer:
 
     def special_tokens(self):
         """The special tokens by role, as a bundle's zoo.json lists them."""
-        return {"end": self.end_token}
+        return {"end": self.end_token} if self.begin_token is None else {"end": self.end_token, "begin": self.begin_token}
+
+    def token_to_id(self, token):
+        """The id of `token`, or None when the vocabulary lacks it."""
+        return self.tokenizer.token_to_id(token)
 
     def encode(self, text):
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        return self._begin + self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts):
-        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        return [self._begin + e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids):
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+        ids = [i for i in ids if i != self.begin_token_id] if self._begin else list(ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     def save(self, directory):
         """Writes `tokenizer.json` into `directory` (the kind and end token go into its "zoo" entry)."""
         settings = {"kind": self.kind}
         if self.end_token != END_TOKEN:
             settings["end_token"] = self.end_token
+        if self.begin_token is not None:
+            settings["begin_token"] = self.begin_token
         write_tokenizer_file(self.tokenizer, directory, settings)
 
     @classmethod
@@ -55,7 +65,7 @@ class TextTokenizer:
     @classmethod
     def from_settings(cls, tokenizer, zoo):
         """From a tokenizer file's parts (`read_tokenizer_file`)."""
-        return cls(tokenizer, zoo.get("kind", "bpe"), zoo.get("end_token", END_TOKEN))
+        return cls(tokenizer, zoo.get("kind", "bpe"), zoo.get("end_token", END_TOKEN), zoo.get("begin_token"))
 
 
 def write_tokenizer_file(tokenizer, directory, zoo):
@@ -111,3 +121,12 @@ def train_bpe(texts, vocabulary_size):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
     return TextTokenizer(tokenizer, "bpe")
+
+
+def byte_level_bpe(vocab, merges):
+    """GPT-2's byte-level BPE (a Hugging Face Tokenizer) from its vocabulary (JSON) and merges
+    files, as transformers' GPT2TokenizerFast converts them (GPT-2's and BART's checkpoints)."""
+    hf_tokenizer = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    hf_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf_tokenizer.decoder = decoders.ByteLevel()
+    return hf_tokenizer

@@ -64,6 +64,10 @@ class WordPieceTokenizer:
             segments += [1] * (len(b) + 1)
         return ids, segments, truncated
 
+    def token_to_id(self, token):
+        """The id of `token`, or None when the vocabulary lacks it."""
+        return self.tokenizer.token_to_id(token)
+
     def encode(self, text, pair=None, max_length=None):
         """(token_ids, segment_ids, truncated) for `text` or the pair (`text`, `pair`).
 
@@ -130,8 +134,28 @@ def train_wordpiece(texts, vocabulary_size, lowercase=True):
     trainer = trainers.WordPieceTrainer(vocab_size=vocabulary_size, special_tokens=SPECIAL_TOKENS,
                                         show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
-    cls_id, sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
+    _add_bert_template(tokenizer)
+    return WordPieceTokenizer(tokenizer, lowercase)
+
+
+def _add_bert_template(tokenizer):
+    """[CLS] a [SEP] (pair: [CLS] a [SEP] b [SEP], b's segment 1), as BERT's tokenizers add them."""
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
-        special_tokens=[(CLS, cls_id), (SEP, sep_id)])
+        special_tokens=[(CLS, tokenizer.token_to_id(CLS)), (SEP, tokenizer.token_to_id(SEP))])
+
+
+def wordpiece_from_vocabulary(vocabulary, lowercase, strip_accents, split_on_cjk=True, suffix="##"):
+    """BERT's WordPiece over a pretrained vocabulary (a token -> id dict, or a vocab.txt path), built
+    as transformers' BertTokenizerFast converts one: its normalizer, pre-tokenizer and template.
+    `strip_accents` None strips them when lower-casing, as BERT's own setting does."""
+    if not isinstance(vocabulary, dict):
+        vocabulary = models.WordPiece.read_file(str(vocabulary))
+    tokenizer = Tokenizer(models.WordPiece(vocabulary, unk_token=UNK, continuing_subword_prefix=suffix))
+    tokenizer.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=split_on_cjk,
+                                                      strip_accents=strip_accents, lowercase=lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece(prefix=suffix)
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)  # already in the vocabulary: marked special, as transformers does
+    _add_bert_template(tokenizer)
     return WordPieceTokenizer(tokenizer, lowercase)

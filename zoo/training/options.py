@@ -51,6 +51,28 @@ TRAIN_CONFIG_FIELDS = ("max_steps", "batch_size", "learning_rate", "warmup_steps
                        "eval_every", "eval_blocks", "save_every", "log_every", "seed")
 
 
+def lora_options(command):
+    """--lora-rank and --lora-alpha, for a family command with --init, applied above `training_command`:
+    the family's function receives `lora`, None or {"rank": R, "alpha": A} for its run config's
+    `lora` entry (zoo.training.lora). A resumed run keeps its own; given again, they must match it."""
+
+    @click.option("--lora-rank", type=int, callback=positive,
+                  help="With --init: fine-tune rank-R LoRA adapters on the attention projections instead of every "
+                       "weight (only they and a new head train); export merges them into the weights.")
+    @click.option("--lora-alpha", type=float, callback=positive,
+                  help="LoRA scale: the adapters' product is multiplied by alpha/rank; default the rank (scale 1).")
+    @functools.wraps(command)
+    def with_lora(lora_rank, lora_alpha, **options):
+        if lora_rank is None and lora_alpha is not None:
+            raise click.UsageError("--lora-alpha needs --lora-rank")
+        if lora_rank is not None and options["init"] is None and not options["resume"]:
+            raise click.UsageError("--lora-rank needs --init: LoRA fine-tunes a pretrained run or bundle")
+        lora = None if lora_rank is None else {"rank": lora_rank, "alpha": float(lora_alpha or lora_rank)}
+        return command(lora=lora, **options)
+
+    return with_lora
+
+
 def training_command(kind):
     """Decorates a family's command with the shared flags. The function receives `train_config`
     (a TrainConfig), `explicit` (the settings given on this command line), `out`, `resume`,

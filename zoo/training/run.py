@@ -9,6 +9,7 @@ keras is imported only inside `fit`, so bad flags and bad data fail before the s
 """
 
 import datetime
+import math
 import sys
 from pathlib import Path
 
@@ -104,9 +105,10 @@ def check_new_run(out):
         raise ZooError(f"{out}: already exists and is not empty (pass --resume to continue it, or another --out)")
 
 
-def resumed_config(out, kind, data, explicit_train_changes, default_data):
+def resumed_config(out, kind, data, explicit_train_changes, default_data, lora=None):
     """The config.json of the run in `out`, with the allowed changes applied; refuses the others,
-    a different `--data`, and data changed on disk since the run started."""
+    a different `--data`, LoRA settings (`lora`: {"rank", "alpha"} from the flags) other than the
+    run's, and data changed on disk since the run started."""
     out = Path(out)
     if not (out / RUN_CONFIG).is_file():
         raise ZooError(f"--resume: {out} is not a run directory (no {RUN_CONFIG})")
@@ -120,6 +122,11 @@ def resumed_config(out, kind, data, explicit_train_changes, default_data):
         raise ZooError(f"{flag(name)} {value} differs from the run's {config['train'][name]}: a resumed run "
                        f"keeps its settings (only {', '.join(sorted(map(flag, RESUMABLE_CHANGES)))} may change)")
     config["train"].update({k: v for k, v in explicit_train_changes.items() if k in RESUMABLE_CHANGES})
+    recorded = config.get("lora") or {}
+    if lora is not None and {k: recorded.get(k) for k in lora} != lora:
+        run_lora = f"rank {recorded['rank']}, alpha {recorded['alpha']:g}" if recorded else "none"
+        raise ZooError(f"--lora-rank {lora['rank']} --lora-alpha {lora['alpha']:g} differs from the run's LoRA "
+                       f"({run_lora}): a resumed run keeps its settings")
     wanted = data_path(config)
     if data is not None and str(data) != str(wanted):
         raise ZooError(f"--data {data} differs from the run's data {config['data']['path']}")
@@ -157,13 +164,30 @@ def _seq_len(batches):
     return int(first.shape[1]) if len(getattr(first, "shape", ())) > 1 else None
 
 
+def _adapt(out, config, model):
+    """Puts LoRA adapters on `model` as the run's `lora` entry says (`zoo.training.lora`), recording
+    the targets in config.json when the run starts. Returns the FLOPs per token that freezing saves:
+    a frozen weight still runs forward and passes gradients back, but gets none of its own (2 of
+    the 6 FLOPs per token a trained one costs)."""
+    from zoo.training import lora
+
+    before = {id(w) for w in model.trainable_weights if "position_embedding" not in w.path}
+    targets = lora.enable(model, config["lora"])
+    if "targets" not in config["lora"]:
+        config["lora"]["targets"] = targets
+        write_run_config(out, RunConfig.from_dict(config, Path(out) / RUN_CONFIG))
+    return 2 * sum(math.prod(w.shape) for w in model.weights if id(w) in before and not w.trainable)
+
+
 def fit(out, config, train_config, build_model, batches, validation, evaluate, resume, describe="",
         layout_map=None, flops_per_token=None, **compile_args):
     """Builds the model (`build_model()`, under the run's precision, seed and device layout),
     compiles it, and trains it in `out`. Returns the loop's summary with the parameter count.
 
     `layout_map(device_mesh)` shards the model for --model-parallel (e.g. `zoo.families.gpt.layout.gpt_layout_map`);
-    `flops_per_token` overrides the estimate from the model (`flops.model_flops_per_token`).
+    `flops_per_token` overrides the estimate from the model (`flops.model_flops_per_token`). A
+    `config["lora"]` entry ({"rank", "alpha"}, and "head": the paths of new layers that train whole)
+    fine-tunes with LoRA adapters instead of every weight (`zoo.training.lora`).
     """
     import contextlib
 
@@ -179,17 +203,21 @@ def fit(out, config, train_config, build_model, batches, validation, evaluate, r
     try:
         with spread.scope() if spread else contextlib.nullcontext():
             model = build_model()
+            seq_len = _seq_len(batches)
+            flops_per_token = flops_per_token or flops.model_flops_per_token(model, seq_len)
+            if config.get("lora"):
+                flops_per_token -= _adapt(out, config, model)
             schedule = compile_for_training(model, train_config, **compile_args)
             keras.config.set_dtype_policy(previous_policy)  # the model keeps its own; later models get the default
             params = model.count_params()
-            seq_len = _seq_len(batches)
+            trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
             devices = distribution.device_count(spread)
-            throughput = flops.Throughput(flops_per_token or flops.model_flops_per_token(model, seq_len), precision,
-                                          devices, train_config.peak_flops)
+            throughput = flops.Throughput(flops_per_token, precision, devices, train_config.peak_flops)
             accum = (f", {train_config.grad_accum} x {train_config.batch_size} examples per update"
                      if train_config.grad_accum > 1 else "")
             print(f"{config['kind']}: {params / 1e6:.2f}M parameters, {describe}backend {keras.backend.backend()}, "
                   f"{precision}{accum}", file=sys.stderr)
+            print(f"trainable parameters: {trainable:,} of {params:,} ({trainable / params:.2%})", file=sys.stderr)
             attention = accelerator.attention_path(model, seq_len) if seq_len else "not probed"
             print(f"device: {throughput.device}, {distribution.describe(spread)}; step: "
                   f"{accelerator.compiled_step(model)}; attention: {attention}", file=sys.stderr)
@@ -198,6 +226,6 @@ def fit(out, config, train_config, build_model, batches, validation, evaluate, r
                             throughput=throughput)
     finally:
         keras.config.set_dtype_policy(previous_policy)
-    summary.update(parameters=params, precision=precision, attention=attention, devices=devices,
-                   flops_per_token=throughput.flops_per_token)
+    summary.update(parameters=params, trainable_parameters=trainable, precision=precision, attention=attention,
+                   devices=devices, flops_per_token=throughput.flops_per_token)
     return summary

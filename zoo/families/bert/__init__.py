@@ -1,8 +1,8 @@
 """The BERT family: a bidirectional encoder, pretrained as a masked LM and fine-tuned to classify.
 
 model.py (encoder and heads), presets.py, training.py, command.py, classifier.py (texts ->
-labels and pooled embeddings), evaluation.py (accuracy, macro-F1, confusion matrix) and
-huggingface.py (BERT checkpoints in and out).
+labels and pooled embeddings), evaluation.py (accuracy, macro-F1, confusion matrix),
+huggingface.py (BERT checkpoints in and out) and keras_hub.py (KerasHub BERT presets in).
 """
 
 from zoo.families import Family, Imported
@@ -32,7 +32,14 @@ class BertFamily(Family):
 
         return Imported(*import_checkpoint(checkpoint, progress))
 
-    def export_hf(self, model, tokenizer, info, directory):
+    keras_hub_backbones = ("BertBackbone",)
+
+    def import_keras_hub(self, preset, progress=None):
+        from zoo.families.bert.keras_hub import import_preset
+
+        return Imported(*import_preset(preset, progress))
+
+    def export_hf(self, model, tokenizer, info, directory, path):
         from zoo.families.bert.huggingface import export_checkpoint
 
         export_checkpoint(model, tokenizer, info.labels, directory)

@@ -3,7 +3,7 @@
 import click
 
 from zoo.families.bert.presets import PRESETS
-from zoo.training.options import positive, training_command
+from zoo.training.options import lora_options, positive, training_command
 
 
 @click.command()
@@ -35,9 +35,11 @@ from zoo.training.options import positive, training_command
 @click.option("--seq-len", type=int, callback=positive,
               help="Sequence length; default 128 for mlm, for classify one that fits 99% of the training texts "
                    "(a power of two, at most the context; longer texts are cut, and counted).")
+@lora_options
 @training_command("bert")
 def bert(task, data, init, text_column, label_column, pair_column, text_field, class_weighting, val_fraction, preset,
-         num_layers, num_heads, hidden_dim, intermediate_dim, max_length, dropout, vocab_size, cased, seq_len, **run):
+         num_layers, num_heads, hidden_dim, intermediate_dim, max_length, dropout, vocab_size, cased, seq_len, lora,
+         **run):
     """Train a BERT-style encoder: masked-LM pretraining or a text classifier.
 
     Classification prints accuracy, macro-F1 and the confusion matrix on the validation split at
@@ -47,6 +49,7 @@ def bert(task, data, init, text_column, label_column, pair_column, text_field, c
     Example:
       zoo train bert --task mlm --max-steps 2000 --out runs/bert-mlm
       zoo train bert --task classify --init runs/bert-mlm --max-steps 300 --out runs/language-id
+      zoo train bert --task classify --init bundles/bert-base --lora-rank 8 --lr 1e-3 --out runs/sst2-lora
       zoo train bert --task classify --data glue/SST-2/train.tsv --class-weighting balanced --out runs/sst2
     """
     from zoo.families.bert.training import train_bert
@@ -58,7 +61,7 @@ def bert(task, data, init, text_column, label_column, pair_column, text_field, c
         vocabulary_size=vocab_size, lowercase=not cased, seq_len=seq_len, val_fraction=val_fraction,
         text_field=text_field, columns=dict(text_column=text_column, label_column=label_column, pair_column=pair_column),
         init=init, class_weighting=class_weighting, train_config=run["train_config"], resume=run["resume"],
-        explicit_train_changes=run["explicit"], command=run["command"])
+        explicit_train_changes=run["explicit"], command=run["command"], lora=lora)
     if summary.get("report"):
         from zoo.families.bert.classifier import format_report  # after training: zoo.engine imports keras
 

@@ -13,14 +13,18 @@ classifier); a `BertModel` has no MLM head, so that head starts new.
 """
 
 from zoo.errors import ZooError
+from zoo.pretrained.huggingface import mapped_items, mapped_tensors
 
+# transformers' hidden_act names -> model.py's activation.
+ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_approximate", "gelu_pytorch_tanh": "gelu_approximate"}
 ARCHITECTURE_TASKS = {"BertModel": "mlm", "BertForMaskedLM": "mlm", "BertForSequenceClassification": "classify"}
 
 
 def model_config(config, source):
     """The BERT task model's constructor arguments for a transformers BertConfig (a dict)."""
     refusals = [
-        (config.get("hidden_act", "gelu") != "gelu", f"hidden_act {config.get('hidden_act')!r} (zoo's BERT computes gelu)"),
+        (config.get("hidden_act", "gelu") not in ACTIVATIONS,
+         f"hidden_act {config.get('hidden_act')!r} (supported: {', '.join(ACTIVATIONS)})"),
         (config.get("position_embedding_type", "absolute") != "absolute",
          f"position_embedding_type {config.get('position_embedding_type')!r}"),
         (config.get("is_decoder", False), "is_decoder true"),
@@ -33,7 +37,8 @@ def model_config(config, source):
                 intermediate_dim=int(config["intermediate_size"]), max_length=int(config["max_position_embeddings"]),
                 num_segments=int(config.get("type_vocab_size", 2)),
                 dropout=float(config.get("hidden_dropout_prob", 0.1)),
-                layer_norm_epsilon=float(config.get("layer_norm_eps", 1e-12)))
+                layer_norm_epsilon=float(config.get("layer_norm_eps", 1e-12)),
+                activation=ACTIVATIONS[config.get("hidden_act", "gelu")])
 
 
 def labels(config, source):
@@ -89,15 +94,9 @@ def weight_items(checkpoint, model, prefix):
     """(tensor name, our variable, read) for every weight the checkpoint has for `model`: read()
     gives the tensor in our layout. A BertForMaskedLM has no pooler, a BertModel no MLM head:
     those of ours stay new."""
-    def reader(name, variable, input_axes):
-        def read():
-            array = checkpoint.tensor(name)
-            return (array.T if input_axes else array).reshape(variable.shape)
-        return read
-
     mapped = weight_map(model, prefix, pooler=checkpoint.has(prefix + "pooler.dense.weight"),
                         mlm_head=checkpoint.has("cls.predictions.bias"))
-    return [(name, variable, reader(name, variable, axes)) for name, variable, axes in mapped]
+    return mapped_items(checkpoint, mapped)
 
 
 def export_checkpoint(model, tokenizer, labels, directory):
@@ -105,27 +104,21 @@ def export_checkpoint(model, tokenizer, labels, directory):
     transformers BertForSequenceClassification or BertForMaskedLM (config.json, model.safetensors,
     tokenizer.json, tokenizer_config.json)."""
     import json
-    import math
 
-    import keras
-    import numpy as np
     from safetensors.numpy import save_file
 
     classify = hasattr(model, "classifier")
-    tensors = {}
-    for name, variable, input_axes in weight_map(model, "bert.", pooler=classify):
-        array = keras.ops.convert_to_numpy(variable.value).astype("float32")
-        if input_axes:
-            array = array.reshape(math.prod(array.shape[:input_axes]), -1).T
-        tensors[name] = np.ascontiguousarray(array.reshape(-1) if name.endswith(".bias") else array)
+    tensors = mapped_tensors(weight_map(model, "bert.", pooler=classify))
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     config = {"architectures": ["BertForSequenceClassification" if classify else "BertForMaskedLM"],
               "model_type": "bert", "vocab_size": model.vocabulary_size, "hidden_size": model.hidden_dim,
               "num_hidden_layers": model.num_layers, "num_attention_heads": model.num_heads,
               "intermediate_size": model.intermediate_dim, "max_position_embeddings": model.max_length,
-              "type_vocab_size": model.num_segments, "hidden_act": "gelu", "layer_norm_eps": model.layer_norm_epsilon,
+              "type_vocab_size": model.num_segments, "layer_norm_eps": model.layer_norm_epsilon,
               "hidden_dropout_prob": model.dropout, "attention_probs_dropout_prob": model.dropout,
-              "position_embedding_type": "absolute", "pad_token_id": tokenizer.pad_token_id, "torch_dtype": "float32"}
+              "position_embedding_type": "absolute",
+              "hidden_act": {"gelu": "gelu", "gelu_approximate": "gelu_new"}[model.activation],
+              "pad_token_id": tokenizer.pad_token_id, "torch_dtype": "float32"}
     if classify:
         config.update(id2label={str(i): label for i, label in enumerate(labels)},
                       label2id={label: i for i, label in enumerate(labels)}, problem_type="single_label_classification")
@@ -143,29 +136,19 @@ def tokenizer(checkpoint):
     BertTokenizerFast converts them."""
     import json
 
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Tokenizer
 
-    from zoo.tokenizers.wordpiece import CLS, SEP, SPECIAL_TOKENS, UNK, WordPieceTokenizer
+    from zoo.tokenizers.wordpiece import WordPieceTokenizer, wordpiece_from_vocabulary
 
     settings_file = checkpoint.file("tokenizer_config.json")
     settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
     lowercase = bool(settings.get("do_lower_case", True))
-    if checkpoint.file("tokenizer.json").is_file():
-        hf_tokenizer = Tokenizer.from_file(str(checkpoint.file("tokenizer.json")))
-    else:
-        vocab = checkpoint.file("vocab.txt", "BERT's WordPiece, when there is no tokenizer.json")
-        hf_tokenizer = Tokenizer(models.WordPiece.from_file(str(vocab), unk_token=UNK))
-        hf_tokenizer.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
-            strip_accents=settings.get("strip_accents"), lowercase=lowercase)
-        hf_tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        hf_tokenizer.decoder = decoders.WordPiece()
-        hf_tokenizer.add_special_tokens(SPECIAL_TOKENS)  # already in the vocabulary: marked special, as transformers does
-        hf_tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
-            special_tokens=[(CLS, hf_tokenizer.token_to_id(CLS)), (SEP, hf_tokenizer.token_to_id(SEP))])
     try:
-        return WordPieceTokenizer(hf_tokenizer, lowercase)
+        if checkpoint.file("tokenizer.json").is_file():
+            return WordPieceTokenizer(Tokenizer.from_file(str(checkpoint.file("tokenizer.json"))), lowercase)
+        vocab = checkpoint.file("vocab.txt", "BERT's WordPiece, when there is no tokenizer.json")
+        return wordpiece_from_vocabulary(vocab, lowercase, settings.get("strip_accents"),
+                                         settings.get("tokenize_chinese_chars", True))
     except ZooError as e:
         raise ZooError(f"{checkpoint.source}: {e}") from None
 

@@ -27,6 +27,15 @@ from zoo.families.bert.presets import PRESETS
 TASKS = ("mlm", "classify")
 
 
+def gelu_tanh(x):
+    return keras.activations.gelu(x, approximate=True)
+
+
+# The feed-forward's activation: exact GELU (BERT's, transformers' "gelu"), or its tanh
+# approximation (KerasHub's BertBackbone; transformers' "gelu_new").
+ACTIVATIONS = {"gelu": "gelu", "gelu_approximate": gelu_tanh}
+
+
 @keras.saving.register_keras_serializable(package="zoo")
 class SeededTransformerEncoder(keras_hub.layers.TransformerEncoder):
     """keras-hub's TransformerEncoder whose dropouts are seeded (it builds them without a seed).
@@ -52,13 +61,16 @@ class BertEncoder(keras.layers.Layer):
     """
 
     def __init__(self, vocabulary_size, num_layers, num_heads, hidden_dim, intermediate_dim, max_length,
-                 num_segments=2, dropout=0.1, layer_norm_epsilon=1e-12, **kwargs):
+                 num_segments=2, dropout=0.1, layer_norm_epsilon=1e-12, activation="gelu", **kwargs):
         super().__init__(**kwargs)
         if hidden_dim % num_heads:
             raise ValueError(f"hidden_dim {hidden_dim} is not a multiple of num_heads {num_heads}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
         self.vocabulary_size, self.num_layers, self.num_heads = vocabulary_size, num_layers, num_heads
         self.hidden_dim, self.intermediate_dim, self.max_length = hidden_dim, intermediate_dim, max_length
         self.num_segments, self.dropout, self.layer_norm_epsilon = num_segments, dropout, layer_norm_epsilon
+        self.activation = activation
         policy = self.dtype_policy
         self.token_embedding = keras_hub.layers.ReversibleEmbedding(
             vocabulary_size, hidden_dim, tie_weights=True, embeddings_initializer=_normal(0.02),
@@ -72,7 +84,8 @@ class BertEncoder(keras.layers.Layer):
         self.embeddings_dropout = _dropout(dropout, policy)
         self.blocks = [
             SeededTransformerEncoder(
-                num_heads=num_heads, intermediate_dim=intermediate_dim, activation="gelu", dropout=dropout,
+                num_heads=num_heads, intermediate_dim=intermediate_dim, activation=ACTIVATIONS[activation],
+                dropout=dropout,
                 layer_norm_epsilon=layer_norm_epsilon, kernel_initializer=_normal(0.02), dtype=policy,
                 name=f"block_{i}")
             for i in range(num_layers)
@@ -106,11 +119,11 @@ class BertEncoder(keras.layers.Layer):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size, "num_layers": self.num_layers,
                 "num_heads": self.num_heads, "hidden_dim": self.hidden_dim, "intermediate_dim": self.intermediate_dim,
                 "max_length": self.max_length, "num_segments": self.num_segments, "dropout": self.dropout,
-                "layer_norm_epsilon": self.layer_norm_epsilon}
+                "layer_norm_epsilon": self.layer_norm_epsilon, "activation": self.activation}
 
 
 _ENCODER_ARGS = ("vocabulary_size", "num_layers", "num_heads", "hidden_dim", "intermediate_dim", "max_length",
-                 "num_segments", "dropout", "layer_norm_epsilon")
+                 "num_segments", "dropout", "layer_norm_epsilon", "activation")
 
 
 @keras.saving.register_keras_serializable(package="zoo")
@@ -118,10 +131,11 @@ class BertTaskModel(keras.Model):
     """What the task models share: a `BertEncoder` built from the plain constructor arguments."""
 
     def __init__(self, vocabulary_size, num_layers, num_heads, hidden_dim, intermediate_dim, max_length,
-                 num_segments=2, dropout=0.1, layer_norm_epsilon=1e-12, **kwargs):
+                 num_segments=2, dropout=0.1, layer_norm_epsilon=1e-12, activation="gelu", **kwargs):
         super().__init__(**kwargs)
         self.encoder = BertEncoder(vocabulary_size, num_layers, num_heads, hidden_dim, intermediate_dim, max_length,
-                                   num_segments, dropout, layer_norm_epsilon, dtype=self.dtype_policy, name="encoder")
+                                   num_segments, dropout, layer_norm_epsilon, activation, dtype=self.dtype_policy,
+                                   name="encoder")
         for name in _ENCODER_ARGS:
             setattr(self, name, getattr(self.encoder, name))
 
@@ -140,7 +154,7 @@ class BertMaskedLM(BertTaskModel):
         # runs in float32: keras-hub's adds its float32 output bias to logits in the head's compute
         # dtype, which TensorFlow refuses for bfloat16 (the logits matmul stays in the embedding's).
         self.mlm_head = keras_hub.layers.MaskedLMHead(
-            token_embedding=self.encoder.token_embedding, intermediate_activation="gelu",
+            token_embedding=self.encoder.token_embedding, intermediate_activation=ACTIVATIONS[self.activation],
             layer_norm_epsilon=self.layer_norm_epsilon, kernel_initializer=_normal(0.02),
             dtype="float32", name="mlm_head")
         # Nothing here trains the pooler (there is no next-sentence task); frozen, it is not handed

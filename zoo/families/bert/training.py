@@ -66,7 +66,7 @@ def _new_mlm_run(data, preset, overrides, vocabulary_size, lowercase, seq_len, v
 
 
 def _new_classify_run(data, preset, overrides, vocabulary_size, lowercase, seq_len, val_fraction, columns, init,
-                      class_weighting, train_config):
+                      class_weighting, train_config, lora=None):
     labelled = read_labelled(data or DEFAULT_LABELLED, **columns)
     train_rows, val_rows = split_labelled(labelled, val_fraction, train_config.seed)
     names = class_names(train_rows)
@@ -96,6 +96,8 @@ def _new_classify_run(data, preset, overrides, vocabulary_size, lowercase, seq_l
                             "lowercase": tokenizer.lowercase},
               "train": dataclasses.asdict(train_config),
               "data": run.data_entry(data, DEFAULT_LABELLED, val_fraction=val_fraction, **columns)}
+    if lora and init:
+        config["lora"] = {**lora, "head": ["classifier"]}  # the new head trains whole
     return config, tokenizer, (train_rows, val_rows)
 
 
@@ -156,16 +158,18 @@ def _classify_training(config, tokenizer, splits, train_config):
 
 def train_bert(out, task="mlm", data=None, preset="nano", model_overrides=None, vocabulary_size=8192, lowercase=True,
                seq_len=None, val_fraction=0.1, text_field="text", columns=None, init=None, class_weighting="none",
-               train_config=None, resume=False, explicit_train_changes=None, command=None):
+               train_config=None, resume=False, explicit_train_changes=None, command=None, lora=None):
     """Trains (or with `resume`, continues) a BERT run in `out`. Returns the loop's summary dict;
-    for classification it also holds the final validation report (accuracy, macro-F1, confusion)."""
+    for classification it also holds the final validation report (accuracy, macro-F1, confusion).
+    Fine-tuning from `init` with `lora` ({"rank", "alpha"}) trains LoRA adapters on the encoder's
+    attention projections and the new head, every other weight frozen (zoo.training.lora)."""
     from zoo.training.config import TrainConfig
 
     out = Path(out)
     columns = columns or {"text_column": None, "label_column": "label", "pair_column": None}
     if resume:
         default = DEFAULT_LABELLED if task == "classify" else DEFAULT_CORPUS
-        config = run.resumed_config(out, "bert", data, explicit_train_changes or {}, default)
+        config = run.resumed_config(out, "bert", data, explicit_train_changes or {}, default, lora)
         if config["task"] != task:
             raise ZooError(f"{out}: is a bert {config['task']} run, not {task}")
         tokenizer = WordPieceTokenizer.load(out)
@@ -181,7 +185,8 @@ def train_bert(out, task="mlm", data=None, preset="nano", model_overrides=None, 
         overrides = model_overrides or {}
         if task == "classify":
             config, tokenizer, splits = _new_classify_run(data, preset, overrides, vocabulary_size, lowercase, seq_len,
-                                                          val_fraction, columns, init, class_weighting, train_config)
+                                                          val_fraction, columns, init, class_weighting, train_config,
+                                                          lora)
         else:
             if init:
                 raise ZooError("--init is for --task classify (fine-tuning a pretrained encoder)")

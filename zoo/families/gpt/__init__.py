@@ -41,7 +41,7 @@ class GPTFamily(Family):
         model, tokenizer = import_preset(preset, progress)
         return Imported(model, tokenizer, "generate")
 
-    def export_hf(self, model, tokenizer, info, directory):
+    def export_hf(self, model, tokenizer, info, directory, path):
         from zoo.families.gpt.huggingface import export_checkpoint
 
         export_checkpoint(model, tokenizer, directory)

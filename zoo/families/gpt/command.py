@@ -3,7 +3,7 @@
 import click
 
 from zoo.families.gpt.presets import PRESETS
-from zoo.training.options import positive, training_command
+from zoo.training.options import lora_options, positive, training_command
 
 
 @click.command()
@@ -27,9 +27,10 @@ from zoo.training.options import positive, training_command
               help="Byte-level BPE or characters (with byte fallback).")
 @click.option("--vocab-size", type=int, default=2048, show_default=True, help="BPE vocabulary size.")
 @click.option("--seq-len", type=int, callback=positive, help="Training block length; default the context length.")
+@lora_options
 @training_command("gpt")
 def gpt(data, text_field, val_fraction, preset, init, num_layers, num_heads, hidden_dim, intermediate_dim, max_length,
-        dropout, position_embedding, tokenizer_kind, vocab_size, seq_len, **run):
+        dropout, position_embedding, tokenizer_kind, vocab_size, seq_len, lora, **run):
     """Train a GPT-style language model.
 
     Progress (loss, tokens/s, ETA) goes to stderr; checkpoints, metrics.jsonl and config.json to
@@ -41,6 +42,7 @@ def gpt(data, text_field, val_fraction, preset, init, num_layers, num_heads, hid
       zoo train gpt --data my_corpus/ --tokenizer char --preset small --out runs/mine --precision bf16
       zoo train gpt --out runs/shakespeare --resume --max-steps 1000
       zoo import hf://gpt2 --out bundles/gpt2 && zoo train gpt --init bundles/gpt2 --data corpus.txt --seq-len 256
+      zoo train gpt --init bundles/gpt2 --lora-rank 8 --data corpus.txt --seq-len 256 --out runs/gpt2-lora
       zoo prepare --data big_corpus/ --out prepared/big && zoo train gpt --data prepared/big --grad-accum 4
     """
     from zoo.data.prepared import is_prepared
@@ -70,4 +72,4 @@ def gpt(data, text_field, val_fraction, preset, init, num_layers, num_heads, hid
                              position_embedding=position_embedding),
         tokenizer_kind=tokenizer_kind, vocabulary_size=vocab_size, seq_len=seq_len, val_fraction=val_fraction,
         text_field=text_field, train_config=run["train_config"], resume=run["resume"],
-        explicit_train_changes=run["explicit"], command=run["command"])
+        explicit_train_changes=run["explicit"], command=run["command"], lora=lora)

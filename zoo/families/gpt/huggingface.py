@@ -57,7 +57,7 @@ def tokenizer(checkpoint, end_token_id):
     and merges.txt the way transformers' GPT2TokenizerFast converts them."""
     from tokenizers import Tokenizer
 
-    from zoo.tokenizers import TextTokenizer
+    from zoo.tokenizers import TextTokenizer, byte_level_bpe
 
     if checkpoint.file("tokenizer.json").is_file():
         hf_tokenizer = Tokenizer.from_file(str(checkpoint.file("tokenizer.json")))
@@ -68,17 +68,6 @@ def tokenizer(checkpoint, end_token_id):
     if end_token is None:
         raise ZooError(f"{checkpoint.source}: the tokenizer has no token {end_token_id} (the config's eos_token_id)")
     return TextTokenizer(hf_tokenizer, "bpe", end_token)
-
-
-def byte_level_bpe(vocab, merges):
-    """GPT-2's byte-level BPE from its vocabulary (JSON) and merges files, as transformers'
-    GPT2TokenizerFast converts them."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    hf_tokenizer = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
-    hf_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf_tokenizer.decoder = decoders.ByteLevel()
-    return hf_tokenizer
 
 
 def import_checkpoint(checkpoint, progress):

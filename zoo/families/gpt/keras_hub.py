@@ -6,7 +6,7 @@ our fused (hidden, 3 * hidden) `qkv` in that order, as GPT-2's c_attn is.
 """
 
 from zoo.errors import ZooError
-from zoo.families.gpt.huggingface import byte_level_bpe
+from zoo.tokenizers import byte_level_bpe
 
 END_TOKEN = "<|endoftext|>"  # keras-hub's GPT2Tokenizer requires it in the vocabulary
 

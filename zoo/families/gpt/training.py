@@ -35,7 +35,7 @@ def _model_config(preset, model_overrides, seq_len):
 
 
 def _new_run_config(data, preset, model_overrides, tokenizer_kind, vocabulary_size, seq_len, val_fraction,
-                    text_field, train_config, init=None):
+                    text_field, train_config, init=None, lora=None):
     """Reads and splits the data, trains the tokenizer (or takes `init`'s model shape and tokenizer);
     returns (config, tokenizer, train_docs, val_docs)."""
     documents = read_documents(data, text_field)  # first: bad data fails before keras is imported
@@ -46,7 +46,8 @@ def _new_run_config(data, preset, model_overrides, tokenizer_kind, vocabulary_si
         if seq_len > model_config["max_length"]:
             raise ZooError(f"--seq-len {seq_len} exceeds the context of --init {init} ({model_config['max_length']})")
         data_entry = run.data_entry(data, DEFAULT_CORPUS, text_field=text_field, val_fraction=val_fraction)
-        config = {**_config(None, model_config, seq_len, tokenizer, train_config, data_entry), "init": str(init)}
+        config = {**_config(None, model_config, seq_len, tokenizer, train_config, data_entry), "init": str(init),
+                  **({"lora": lora} if lora else {})}
         config["model"]["vocabulary_size"] = model_config["vocabulary_size"]  # may exceed the tokenizer's
         return config, tokenizer, train_docs, val_docs
     model_config, seq_len = _model_config(preset, model_overrides, seq_len)
@@ -106,11 +107,12 @@ def _whole_batches(validation, train_config):
 
 def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kind="bpe", vocabulary_size=2048,
               seq_len=None, val_fraction=0.1, text_field="text", train_config=None, resume=False,
-              explicit_train_changes=None, command=None, init=None):
+              explicit_train_changes=None, command=None, init=None, lora=None):
     """Trains (or with `resume`, continues) a GPT run in `out`. Returns the loop's summary dict.
 
     With `init` (a GPT run or bundle, e.g. an imported GPT-2) the run fine-tunes it: its shape,
-    tokenizer and weights.
+    tokenizer and weights; with `lora` too ({"rank", "alpha"}), LoRA adapters on its attention
+    projections instead of every weight (zoo.training.lora).
 
     With a prepared corpus as `data`, the tokenizer settings and `val_fraction` / `text_field`
     are those it was prepared with.
@@ -121,7 +123,7 @@ def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kin
     backend = os.environ.get("KERAS_BACKEND", "jax")
     prepared = None
     if resume:
-        config = run.resumed_config(out, "gpt", data, explicit_train_changes or {}, DEFAULT_CORPUS)
+        config = run.resumed_config(out, "gpt", data, explicit_train_changes or {}, DEFAULT_CORPUS, lora)
         train_config = TrainConfig(**config["train"])
         distribution.check(train_config, backend)
         if config["data"].get("prepared"):
@@ -145,7 +147,7 @@ def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kin
         else:
             config, tokenizer, *docs = _new_run_config(
                 data, preset, model_overrides or {}, tokenizer_kind, vocabulary_size, seq_len, val_fraction,
-                text_field, train_config, init)
+                text_field, train_config, init, lora)
     seq_len = config["seq_len"]
     train_tokens, val_tokens, tokenizer = _tokens(config, prepared, tokenizer, docs)
     batches = BlockBatches(train_tokens, seq_len, train_config.batch_size, train_config.seed)

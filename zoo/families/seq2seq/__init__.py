@@ -1,12 +1,13 @@
 """The seq2seq family: an encoder-decoder transformer for translation and summarization.
 
 model.py (the network), presets.py, training.py, command.py, generator.py (source -> streamed
-target, beam search, BLEU/chrF), torch_step.py (the torch decoder step) and evaluation.py.
+target, beam search, BLEU/chrF), torch_step.py (the torch decoder step), evaluation.py and
+huggingface.py (BART, Marian and Blenderbot checkpoints in and out).
 """
 
 from pathlib import Path
 
-from zoo.families import Family
+from zoo.families import Family, Imported
 from zoo.families.seq2seq.presets import PRESETS
 
 SOURCE_TOKENIZER = "source_tokenizer"  # the source side's tokenizer, when the vocabularies are separate
@@ -36,6 +37,20 @@ class Seq2SeqFamily(Family):
 
         separate = Path(path, SOURCE_TOKENIZER)
         return load_tokenizer(separate if separate.is_dir() else path)
+
+    hf_architectures = ("BartForConditionalGeneration", "MarianMTModel", "BlenderbotForConditionalGeneration")
+
+    def import_hf(self, checkpoint, progress=None):
+        from zoo.families.seq2seq.huggingface import import_checkpoint
+
+        model, source_tokenizer, target_tokenizer = import_checkpoint(checkpoint, progress)
+        extra = {} if source_tokenizer is target_tokenizer else {SOURCE_TOKENIZER: source_tokenizer}
+        return Imported(model, target_tokenizer, "generate", extra_tokenizers=extra)
+
+    def export_hf(self, model, tokenizer, info, directory, path):
+        from zoo.families.seq2seq.huggingface import export_checkpoint
+
+        export_checkpoint(model, tokenizer, self.source_tokenizer(path), directory)
 
     def runtime(self, task, model, tokenizer, path, info):
         if task != "generate":

@@ -3,7 +3,7 @@
 import click
 
 from zoo.families.seq2seq.presets import PRESETS
-from zoo.training.options import positive, training_command
+from zoo.training.options import lora_options, positive, training_command
 
 
 @click.command()
@@ -15,6 +15,9 @@ from zoo.training.options import positive, training_command
 @click.option("--target-column", default=None, help="Target column, likewise (default `target`, else column 1).")
 @click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Share of the pairs (the file's end) held out.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="nano", show_default=True, help="Model shape.")
+@click.option("--init", type=click.Path(), default=None,
+              help="Fine-tune a seq2seq run or bundle (e.g. Marian or BART from `zoo import`): its shape, tokenizers "
+                   "and weights; instead of --preset and the vocabulary flags.")
 @click.option("--num-encoder-layers", type=int, callback=positive, help="Override the preset.")
 @click.option("--num-decoder-layers", type=int, callback=positive, help="Override the preset.")
 @click.option("--num-heads", type=int, callback=positive, help="Override the preset.")
@@ -30,10 +33,11 @@ from zoo.training.options import positive, training_command
 @click.option("--bleu-pairs", type=click.IntRange(0), default=None,
               help="Validation pairs scored with BLEU/chrF at the end (greedy and beam); default all, 0 skips.")
 @click.option("--beam-width", type=click.IntRange(1), default=4, show_default=True, help="For the final beam-search scores.")
+@lora_options
 @training_command("seq2seq")
-def seq2seq(data, source_column, target_column, val_fraction, preset, num_encoder_layers, num_decoder_layers, num_heads,
-            hidden_dim, intermediate_dim, max_source_length, max_target_length, dropout, vocab_size, shared_vocabulary,
-            label_smoothing, bleu_pairs, beam_width, **run):
+def seq2seq(data, source_column, target_column, val_fraction, preset, init, num_encoder_layers, num_decoder_layers,
+            num_heads, hidden_dim, intermediate_dim, max_source_length, max_target_length, dropout, vocab_size,
+            shared_vocabulary, label_smoothing, bleu_pairs, beam_width, lora, **run):
     """Train an encoder-decoder transformer on source/target pairs (translation, summarization).
 
     At the end, prints BLEU and chrF (sacrebleu) of greedy and beam-search decoding on the
@@ -44,11 +48,20 @@ def seq2seq(data, source_column, target_column, val_fraction, preset, num_encode
       zoo train seq2seq --max-steps 2000 --out runs/en-fr
       zoo train seq2seq --data pairs.tsv --source-column en --target-column de --preset small --out runs/en-de
       zoo translate runs/en-fr "Forgot your password?" --beam-width 4
+      zoo import hf://Helsinki-NLP/opus-mt-en-fr --out bundles/en-fr
+      zoo train seq2seq --init bundles/en-fr --data pairs.tsv --lora-rank 8 --out runs/en-fr-tuned
     """
     from zoo.families.seq2seq.training import format_scores, train_seq2seq
 
+    ctx = click.get_current_context()
+    given = [name for name in ("preset", "vocab_size", "shared_vocabulary")
+             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    if init is not None and given:
+        raise click.UsageError(f"--{given[0].replace('_', '-')} cannot be combined with --init: the model's shape and "
+                               "tokenizers come from it")
+
     summary = train_seq2seq(
-        run["out"], data=data, preset=preset,
+        run["out"], data=data, preset=preset, init=init, lora=lora,
         model_overrides=dict(num_encoder_layers=num_encoder_layers, num_decoder_layers=num_decoder_layers,
                              num_heads=num_heads, hidden_dim=hidden_dim, intermediate_dim=intermediate_dim,
                              max_source_length=max_source_length, max_target_length=max_target_length, dropout=dropout),

@@ -8,7 +8,7 @@ its padding mask) in the request's slot and runs the start token at target posit
 decoder runs one token per row per step, each row at its own position. So one loop
 (`zoo.engine.generation.stream` and `Continuation`) serves `zoo translate` and the server, whose
 continuous batcher batches seq2seq requests as it does GPT ones. The decoder starts from the end
-token, as BART starts from </s>. Tokens are picked on the host by `zoo.engine.sampling.sample`, as
+token, as BART starts from </s> (or from the model's decoder_start_token_id: Marian's <pad>). Tokens are picked on the host by `zoo.engine.sampling.sample`, as
 for the GPT and for the same reason (keras-hub's samplers run their whole loop inside one compiled
 call: no streaming, no stop strings).
 """
@@ -46,6 +46,8 @@ class Seq2SeqGenerator:
     def __init__(self, model, source_tokenizer, target_tokenizer, engine=None):
         self.model, self.source_tokenizer, self.tokenizer = model, source_tokenizer, target_tokenizer
         self.start_id = self.end_id = target_tokenizer.end_token_id
+        if model.decoder_start_token_id is not None:  # an imported model's own (Marian's: its pad token)
+            self.start_id = model.decoder_start_token_id
         self.max_length = model.max_target_length
         self._engine = engine
 

@@ -5,9 +5,10 @@ own weights, as zoo.families.gpt.torch_engine is for the GPT, from the same buil
 Eager Keras on torch pays for `Layer.__call__` on every sublayer of keras-hub's TransformerDecoder
 at every token (a nano step took about 12 ms, against ~1 ms compiled on JAX), and returns a new
 cache where torch can write one position in place. This is a twin of `Seq2Seq.call_with_cache`
-for one token per row, each row at its own position, with keras-hub's pre-LayerNorm
-(`normalize_first=True`) decoder: self-attention over the cache, cross-attention over the cached
-encoder keys/values of the row's own source, and the GELU feed-forward. It reads keras-hub's
+for one token per row, each row at its own position, with keras-hub's decoder, pre- or
+post-LayerNorm (`normalize_first`), and the model's other switches (embedding scale and norm,
+position offset, activation, logits bias, forced first token): self-attention over the cache,
+cross-attention over the cached encoder keys/values of the row's own source, and the feed-forward. It reads keras-hub's
 sublayers by their attribute names, as `Seq2Seq.call_with_cache` does; tests compare its logits
 with the uncached model, so a keras-hub release that renames them fails there, not silently.
 
@@ -20,6 +21,9 @@ the structure of `Seq2Seq.init_cache` in torch_blocks' layout, written in place.
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# The model's activation names (zoo.families.seq2seq.model.ACTIVATIONS) in torch; keras's "gelu" is exact.
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
 
 from zoo.engine.interface import DecodeEngine
 from zoo.layers import torch_blocks as blocks
@@ -53,7 +57,11 @@ class TorchSeq2SeqEngine(DecodeEngine):
                 ff_norm=weights.norm(layer._feedforward_layer_norm),
                 ff_in=weights.dense(layer._feedforward_intermediate_dense),
                 ff_out=weights.dense(layer._feedforward_output_dense)))
-        self.final_norm = weights.norm(model.decoder_norm)
+        self.final_norm = weights.norm(model.decoder_norm) if model.decoder_norm is not None else None
+        self.embedding_norm = (weights.norm(model.target_embedding_norm) if model.target_embedding_norm is not None
+                               else None)
+        self.logits_bias = (weights.tensor(model.logits_bias, torch.float32).cpu().numpy()
+                            if model.logits_bias is not None else None)
 
     def _heads(self, x):
         """(rows, hidden) -> (rows, heads, head_dim)."""
@@ -62,19 +70,40 @@ class TorchSeq2SeqEngine(DecodeEngine):
     def _step(self, tokens, cache, positions):
         """One target token per row of the cache's first len(tokens) rows, row r at positions[r]:
         float32 NumPy logits (rows, vocab). Writes the tokens' keys/values into the cache."""
+        model = self.model
         step = blocks.StepRows(positions, self.device, self.key_positions)
         rows = len(tokens)
-        x = self.embeddings[torch.from_numpy(tokens).to(self.device, torch.long)] + self.positions[step.positions]
+        x = self.embeddings[torch.from_numpy(tokens).to(self.device, torch.long)]
+        if model.scale_embedding:
+            x = x * model.embedding_scale
+        x = x + self.positions[step.positions + model.position_offset]
+        if self.embedding_norm is not None:
+            x = blocks.layer_norm(x, self.embedding_norm)
         source_hidden = ~cache["source_mask"][:rows, None, None, :]  # (rows, 1, 1, source length)
-        for layer, self_cache, (keys, values) in zip(self.layers, cache["self"], cache["cross"]):
-            h = blocks.layer_norm(x, layer["self_norm"])
+        activation = ACTIVATIONS[model.activation]
+
+        def residual(x, norm, sublayer):  # keras-hub's block order, pre- or post-LayerNorm
+            if model.normalize_first:
+                return x + sublayer(blocks.layer_norm(x, norm))
+            return blocks.layer_norm(x + sublayer(x), norm)
+
+        def self_attention(h):
             q, k, v = (self._heads(blocks.linear(h, layer[name])) for name in ("q", "k", "v"))
-            x = x + blocks.linear(blocks.cached_attention(q, k, v, self_cache, step), layer["out"])
-            q = self._heads(blocks.linear(blocks.layer_norm(x, layer["cross_norm"]), layer["cross_q"]))
-            x = x + blocks.linear(blocks.attend(q, keys[:rows], values[:rows], source_hidden), layer["cross_out"])
-            h = F.gelu(blocks.linear(blocks.layer_norm(x, layer["ff_norm"]), layer["ff_in"]))  # keras "gelu": exact
-            x = x + blocks.linear(h, layer["ff_out"])
-        return blocks.tied_logits(blocks.layer_norm(x, self.final_norm), self.embeddings)
+            return blocks.linear(blocks.cached_attention(q, k, v, self_cache, step), layer["out"])
+
+        def cross_attention(h):
+            q = self._heads(blocks.linear(h, layer["cross_q"]))
+            return blocks.linear(blocks.attend(q, keys[:rows], values[:rows], source_hidden), layer["cross_out"])
+
+        for layer, self_cache, (keys, values) in zip(self.layers, cache["self"], cache["cross"]):
+            x = residual(x, layer["self_norm"], self_attention)
+            x = residual(x, layer["cross_norm"], cross_attention)
+            x = residual(x, layer["ff_norm"], lambda h: blocks.linear(activation(blocks.linear(h, layer["ff_in"])),
+                                                                       layer["ff_out"]))
+        if self.final_norm is not None:
+            x = blocks.layer_norm(x, self.final_norm)
+        logits = blocks.tied_logits(x, self.embeddings)
+        return logits if self.logits_bias is None else logits + self.logits_bias
 
     # --- the engine interface -------------------------------------------------------------------
 
@@ -108,7 +137,10 @@ class TorchSeq2SeqEngine(DecodeEngine):
                "cross": [(k[slot:slot + 1], v[slot:slot + 1]) for k, v in cache["cross"]],
                "source_mask": cache["source_mask"][slot:slot + 1]}  # views: the step writes into the slot
         logits = self._step(np.asarray(ids[:1], "int32"), row, np.zeros(1, "int32"))
-        return logits[0], cache
+        logits, forced = logits[0], self.model.forced_bos_token_id
+        if forced is not None:  # as Seq2Seq.force_first_token
+            logits = np.where(np.arange(len(logits)) == forced, 0.0, -np.inf).astype(logits.dtype)
+        return logits, cache
 
     def insert(self, cache, slot, row_cache):
         return blocks.insert(cache, slot, row_cache)

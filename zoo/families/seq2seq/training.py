@@ -4,7 +4,9 @@ split.
 
 Pairs come from a .tsv/.csv/.jsonl file (default: the shipped English-French UI messages). One
 byte-level BPE vocabulary serves both sides unless `shared_vocabulary` is off; then the source
-tokenizer lives in `source_tokenizer/` beside the target's `tokenizer.json`.
+tokenizer lives in `source_tokenizer/` beside the target's `tokenizer.json`. With `init` (a
+seq2seq run or bundle, e.g. an imported Marian or BART) the run fine-tunes that model: its shape,
+tokenizers (Marian's SentencePiece models included) and weights.
 
 Data is read and checked before keras is imported, so bad input fails in a fraction of a second.
 """
@@ -18,7 +20,7 @@ from zoo.data.pairs import (DEFAULT_PAIRS, PairBatches, encode_pairs, filter_pai
                             validation_pairs)
 from zoo.errors import ZooError
 from zoo.families.seq2seq import FAMILY, SOURCE_TOKENIZER
-from zoo.tokenizers import TextTokenizer, train_bpe
+from zoo.tokenizers import load_tokenizer, train_bpe
 from zoo.training import run
 
 def label_smoothed_loss(smoothing):
@@ -52,18 +54,24 @@ def _tokenizers(train_pairs, vocabulary_size, shared):
 
 
 def _new_run_config(data, preset, overrides, vocabulary_size, shared, columns, val_fraction, label_smoothing,
-                    train_config):
+                    train_config, init=None, lora=None):
     pairs = read_pairs(data, **columns)  # first: bad data fails before anything else
     train_pairs, val_pairs = split_pairs(pairs, val_fraction)
-    from zoo.families.seq2seq.model import PRESETS
+    if init is not None:
+        model_config, target_tokenizer = run.init_source(init, "seq2seq", overrides)
+        source_tokenizer = FAMILY.source_tokenizer(init)
+        shared = not Path(init, SOURCE_TOKENIZER).is_dir()
+    else:
+        from zoo.families.seq2seq.model import PRESETS
 
-    if preset not in PRESETS:
-        raise ZooError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    model_config = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    source_tokenizer, target_tokenizer = _tokenizers(train_pairs, vocabulary_size, shared)
-    model_config.update(source_vocabulary_size=source_tokenizer.vocabulary_size,
-                        target_vocabulary_size=target_tokenizer.vocabulary_size, shared_embeddings=shared)
-    config = {"kind": "seq2seq", "task": "generate", "preset": preset, "model": model_config,
+        if preset not in PRESETS:
+            raise ZooError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        model_config = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+        source_tokenizer, target_tokenizer = _tokenizers(train_pairs, vocabulary_size, shared)
+        model_config.update(source_vocabulary_size=source_tokenizer.vocabulary_size,
+                            target_vocabulary_size=target_tokenizer.vocabulary_size, shared_embeddings=shared)
+    config = {"kind": "seq2seq", "task": "generate", "preset": None if init else preset, "model": model_config,
+              "init": str(init) if init else None, **({"lora": lora} if lora else {}),
               "label_smoothing": label_smoothing,
               "tokenizer": {"kind": target_tokenizer.kind, "vocabulary_size": target_tokenizer.vocabulary_size,
                             "shared": shared, "source_vocabulary_size": source_tokenizer.vocabulary_size},
@@ -101,25 +109,27 @@ def format_scores(scores):
 
 def train_seq2seq(out, data=None, preset="nano", model_overrides=None, vocabulary_size=4000, shared_vocabulary=True,
                   columns=None, val_fraction=0.1, label_smoothing=0.1, bleu_pairs=None, beam_width=4,
-                  train_config=None, resume=False, explicit_train_changes=None, command=None):
-    """Trains (or with `resume`, continues) a seq2seq run in `out`. Returns the loop's summary
-    dict, with BLEU/chrF of greedy and beam decoding on (up to `bleu_pairs` of) the validation
-    pairs under "translation" (`bleu_pairs=0` skips that)."""
+                  train_config=None, resume=False, explicit_train_changes=None, command=None, init=None, lora=None):
+    """Trains (or with `resume`, continues) a seq2seq run in `out`, from scratch or, with `init`,
+    from a pretrained seq2seq run or bundle (with `lora`, {"rank", "alpha"}: LoRA adapters on its
+    attention projections instead of every weight; zoo.training.lora). Returns the loop's summary dict, with BLEU/chrF of
+    greedy and beam decoding on (up to `bleu_pairs` of) the validation pairs under "translation"
+    (`bleu_pairs=0` skips that)."""
     from zoo.training.config import TrainConfig
 
     out = Path(out)
     columns = columns or {"source_column": None, "target_column": None}
     if resume:
-        config = run.resumed_config(out, "seq2seq", data, explicit_train_changes or {}, DEFAULT_PAIRS)
+        config = run.resumed_config(out, "seq2seq", data, explicit_train_changes or {}, DEFAULT_PAIRS, lora)
         train_pairs, val_pairs = pair_split(config)
-        source_tokenizer, target_tokenizer = FAMILY.source_tokenizer(out), TextTokenizer.load(out)
+        source_tokenizer, target_tokenizer = FAMILY.source_tokenizer(out), load_tokenizer(out)
         train_config = TrainConfig(**config["train"])
     else:
         run.check_new_run(out)
         train_config = train_config or TrainConfig()
         config, source_tokenizer, target_tokenizer, (train_pairs, val_pairs) = _new_run_config(
             data, preset, model_overrides or {}, vocabulary_size, shared_vocabulary, columns, val_fraction,
-            label_smoothing, train_config)
+            label_smoothing, train_config, init, lora)
     lengths = config["model"]["max_source_length"], config["model"]["max_target_length"]
     train_pairs, dropped = filter_pairs_by_length(train_pairs, source_tokenizer, target_tokenizer, *lengths)
     val_pairs, val_dropped = filter_pairs_by_length(val_pairs, source_tokenizer, target_tokenizer, *lengths)
@@ -127,8 +137,10 @@ def train_seq2seq(out, data=None, preset="nano", model_overrides=None, vocabular
         print(f"note: dropped {dropped} training and {val_dropped} validation pairs longer than the maximum lengths "
               f"{lengths[0]} / {lengths[1]} tokens", file=sys.stderr)
     config["data"].update(train_pairs=len(train_pairs), val_pairs=len(val_pairs), dropped_pairs=dropped + val_dropped)
-    ids = dict(start_id=target_tokenizer.end_token_id, end_id=target_tokenizer.end_token_id,
-               pad_id=target_tokenizer.end_token_id)  # padding carries weight 0 and a padding mask
+    end = target_tokenizer.end_token_id
+    start = config["model"].get("decoder_start_token_id")
+    ids = dict(start_id=end if start is None else start, end_id=end,
+               pad_id=end)  # padding carries weight 0 and a padding mask
     batches = PairBatches(*encode_pairs(train_pairs, source_tokenizer, target_tokenizer), *lengths,
                           train_config.batch_size, train_config.seed, **ids)
     inputs, labels, weights = validation_pairs(*encode_pairs(val_pairs, source_tokenizer, target_tokenizer), *lengths,
@@ -148,12 +160,18 @@ def train_seq2seq(out, data=None, preset="nano", model_overrides=None, vocabular
 
         model = Seq2Seq(**config["model"])
         model.build()
+        if config.get("init") and not resume:
+            from zoo.bundle import load_model
+
+            model.set_weights(load_model(config["init"])[0].get_weights())
+            print(f"weights carried over from {config['init']}", file=sys.stderr)
         return model
 
     summary = run.fit(out, config, train_config, build_model, batches, (inputs, labels, weights), evaluate, resume,
                       describe=f"{len(train_pairs):,} training / {len(val_pairs):,} validation pairs, "
-                               f"{'shared' if config['tokenizer']['shared'] else 'separate'} BPE vocabularies of "
-                               f"{source_tokenizer.vocabulary_size} / {target_tokenizer.vocabulary_size} tokens, ",
+                               f"{'one' if config['tokenizer']['shared'] else 'source and target'} "
+                               f"{target_tokenizer.kind} tokenizer of {source_tokenizer.vocabulary_size} / "
+                               f"{target_tokenizer.vocabulary_size} tokens, ",
                       loss=label_smoothed_loss(config["label_smoothing"]))
     if bleu_pairs != 0 and not summary["stopped"]:
         from zoo.bundle import load_run

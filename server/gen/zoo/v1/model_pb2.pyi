@@ -27,6 +27,7 @@ class TokenizerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TOKENIZER_KIND_CHAR: _ClassVar[TokenizerKind]
     TOKENIZER_KIND_BPE: _ClassVar[TokenizerKind]
     TOKENIZER_KIND_WORDPIECE: _ClassVar[TokenizerKind]
+    TOKENIZER_KIND_SENTENCEPIECE: _ClassVar[TokenizerKind]
 
 class Backend(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -45,6 +46,7 @@ TOKENIZER_KIND_UNSPECIFIED: TokenizerKind
 TOKENIZER_KIND_CHAR: TokenizerKind
 TOKENIZER_KIND_BPE: TokenizerKind
 TOKENIZER_KIND_WORDPIECE: TokenizerKind
+TOKENIZER_KIND_SENTENCEPIECE: TokenizerKind
 BACKEND_UNSPECIFIED: Backend
 BACKEND_JAX: Backend
 BACKEND_TENSORFLOW: Backend
