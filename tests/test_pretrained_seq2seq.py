@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import checkpoint_variant, run_zoo
+from conftest import checkpoint_variant, run_zoo, zoo_json
 
 # English, accented, CJK and emoji text: the tokenizers must give transformers' ids on all of them.
 TEXTS = ["Forgot your password?", "Ça été très dérangeant, naïve Zoë.", "東京は日本の首都です。",
@@ -300,3 +300,31 @@ def test_fine_tuning_an_imported_marian_keeps_its_weights_and_tokenizers(seq2seq
                            (["--hidden-dim", "64"], "--hidden-dim cannot be combined with --init")):
         result = run_zoo("train", "seq2seq", "--init", bundle, "--out", tmp_path / "bad", *flags)
         assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+@pytest.mark.backend_independent
+def test_lora_on_an_imported_marian_trains_only_its_attention_adapters(seq2seq_bundles, tmp_path):
+    import keras
+
+    from zoo.bundle import load_model
+
+    bundle, run = seq2seq_bundles["marian"], tmp_path / "lora"
+    summary = zoo_json("train", "seq2seq", "--init", bundle, "--lora-rank", "4", "--out", run, "--batch-size", "8",
+                       "--max-steps", "3", "--lr", "1e-2", "--bleu-pairs", "0")
+    assert 0 < summary["trainable_parameters"] < summary["parameters"] / 5
+    targets = json.loads((run / "config.json").read_text())["lora"]["targets"]
+    assert any("cross_attention" in t for t in targets) and any("encoder" in t for t in targets)
+    imported, _, _ = load_model(bundle)
+    tuned, _, _ = load_model(run)  # the adapters merged into the kernels
+
+    def kernel(model, path):  # a layer's kernel by its attributes, e.g. ("decoder_layers", 0, "_query_dense")
+        layer = model
+        for step in path:
+            layer = layer[step] if isinstance(step, int) else getattr(layer, step)
+        return keras.ops.convert_to_numpy(layer.kernel if hasattr(layer, "kernel") else layer.embeddings)
+
+    for frozen in (("decoder_layers", 0, "_feedforward_intermediate_dense"),
+                   ("encoder_layers", 1, "_feedforward_output_dense"), ("target_embedding",)):
+        assert np.array_equal(kernel(tuned, frozen), kernel(imported, frozen)), frozen
+    query = ("decoder_layers", 0, "_cross_attention_layer", "_query_dense")
+    assert not np.array_equal(kernel(tuned, query), kernel(imported, query))

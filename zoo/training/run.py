@@ -99,6 +99,17 @@ def init_source(init, kind, overrides):
     return config, load_tokenizer(path)
 
 
+def carry_init_weights(model, config, resume):
+    """Gives a new `--init` run's built `model` the weights of the run or bundle it starts from (its
+    shape is that model's); a resumed run's come from its own checkpoint instead."""
+    if config.get("init") and not resume:
+        from zoo.bundle import load_model
+
+        model.set_weights(load_model(config["init"])[0].get_weights())
+        print(f"weights carried over from {config['init']}", file=sys.stderr)
+    return model
+
+
 def check_new_run(out):
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -160,12 +160,7 @@ def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kin
 
         model = GPT(**config["model"])
         model.build()
-        if config.get("init") and not resume:
-            from zoo.bundle import load_model
-
-            model.set_weights(load_model(config["init"])[0].get_weights())
-            print(f"weights carried over from {config['init']}", file=sys.stderr)
-        return model
+        return run.carry_init_weights(model, config, resume)
 
     return run.fit(out, config, train_config, build_model, batches, validation,
                    _language_model_evaluation(validation, train_config.batch_size), resume,

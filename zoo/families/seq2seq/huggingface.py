@@ -102,7 +102,9 @@ def weight_map(model, architecture):
                   model.source_embedding_norm, model.encoder_layers, model.encoder_norm)
     items += side("decoder", None if shared else model.target_embedding, model.target_positions,
                   model.target_embedding_norm, model.decoder_layers, model.decoder_norm)
-    return items + [("final_logits_bias", model.logits_bias, None)]
+    if model.logits_bias is not None:
+        items.append(("final_logits_bias", model.logits_bias, None))
+    return items
 
 
 # --- tokenizers ------------------------------------------------------------------------------------
@@ -211,15 +213,12 @@ def export_checkpoint(model, tokenizer, source_tokenizer, directory):
     if not model.shared_embeddings and architecture != "MarianMTModel":
         raise ZooError(f"{architecture} has one vocabulary for both sides: a model trained with "
                        "--separate-vocabularies exports only as Marian")
-    if model.logits_bias is None:  # transformers always has the buffer: zeros are the same logits
-        import numpy as np
+    import numpy as np
 
-        bias = {"final_logits_bias": np.zeros((1, model.target_vocabulary_size), "float32")}
-        mapped = weight_map(model, architecture)[:-1]
-    else:
-        bias, mapped = {}, weight_map(model, architecture)
-    tensors = {**mapped_tensors(mapped), **bias}
-    tensors["final_logits_bias"] = tensors["final_logits_bias"].reshape(1, -1)
+    tensors = mapped_tensors(weight_map(model, architecture))
+    # transformers always has the (1, vocabulary) buffer: zeros for a model without one are the same logits.
+    bias = tensors.get("final_logits_bias", np.zeros(model.target_vocabulary_size, "float32"))
+    tensors["final_logits_bias"] = bias.reshape(1, -1)
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     end = tokenizer.end_token_id
     start = end if model.decoder_start_token_id is None else model.decoder_start_token_id
@@ -234,7 +233,7 @@ def export_checkpoint(model, tokenizer, source_tokenizer, directory):
               "activation_function": activation, "scale_embedding": model.scale_embedding,
               "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "tie_word_embeddings": True,
               "eos_token_id": end, "pad_token_id": pad, "decoder_start_token_id": start,
-              "bos_token_id": getattr(tokenizer, "begin_token_id", None) or end,
+              "bos_token_id": end if getattr(tokenizer, "begin_token_id", None) is None else tokenizer.begin_token_id,
               "forced_bos_token_id": model.forced_bos_token_id, "forced_eos_token_id": None,
               "encoder_no_repeat_ngram_size": 0, "is_encoder_decoder": True, "torch_dtype": "float32"}
     if architecture == "MarianMTModel":

@@ -112,9 +112,9 @@ def train_seq2seq(out, data=None, preset="nano", model_overrides=None, vocabular
                   train_config=None, resume=False, explicit_train_changes=None, command=None, init=None, lora=None):
     """Trains (or with `resume`, continues) a seq2seq run in `out`, from scratch or, with `init`,
     from a pretrained seq2seq run or bundle (with `lora`, {"rank", "alpha"}: LoRA adapters on its
-    attention projections instead of every weight; zoo.training.lora). Returns the loop's summary dict, with BLEU/chrF of
-    greedy and beam decoding on (up to `bleu_pairs` of) the validation pairs under "translation"
-    (`bleu_pairs=0` skips that)."""
+    attention projections instead of every weight; zoo.training.lora). Returns the loop's summary
+    dict, with BLEU/chrF of greedy and beam decoding on (up to `bleu_pairs` of) the validation
+    pairs under "translation" (`bleu_pairs=0` skips that)."""
     from zoo.training.config import TrainConfig
 
     out = Path(out)
@@ -160,12 +160,7 @@ def train_seq2seq(out, data=None, preset="nano", model_overrides=None, vocabular
 
         model = Seq2Seq(**config["model"])
         model.build()
-        if config.get("init") and not resume:
-            from zoo.bundle import load_model
-
-            model.set_weights(load_model(config["init"])[0].get_weights())
-            print(f"weights carried over from {config['init']}", file=sys.stderr)
-        return model
+        return run.carry_init_weights(model, config, resume)
 
     summary = run.fit(out, config, train_config, build_model, batches, (inputs, labels, weights), evaluate, resume,
                       describe=f"{len(train_pairs):,} training / {len(val_pairs):,} validation pairs, "
