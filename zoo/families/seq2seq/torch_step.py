@@ -43,7 +43,8 @@ class TorchSeq2SeqEngine(DecodeEngine):
         model, weights = self.model, blocks.Weights(self.model)
         self.weights = weights
         self.embeddings = weights.tensor(model.target_embedding.embeddings)
-        self.positions = weights.tensor(model.target_positions.position_embeddings)
+        # Row p is position p: the table's first position_offset rows (BART's 2) are never read.
+        self.positions = weights.tensor(model.target_positions.position_embeddings)[model.position_offset:]
         self.layers = []
         for layer in model.decoder_layers:
             attention, cross = layer._self_attention_layer, layer._cross_attention_layer
@@ -76,14 +77,14 @@ class TorchSeq2SeqEngine(DecodeEngine):
         x = self.embeddings[torch.from_numpy(tokens).to(self.device, torch.long)]
         if model.scale_embedding:
             x = x * model.embedding_scale
-        x = x + self.positions[step.positions + model.position_offset]
+        x = x + self.positions[step.positions]
         if self.embedding_norm is not None:
             x = blocks.layer_norm(x, self.embedding_norm)
         source_hidden = ~cache["source_mask"][:rows, None, None, :]  # (rows, 1, 1, source length)
-        activation = ACTIVATIONS[model.activation]
+        activation, pre_norm = ACTIVATIONS[model.activation], model.normalize_first
 
         def residual(x, norm, sublayer):  # keras-hub's block order, pre- or post-LayerNorm
-            if model.normalize_first:
+            if pre_norm:
                 return x + sublayer(blocks.layer_norm(x, norm))
             return blocks.layer_norm(x + sublayer(x), norm)
 
