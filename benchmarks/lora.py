@@ -49,7 +49,7 @@ def worker(variant, tokens_path, vocabulary_size, args):
     built_rss = _rss()
     compile_for_training(model, TrainConfig(max_steps=args.steps + args.warmup, batch_size=args.batch_size,
                                             precision=args.precision, learning_rate=args.lr))
-    batches = BlockBatches(np.load(tokens_path), args.seq_len, args.batch_size)
+    batches = BlockBatches(np.load(tokens_path, allow_pickle=False), args.seq_len, args.batch_size)
     losses = [float(model.train_on_batch(*batches.batch(i))) for i in range(args.warmup)]
     begin = time.perf_counter()
     for i in range(args.warmup, args.warmup + args.steps):

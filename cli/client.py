@@ -1,6 +1,8 @@
 """`zoo client`: call a running `zoo serve` from the command line."""
 
 import contextlib
+import dataclasses
+import functools
 import json
 
 import click
@@ -20,9 +22,45 @@ def client():
     """
 
 
+@dataclasses.dataclass(frozen=True)
+class Server:
+    """Where the server is and how to reach it: the address, its bearer token, and TLS settings
+    (server.client.channel's keywords)."""
+
+    address: str
+    token: str | None
+    tls: dict
+
+    def __str__(self):
+        return self.address
+
+
 def server_option(command):
-    return click.option("--server", default="127.0.0.1:8500", show_default=True, envvar="ZOO_SERVER",
-                        help="HOST:PORT of the server (or $ZOO_SERVER).")(command)
+    """--server and the options of a secure connection (TLS, mutual TLS, token), given to the
+    command as one `server` argument (a Server)."""
+    options = [
+        click.option("--server", default="127.0.0.1:8500", show_default=True, envvar="ZOO_SERVER",
+                     help="HOST:PORT of the server (or $ZOO_SERVER)."),
+        click.option("--token", envvar="ZOO_TOKEN", help="Bearer token, for a server with --auth-tokens "
+                                                         "(better: $ZOO_TOKEN, which `ps` does not show)."),
+        click.option("--tls", is_flag=True, help="Connect with TLS, verifying the server with the system's CAs."),
+        click.option("--tls-ca", type=click.Path(dir_okay=False), help="Connect with TLS, verifying the server "
+                                                                        "with these PEM CA certificates."),
+        click.option("--tls-cert", type=click.Path(dir_okay=False),
+                     help="PEM client certificate, for a server with --tls-client-ca (with --tls-key)."),
+        click.option("--tls-key", type=click.Path(dir_okay=False), help="PEM private key of --tls-cert."),
+        click.option("--tls-server-name", help="Name to check the server's certificate against, if not the host "
+                                               "of --server."),
+    ]
+
+    @functools.wraps(command)
+    def with_server(*args, server, token, tls, tls_ca, tls_cert, tls_key, tls_server_name, **kwargs):
+        settings = dict(tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, server_name=tls_server_name)
+        return command(*args, server=Server(server, token, settings), **kwargs)
+
+    for option in reversed(options):
+        with_server = option(with_server)
+    return with_server
 
 
 def timeout_option(command):
@@ -35,18 +73,20 @@ def _zoo_error(error, server):
     code = error.code()
     if code.name == "UNAVAILABLE":
         return ZooError(f"cannot reach a zoo server at {server} ({error.details()})")
+    if code.name == "UNAUTHENTICATED":
+        return ZooError(f"{code.name}: {error.details()} (give --token, or set $ZOO_TOKEN)")
     return ZooError(f"{code.name}: {error.details()}")
 
 
 @contextlib.contextmanager
 def connect(server, timeout):
-    """A ZooClient; gRPC errors become one-line ZooErrors."""
+    """A ZooClient for `server` (a Server); gRPC errors become one-line ZooErrors."""
     import grpc
 
     from server.client import ZooClient
 
     try:
-        with ZooClient(server, timeout=timeout) as zoo_client:
+        with ZooClient(server.address, timeout=timeout, token=server.token, **server.tls) as zoo_client:
             yield zoo_client
     except grpc.RpcError as e:
         raise _zoo_error(e, server) from None

@@ -12,7 +12,8 @@ from cli.common import backend_option, input_option, read_input, texts_or_input
 @click.argument("run", metavar="RUN_OR_BUNDLE", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Directory to write.")
 @click.option("--format", "format_", type=click.Choice(["zoo", "hf"]), default="zoo", show_default=True,
-              help="zoo: a bundle of a run's newest checkpoint. hf: a Hugging Face model directory (config.json, "
+              help="zoo: a bundle of a run's newest checkpoint (of a bundle: a copy in the current format, "
+                   "with checksums). hf: a Hugging Face model directory (config.json, "
                    "model.safetensors, tokenizer files) of a run or bundle, for transformers, vLLM or TGI; "
                    "a gpt model exports as GPT-2 (GPT2LMHeadModel), a bert one as BertForSequenceClassification "
                    "or BertForMaskedLM.")
@@ -24,6 +25,7 @@ def export(run, out, format_, force):
     \b
     Example:
       zoo export runs/shakespeare --out bundles/shakespeare
+      zoo export bundles/old --out bundles/old-verified
       zoo export bundles/shakespeare --format hf --out hf/shakespeare
       python -c "import transformers; transformers.AutoModelForCausalLM.from_pretrained('hf/shakespeare')"
     """

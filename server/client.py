@@ -9,7 +9,9 @@
                 print(message.chunk.text, end="", flush=True)
 
 Methods return the response messages of `zoo.v1` (see protos/zoo/v1/); failed calls raise
-`grpc.RpcError` with the server's status code and message.
+`grpc.RpcError` with the server's status code and message. For a server with TLS and tokens:
+
+    ZooClient("models.example.com:8500", tls_ca="ca.pem", token=os.environ["ZOO_TOKEN"])
 """
 
 import grpc
@@ -39,13 +41,28 @@ def generate_request(model, prompt=None, *, token_ids=None, version=0, max_new_t
     return request
 
 
+def channel(target, *, tls=False, tls_ca=None, tls_cert=None, tls_key=None, server_name=None):
+    """A gRPC channel to `target`: plain text, or TLS when `tls` or any TLS file is given
+    (`tls_ca`: the CA to verify the server with, default the system's; `tls_cert`/`tls_key`: a
+    client certificate, for mutual TLS; `server_name`: the name to check the certificate against,
+    when it is not the host of `target`)."""
+    from server.tls import channel_credentials
+
+    if not (tls or tls_ca or tls_cert or tls_key):
+        return grpc.insecure_channel(target)
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    return grpc.secure_channel(target, channel_credentials(tls_ca, tls_cert, tls_key), options=options)
+
+
 class ZooClient:
     """A connection to a zoo server at `target` ("host:port"). `timeout` (seconds) is the default
-    deadline of every call; each method also takes `timeout=`."""
+    deadline of every call; each method also takes `timeout=`. `token`: sent as
+    `authorization: Bearer TOKEN` on every call; the TLS keywords are those of `channel`."""
 
-    def __init__(self, target, timeout=None):
+    def __init__(self, target, timeout=None, *, token=None, **tls):
         self.target, self.timeout = target, timeout
-        self.channel = grpc.insecure_channel(target)
+        self.channel = channel(target, **tls)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.stub = pb_grpc.InferenceServiceStub(self.channel)
 
     def __enter__(self):
@@ -68,34 +85,34 @@ class ZooClient:
         """Generates a continuation of `prompt` (text) or `token_ids=[...]`; returns a GenerateResponse.
         Keyword arguments: version, max_new_tokens, temperature, top_k, top_p, seed, stop,
         truncate_prompt, return_logprobs."""
-        return self.stub.Generate(generate_request(model, prompt, **kwargs), timeout=self._timeout(timeout))
+        return self.stub.Generate(generate_request(model, prompt, **kwargs), timeout=self._timeout(timeout), metadata=self.metadata)
 
     def stream(self, model, prompt=None, *, timeout=None, **kwargs):
         """Like generate, but yields GenerateStreamResponse messages as they arrive: chunks, then the
         final result. The returned iterator has .cancel() to stop the generation."""
-        return self.stub.GenerateStream(generate_request(model, prompt, **kwargs), timeout=self._timeout(timeout))
+        return self.stub.GenerateStream(generate_request(model, prompt, **kwargs), timeout=self._timeout(timeout), metadata=self.metadata)
 
     def classify(self, model, texts, *, pairs=None, version=0, timeout=None):
         """Classifies a batch of texts (with `pairs`: sentence pairs); returns a ClassifyResponse."""
         request = pb.ClassifyRequest(model_spec=mpb.ModelSpec(name=model, version=version), texts=list(texts),
                                      text_pairs=list(pairs or []))
-        return self.stub.Classify(request, timeout=self._timeout(timeout))
+        return self.stub.Classify(request, timeout=self._timeout(timeout), metadata=self.metadata)
 
     def embed(self, model, texts, *, pairs=None, version=0, timeout=None):
         """The pooled sentence vectors of a batch of texts (with `pairs`: sentence pairs); returns an
         EmbedResponse."""
         request = pb.EmbedRequest(model_spec=mpb.ModelSpec(name=model, version=version), texts=list(texts),
                                   text_pairs=list(pairs or []))
-        return self.stub.Embed(request, timeout=self._timeout(timeout))
+        return self.stub.Embed(request, timeout=self._timeout(timeout), metadata=self.metadata)
 
     def list_models(self, *, timeout=None):
         """The served models (their highest versions), as a list of ModelInfo."""
-        return list(self.stub.ListModels(mpb.ListModelsRequest(), timeout=self._timeout(timeout)).models)
+        return list(self.stub.ListModels(mpb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self.metadata).models)
 
     def model_info(self, model, *, version=0, timeout=None):
         """The ModelInfo of a model version (0: the highest)."""
         request = mpb.GetModelInfoRequest(model_spec=mpb.ModelSpec(name=model, version=version))
-        return self.stub.GetModelInfo(request, timeout=self._timeout(timeout)).model
+        return self.stub.GetModelInfo(request, timeout=self._timeout(timeout), metadata=self.metadata).model
 
 
 def response_dict(response):

@@ -1,13 +1,16 @@
 """The server process: `zoo serve` calls `run`.
 
-Loads the model repository, builds a runtime per model version (server/runtimes.py), compiles
-the decode engines before serving (warm-up), and serves `zoo.v1.InferenceService` with the
-standard health and reflection services beside it, and Prometheus metrics on their own port if
-asked. On SIGTERM or SIGINT it drains: health turns NOT_SERVING, new RPCs get UNAVAILABLE, and
+Loads the model repository (server/reload.py: verified, built and warmed up per version), and
+serves `zoo.v1.InferenceService` with the standard health and reflection services beside it, and
+Prometheus metrics on their own port if asked; every RPC passes the gate (server/gate.py: token,
+size, decoding). The repository is re-read every `poll_seconds` and on SIGHUP (with the token
+file). On SIGTERM or SIGINT it drains: health turns NOT_SERVING, new RPCs get UNAVAILABLE, and
 those in flight may finish within the grace period.
 """
 
 import asyncio
+import dataclasses
+import ipaddress
 import logging
 import os
 import signal
@@ -18,10 +21,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from server import metrics_http, tls
+from server.auth import Tokens
+from server.gate import Gate
 from server.gen.zoo.v1 import inference_pb2 as pb
 from server.gen.zoo.v1 import inference_pb2_grpc as pb_grpc
+from server.limits import Limits
+from server.reload import Reloader, VersionPolicy
 from server.repository import Repository
-from server.runtimes import Settings, build
+from server.runtimes import Settings
 from server.service import InferenceServicer
 from zoo.errors import ZooError
 
@@ -30,16 +38,52 @@ log = logging.getLogger("zoo.serve")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
+@dataclasses.dataclass(frozen=True)
+class Security:
+    """TLS files (`cert` and `key`; `client_ca`: require client certificates signed by it), the
+    token file, and whether health needs a token too."""
+
+    cert: str | None = None
+    key: str | None = None
+    client_ca: str | None = None
+    tokens: str | None = None
+    auth_health: bool = False
+
+    def check(self):
+        if (self.cert is None) != (self.key is None):
+            raise ZooError("--tls-cert and --tls-key go together: give both, or neither")
+        if self.client_ca is not None and self.cert is None:
+            raise ZooError("--tls-client-ca needs --tls-cert and --tls-key (client certificates are checked over TLS)")
+        if self.auth_health and self.tokens is None:
+            raise ZooError("--auth-health needs --auth-tokens")
+
+
+def is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_port=None, step_delay=0.0,
-                workers=8, batching=None, generation=None, warmup=True, torch_threads=None):
-    """Loads the repository at `path` and serves it until SIGTERM or SIGINT; then stops accepting
-    RPCs, lets those in flight finish for up to `grace_period` seconds, and returns.
+                workers=8, batching=None, generation=None, warmup=True, torch_threads=None, security=Security(),
+                limits=Limits(), version_policy="all", poll_seconds=0.0):
+    """Serves the repository at `path` until SIGTERM or SIGINT; then stops accepting RPCs, lets
+    those in flight finish for up to `grace_period` seconds, and returns.
 
     `batching`: DynamicBatcher settings for Classify/Embed (max_batch_size, max_delay, enabled).
     `generation`: ContinuousBatcher settings for continuously batched generation (slots, max_queue).
-    `warmup`: compile every decode engine's functions before serving (no compile on a first request).
+    `warmup`: compile every decode engine's functions before a version serves.
     `torch_threads`: torch's intra-op threads (default: all cores but one; see `cpu_threads_for_torch`).
+    `security`: Security; `limits`: server.limits.Limits; `version_policy`: all, latest:N or
+    specific:V,...; `poll_seconds`: re-read the repository this often (0: only on SIGHUP).
     """
+    security.check()  # every setting is checked before the slow imports
+    policy = VersionPolicy.parse(version_policy)
+    tokens = Tokens(security.tokens) if security.tokens else None
+    credentials = tls.server_credentials(security.cert, security.key, security.client_ca) if security.cert else None
     import keras
 
     backend = keras.backend.backend()
@@ -48,50 +92,78 @@ async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_po
 
         torch.set_num_threads(torch_threads or cpu_threads_for_torch())
         log.info("torch: %d intra-op threads", torch.get_num_threads())
-    Repository.scan(path)  # a bad path fails before anything loads
-    log.info("loading %s on backend %s", path, backend)
-    repository = Repository.load(path, log=log.info)
+    if credentials is None and not is_loopback(host):
+        log.warning("WARNING: serving plain-text gRPC on %s, beyond this machine: anyone on the network can read "
+                    "and send requests; use --tls-cert/--tls-key (and --auth-tokens)", host)
+
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zoo-model")
-    runtimes = build(repository, Settings(executor, step_delay, batching or {}, generation or {}))
-    if warmup:
-        for (name, version), runtime in runtimes.items():
-            compiled = runtime.warmup()
-            if compiled is not None:
-                log.info("model %s version %d: decode engine compiled in %.1fs (%d functions)", name, version,
-                         *compiled)
-    servicer = InferenceServicer(repository, runtimes, backend)
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    pb_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+    repository = Repository()
     health = health_aio.HealthServicer()
+    statuses = {}
+
+    def update_health(names):  # a model serves while any version of it does
+        for name in names:
+            status = health_pb2.HealthCheckResponse.SERVING if repository.versions(name) else \
+                health_pb2.HealthCheckResponse.NOT_SERVING
+            if statuses.get(name) != status:
+                statuses[name] = status
+                asyncio.get_running_loop().create_task(health.set(name, status))
+
+    log.info("loading %s on backend %s (version policy %s)", path, backend, policy)
+    reloader = Reloader(path, policy, repository, Settings(executor, step_delay, batching or {}, generation or {}),
+                        ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoo-loader"), warmup, update_health)
+    await reloader.reconcile()
+    if not repository.names():
+        raise ZooError(f"{path}: no model version could be loaded (see the errors above)")
+
+    servicer = InferenceServicer(repository, backend, limits)
+    server = grpc.aio.server(interceptors=[Gate(limits, tokens, security.auth_health)],
+                             options=[("grpc.so_reuseport", 0), *limits.grpc_options()])
+    pb_grpc.add_InferenceServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     address = f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError as e:
         raise ZooError(f"cannot listen on {address}: {e}") from None
     if not bound:
         raise ZooError(f"cannot listen on {address} (in use, or not a local address?)")
     await server.start()
-    for status_name in ["", SERVICE_NAME, *repository.names()]:
+    for status_name in ["", SERVICE_NAME]:
         await health.set(status_name, health_pb2.HealthCheckResponse.SERVING)
     if metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        metrics_server, _ = start_http_server(metrics_port, addr=host)
-        log.info("metrics on http://%s:%d/metrics", host, metrics_server.server_port)
+        context = tls.server_context(security.cert, security.key, security.client_ca) if security.cert else None
+        metrics = metrics_http.start(host, metrics_port, tokens, context)
+        log.info("metrics on %s://%s:%d/metrics%s", "https" if context else "http", host, metrics,
+                 " (token required)" if tokens else "")
     for name in repository.names():
-        log.info("model %s: versions %s (serving %d) on backend %s", name,
+        log.info("model %s: versions %s (default %d) on backend %s", name,
                  ", ".join(map(str, repository.versions(name))), max(repository.versions(name)), backend)
-    log.info("serving %s on %s:%d", SERVICE_NAME, host, bound)
+    log.info("serving %s on %s:%d (%s%s)", SERVICE_NAME, host, bound,
+             ("mutual TLS" if security.client_ca else "TLS") if credentials else "plain text",
+             ", token required" if tokens else "")
 
-    stop = asyncio.Event()
+    stop, reread = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def hangup():
+        log.info("SIGHUP: re-reading the repository%s", " and the token file" if tokens else "")
+        if tokens is not None:
+            try:
+                log.info("token file %s: %d tokens", tokens.path, tokens.reload())
+            except ZooError as error:
+                log.error("%s; the tokens already loaded stay in force", error)
+        reread.set()
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
+    watcher = loop.create_task(reloader.watch(poll_seconds, reread))
     await stop.wait()
     log.info("shutting down: no new requests; waiting up to %gs for those in flight", grace_period)
+    watcher.cancel()
     servicer.draining = True
     await health.enter_graceful_shutdown()
     await server.stop(grace_period)
@@ -111,7 +183,9 @@ def run(path, host="127.0.0.1", port=8500, **kwargs):
     """Runs `serve` in a new event loop, with start-up and shutdown logged to stderr."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s zoo serve: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    for name in ("zoo.serve", "zoo"):  # the server's log, and the library's warnings
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]  # not one more per call (tests call `zoo serve` in one process)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
     asyncio.run(serve(path, host, port, **kwargs))

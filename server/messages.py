@@ -15,23 +15,15 @@ from google.protobuf import struct_pb2
 from server.continuous import QueueFull
 from server.gen.zoo.v1 import inference_pb2 as pb
 from server.gen.zoo.v1 import model_pb2 as mpb
+from server.status import INVALID, Abort
 from zoo.engine.generation import FINISH_END, FINISH_LENGTH, FINISH_STOP, Step
 from zoo.engine.sampling import SamplingConfig, SamplingError
 from zoo.errors import ZooError
 
-INVALID = grpc.StatusCode.INVALID_ARGUMENT
 FINISH_REASONS = {FINISH_LENGTH: pb.FINISH_REASON_LENGTH, FINISH_STOP: pb.FINISH_REASON_STOP_SEQUENCE,
                   FINISH_END: pb.FINISH_REASON_END_TOKEN}
 SAMPLING_FIELDS = {"stop": "stop_sequences"}  # SamplingConfig attribute -> SamplingParams field, where they differ
 TASK_NOUNS = {"generate": "GENERATION", "classify": "CLASSIFICATION"}  # the proto names a task by its noun
-
-
-class Abort(Exception):
-    """A request refused with a status code and a message naming the field."""
-
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 def status_of(error):
@@ -58,9 +50,11 @@ def enum_value(enum, prefix, name):
 # --- requests ------------------------------------------------------------------------------------------
 
 
-def sampling_config(params):
-    """The SamplingConfig of a request's SamplingParams, checked; unset fields take the defaults of
-    `zoo generate`. Raises SamplingError (see status_of)."""
+def sampling_config(params, limits):
+    """The SamplingConfig of a request's SamplingParams, checked (against `limits`, a
+    server.limits.Limits, too); unset fields take the defaults of `zoo generate`. Raises
+    SamplingError or Abort (see status_of)."""
+    limits.check_stop_sequences(params.stop_sequences)
     config = SamplingConfig(
         max_new_tokens=params.max_new_tokens if params.HasField("max_new_tokens") else None,
         temperature=params.temperature if params.HasField("temperature") else 1.0, top_k=params.top_k,
@@ -70,10 +64,12 @@ def sampling_config(params):
     return config
 
 
-def prompt_of(request, vocabulary_size):
-    """(the prompt's field name, the prompt: text, or a list of token ids each in the vocabulary)."""
+def prompt_of(request, vocabulary_size, limits):
+    """(the prompt's field name, the prompt: text within `limits`, or a list of token ids each in
+    the vocabulary)."""
     which = request.WhichOneof("prompt")
     if which == "text" and request.text:
+        limits.check_text(which, request.text)
         return which, request.text
     if which == "token_ids" and request.token_ids.ids:
         prompt = list(request.token_ids.ids)
@@ -84,10 +80,11 @@ def prompt_of(request, vocabulary_size):
     raise Abort(INVALID, "prompt: set text or token_ids; the prompt must not be empty")
 
 
-def encoder_items(request, method):
-    """[(text, pair or None)] of a ClassifyRequest or EmbedRequest, checked."""
+def encoder_items(request, method, limits):
+    """[(text, pair or None)] of a ClassifyRequest or EmbedRequest, checked (against `limits` too)."""
     if not request.texts:
         raise Abort(INVALID, f"texts: give at least one text to {method.lower()}")
+    limits.check_texts(request.texts, request.text_pairs)
     for i, text in enumerate(request.texts):
         if not text.strip():
             raise Abort(INVALID, f"texts[{i}] is empty")

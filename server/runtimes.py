@@ -18,6 +18,7 @@ lock (Keras models are not guaranteed thread-safe). Runtimes raise the library's
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 
@@ -44,16 +45,41 @@ class Settings:
 
 
 class ModelRuntime:
-    """A loaded model version (server.repository.LoadedModel) that serves no inference RPC."""
+    """A loaded model version (server.repository.LoadedModel) that serves no inference RPC.
+
+    Every RPC holds its runtime from lookup to its last response (`held`), so that a version taken
+    out of service (server/reload.py) is closed only once the RPCs in flight on it have finished."""
 
     max_new_tokens = 0  # the most tokens one request may generate; 0: the model does not generate
 
     def __init__(self, model, inference=None, settings=None):
         self.model = model
+        self.in_flight = 0
+        self._idle = None  # an asyncio.Event, made when somebody waits for the RPCs to finish
 
     def warmup(self):
         """(seconds, functions compiled) before serving, or None when there is nothing to prepare."""
         return None
+
+    @contextlib.contextmanager
+    def held(self):
+        """Counts an RPC in flight on this runtime while the block runs (on the event loop)."""
+        self.in_flight += 1
+        try:
+            yield self
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def finished(self):
+        """Returns once no RPC is in flight on this runtime."""
+        if self.in_flight:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+
+    def close(self):
+        """Stops the runtime's background work (batchers); called once it is out of service and idle."""
 
 
 class GenerationRuntime(ModelRuntime):
@@ -121,6 +147,10 @@ class GenerationRuntime(ModelRuntime):
         seconds = engine.warmup(slots=(self.scheduler.slots,))
         return seconds, engine.compile_count
 
+    def close(self):
+        if self.scheduler is not None:
+            self.scheduler.close()
+
 
 class EncoderRuntime(ModelRuntime):
     """Classify and Embed on one model version's classifier, each with its own DynamicBatcher.
@@ -140,6 +170,10 @@ class EncoderRuntime(ModelRuntime):
     async def embed(self, items):
         """(vector, truncated) per item."""
         return await self.batchers["Embed"].submit(items)
+
+    def close(self):
+        for batcher in self.batchers.values():
+            batcher.close()
 
     def _locked(self, method):
         def run(items):
@@ -169,11 +203,8 @@ class EncoderRuntime(ModelRuntime):
 RUNTIMES = {"generate": GenerationRuntime, "classify": EncoderRuntime}  # by task
 
 
-def build(repository, settings):
-    """{(name, version): runtime} for every model version of `repository`."""
-    runtimes = {}
-    for m in repository.all():
-        inference = families.get(m.info.kind).runtime(m.task, m.model, m.tokenizer, m.path, m.info)
-        kind = RUNTIMES.get(m.task, ModelRuntime) if inference is not None else ModelRuntime
-        runtimes[(m.name, m.version)] = kind(m, inference, settings)
-    return runtimes
+def build(m, settings):
+    """The runtime of loaded model version `m` (server.repository.LoadedModel)."""
+    inference = families.get(m.info.kind).runtime(m.task, m.model, m.tokenizer, m.path, m.info)
+    kind = RUNTIMES.get(m.task, ModelRuntime) if inference is not None else ModelRuntime
+    return kind(m, inference, settings)

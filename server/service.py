@@ -16,9 +16,10 @@ import grpc
 from prometheus_client import Counter, Gauge
 
 from server import messages
+from server.auth import current_grant
 from server.gen.zoo.v1 import inference_pb2_grpc as pb_grpc
 from server.gen.zoo.v1 import model_pb2 as mpb
-from server.messages import INVALID, Abort
+from server.status import INVALID, Abort
 from server.runtimes import EncoderRuntime, GenerationRuntime
 from zoo.errors import ZooError
 
@@ -74,86 +75,96 @@ def rpc(handler):
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    """`runtimes`: {(name, version): runtime} of every model version in `repository`."""
+    """Serves the runtimes of `repository` (server.repository.Repository), which server/reload.py
+    changes while the server runs; `limits`: server.limits.Limits. The caller's token grant
+    (server.auth.current_grant, set by server/gate.py) limits the models it may use and see."""
 
-    def __init__(self, repository, runtimes, backend):
-        self.repository, self.runtimes, self.backend = repository, runtimes, backend
+    def __init__(self, repository, backend, limits):
+        self.repository, self.backend, self.limits = repository, backend, limits
         self.draining = False
 
     def _runtime(self, spec):
+        """The runtime a request names, held (counted in flight) while the `with` block runs."""
         if self.draining:
             raise Abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         if spec.version < 0:
             raise Abort(INVALID, f"model_spec.version must be >= 0, got {spec.version}")
+        grant = current_grant()
+        if spec.name and not grant.may_use(spec.name):  # the same answer whether the model exists or not
+            raise Abort(grpc.StatusCode.PERMISSION_DENIED, f"model_spec.name: this token may not use model {spec.name!r}")
         try:
-            m = self.repository.get(spec.name, spec.version)
+            runtime = self.repository.get(spec.name, spec.version, visible=grant.may_use)
         except KeyError as e:
             raise Abort(INVALID if not spec.name else grpc.StatusCode.NOT_FOUND, e.args[0]) from None
-        return self.runtimes[(m.name, m.version)]
+        return runtime.held()
 
     def _model_info(self, runtime):
         m = runtime.model
         return messages.model_info(m, self.repository.versions(m.name), self.backend, runtime.max_new_tokens)
 
-    def _generation(self, request):
-        """(runtime, prompt, SamplingConfig) of a valid generation request."""
-        runtime = self._runtime(request.model_spec)
+    def _generation(self, runtime, request):
+        """(prompt, SamplingConfig) of a valid generation request to `runtime`."""
         m = runtime.model
         if not isinstance(runtime, GenerationRuntime):
             raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
                         f"model {m.name!r} version {m.version} has task {m.task!r}; Generate needs a generation model")
-        config = messages.sampling_config(request.sampling)
+        config = messages.sampling_config(request.sampling, self.limits)
         runtime.check_budget(config)
-        field, prompt = messages.prompt_of(request, runtime.vocabulary_size)
+        field, prompt = messages.prompt_of(request, runtime.vocabulary_size, self.limits)
         try:
             runtime.generator.prompt_ids(prompt, config)  # the prompt fits, or is truncated as asked
         except ZooError as e:
             raise Abort(INVALID, f"{field}: {e}") from None
-        return runtime, prompt, config
+        return prompt, config
 
-    def _encoder(self, request, method):
-        """(runtime, [(text, pair or None)]) of a valid Classify/Embed request."""
-        runtime = self._runtime(request.model_spec)
+    def _encoder_items(self, runtime, request, method):
+        """[(text, pair or None)] of a valid Classify/Embed request to `runtime`."""
         m = runtime.model
         if not isinstance(runtime, EncoderRuntime):
             raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
                         f"model {m.name!r} version {m.version} is a {m.info.kind} model with task {m.task!r}; "
                         f"{method} needs a classification model")
-        return runtime, messages.encoder_items(request, method)
+        return messages.encoder_items(request, method, self.limits)
 
     # --- RPCs ----------------------------------------------------------------------------------
 
     @rpc
     async def Generate(self, request, context):
-        runtime, prompt, config = self._generation(request)
-        async with contextlib.aclosing(runtime.steps(prompt, config)) as steps:
-            async for item in steps:
-                result = item
-        return messages.generate_response(runtime.model, result, request.return_logprobs)
+        with self._runtime(request.model_spec) as runtime:
+            prompt, config = self._generation(runtime, request)
+            async with contextlib.aclosing(runtime.steps(prompt, config)) as steps:
+                async for item in steps:
+                    result = item
+            return messages.generate_response(runtime.model, result, request.return_logprobs)
 
     @rpc
     async def GenerateStream(self, request, context):
-        runtime, prompt, config = self._generation(request)
-        async with contextlib.aclosing(runtime.steps(prompt, config)) as steps:
-            async for item in steps:
-                yield messages.stream_response(runtime.model, item, request.return_logprobs)
+        with self._runtime(request.model_spec) as runtime:
+            prompt, config = self._generation(runtime, request)
+            async with contextlib.aclosing(runtime.steps(prompt, config)) as steps:
+                async for item in steps:
+                    yield messages.stream_response(runtime.model, item, request.return_logprobs)
 
     @rpc
     async def Classify(self, request, context):
-        runtime, items = self._encoder(request, "Classify")
-        return messages.classify_response(runtime.model, runtime.labels, await runtime.classify(items))
+        with self._runtime(request.model_spec) as runtime:
+            items = self._encoder_items(runtime, request, "Classify")
+            return messages.classify_response(runtime.model, runtime.labels, await runtime.classify(items))
 
     @rpc
     async def Embed(self, request, context):
-        runtime, items = self._encoder(request, "Embed")
-        return messages.embed_response(runtime.model, await runtime.embed(items))
+        with self._runtime(request.model_spec) as runtime:
+            items = self._encoder_items(runtime, request, "Embed")
+            return messages.embed_response(runtime.model, await runtime.embed(items))
 
     @rpc
     async def ListModels(self, request, context):
-        repo = self.repository
-        return mpb.ListModelsResponse(models=[self._model_info(self.runtimes[(m.name, m.version)])
-                                              for m in (repo.get(name) for name in repo.names())])
+        """The highest version of every model the caller may use."""
+        repo, grant = self.repository, current_grant()
+        return mpb.ListModelsResponse(models=[self._model_info(repo.get(name)) for name in repo.names()
+                                              if grant.may_use(name)])
 
     @rpc
     async def GetModelInfo(self, request, context):
-        return mpb.GetModelInfoResponse(model=self._model_info(self._runtime(request.model_spec)))
+        with self._runtime(request.model_spec) as runtime:
+            return mpb.GetModelInfoResponse(model=self._model_info(runtime))

@@ -28,7 +28,7 @@ class ServerProcess:
                 self.stop()
                 raise AssertionError("zoo serve did not start:\n" + self.log[-5000:])
             for line in list(self.lines):
-                if m := re.search(r"metrics on http://127\.0\.0\.1:(\d+)/", line):
+                if m := re.search(r"metrics on https?://127\.0\.0\.1:(\d+)/", line):
                     self.metrics_port = int(m.group(1))
                 if m := re.search(r"serving zoo\.v1\.InferenceService on (127\.0\.0\.1:\d+)", line):
                     self.address = m.group(1)
@@ -44,11 +44,17 @@ class ServerProcess:
 
     def metric(self, name, **labels):
         """The value of a Prometheus sample from the server's /metrics (0 if absent)."""
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        text = self.metrics_text()
         for line in text.splitlines():
             if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
+
+    def metrics_text(self, headers=None, context=None):
+        """The /metrics page (https with an ssl `context`)."""
+        scheme = "https" if context is not None else "http"
+        request = urllib.request.Request(f"{scheme}://127.0.0.1:{self.metrics_port}/metrics", headers=headers or {})
+        return urllib.request.urlopen(request, timeout=10, context=context).read().decode()
 
     def stop(self):
         if self.process.poll() is None:

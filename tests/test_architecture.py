@@ -55,3 +55,42 @@ def test_the_import_contract_holds():
     result = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "3 kept, 0 broken" in result.stdout
+
+
+def unsafe_loads(path):
+    """(line, what) for each call in the file that could run code from data: pickle, torch.load,
+    np.load without allow_pickle=False, Keras loading outside safe mode."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            modules = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
+            found += [(node.lineno, f"import {m}") for m in modules if m and m.split(".")[0] in ("pickle", "dill",
+                                                                                                  "cloudpickle", "joblib")]
+        if not isinstance(node, ast.Call):
+            continue
+        name = ast.unparse(node.func)
+        keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+        if name.endswith("np.load") or name == "numpy.load":
+            if keywords.get("allow_pickle") != "False":
+                found.append((node.lineno, f"{name} without allow_pickle=False"))
+        elif name.endswith("torch.load") or name.endswith("pickle.load") or name.endswith("pickle.loads"):
+            found.append((node.lineno, name))
+        elif keywords.get("safe_mode") == "False" or name.endswith("enable_unsafe_deserialization"):
+            found.append((node.lineno, f"{name} outside Keras safe mode"))
+    return found
+
+
+def test_nothing_loads_pickle_or_leaves_keras_safe_mode():
+    sources = [p for folder in ("zoo", "cli", "server", "benchmarks", "scripts") for p in (ROOT / folder).rglob("*.py")
+               if "gen" not in p.relative_to(ROOT).parts]
+    found = [f"{p.relative_to(ROOT)}:{line}: {what}" for p in sources for line, what in unsafe_loads(p)]
+    assert not found, found
+
+
+def test_the_unsafe_load_check_sees_each_kind(tmp_path):
+    source = tmp_path / "bad.py"
+    source.write_text("import pickle\nimport numpy as np\nimport torch\nnp.load('a')\nnp.load('b', allow_pickle=True)\n"
+                      "np.load('c', allow_pickle=False)\ntorch.load('d')\n"
+                      "keras.saving.load_model('e', safe_mode=False)\n")
+    assert [line for line, _ in unsafe_loads(source)] == [1, 4, 5, 7, 8]

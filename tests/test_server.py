@@ -142,13 +142,13 @@ def test_every_message_and_field_is_documented():
 
 
 def test_start_up_log_names_models_backend_and_address(server, slow_server, backend):
-    assert f"model {MODEL}: versions 1, 2 (serving 2) on backend {backend}" in server.log
+    assert f"model {MODEL}: versions 1, 2 (default 2) on backend {backend}" in server.log
     assert f"on {server.address}" in server.log
     # Warm-up compiled every version's decode functions before serving (torch's engine compiles
     # nothing); the slow server was started without it.
     for version in (1, 2):
-        compiled = re.search(rf"model {MODEL} version {version}: decode engine compiled in [\d.]+s \((\d+) functions\)",
-                             server.log)
+        compiled = re.search(rf"model {MODEL} version {version}: serving .*; decode engine compiled in [\d.]+s "
+                             rf"\((\d+) functions\)", server.log)
         assert compiled and (int(compiled.group(1)) > 0) == (backend != "torch"), server.log
     assert "decode engine compiled" not in slow_server.log
 

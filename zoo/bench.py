@@ -134,7 +134,7 @@ def _agreement(bench, model, out):
                  **{f"input_{name}": array for name, array in inputs.items()})
         return 0.0
     model.load_weights(weights)
-    with np.load(reference_file) as reference:
+    with np.load(reference_file, allow_pickle=False) as reference:
         inputs = {name[len("input_"):]: reference[name] for name in reference.files if name.startswith("input_")}
         expected = reference["outputs"]
     outputs = np.asarray(bench.outputs(inputs))

@@ -10,20 +10,29 @@ like a keras-hub preset:
                         sentencepiece.model + sentencepiece.json; a family with a second tokenizer
                         (seq2seq's source side) keeps it in a subdirectory
     zoo.json            format version, family ("kind"), task, context length, special tokens,
-                        provenance (`zoo.configs.BundleInfo`)
+                        provenance, and the sha256 of every other file (`zoo.configs.BundleInfo`)
+
+Loading verifies every file against zoo.json's checksums first (`zoo.integrity`): a missing,
+altered or unlisted file is refused with its name. Bundles of format 1 (before checksums) load
+unverified, with a warning.
 
 Loading deserializes with Keras `safe_mode=True` (no code from the bundle runs) and works on any
 backend, whatever backend trained the model. The model's family (`zoo.families`) names its class.
 """
 
+import dataclasses
+import logging
 import shutil
 from pathlib import Path
 
 from zoo import families
 from zoo.atomic import atomic_directory, refuse_existing
-from zoo.configs import BUNDLE_INFO, RUN_CONFIG, BundleInfo, bundle_info_json, read_bundle_info, read_run_config
+from zoo.configs import BUNDLE_FORMAT_VERSION, BUNDLE_INFO, RUN_CONFIG, BundleInfo, bundle_info_json, read_bundle_info, read_run_config
 from zoo.errors import ZooError
+from zoo.integrity import file_digests, verify
 from zoo.tokenizers import is_tokenizer_directory, load_tokenizer
+
+log = logging.getLogger("zoo")
 
 
 def is_bundle(path):
@@ -88,16 +97,18 @@ def _bundle_info(run_dir, config, step, tokenizer):
                     **({"lora": {**config.settings["lora"], "merged": True}} if config.settings.get("lora") else {})})
 
 
-def export_bundle(run_dir, out, force=False):
-    """Writes the bundle for `run_dir` to `out` atomically (see `write_bundle`)."""
-    run_dir, out = Path(run_dir), Path(out)
-    if not is_run(run_dir):
-        raise ZooError(f"{run_dir}: not a run directory (no {RUN_CONFIG} and checkpoints/)")
+def export_bundle(source, out, force=False):
+    """Writes the bundle of a run's newest checkpoint to `out` atomically (see `write_bundle`); or
+    rewrites a bundle there, as the current format (a format-1 bundle's copy gains checksums)."""
+    source, out = Path(source), Path(out)
+    if not (is_run(source) or is_bundle(source)):
+        raise ZooError(f"{source}: neither a run directory (no {RUN_CONFIG} and checkpoints/) nor a bundle "
+                       f"(no {BUNDLE_INFO})")
     refuse_existing(out, force)  # before loading anything
-    model, tokenizer, info = load_run(run_dir)
+    model, tokenizer, info = load_run(source) if is_run(source) else load_bundle(source)
 
     def copy_second_tokenizers(bundle):  # a family's second tokenizer (seq2seq's source)
-        for extra in sorted(path for path in run_dir.iterdir() if path.is_dir() and is_tokenizer_directory(path)):
+        for extra in sorted(path for path in source.iterdir() if path.is_dir() and is_tokenizer_directory(path)):
             shutil.copytree(extra, bundle / extra.name)
 
     return write_bundle(out, model, tokenizer, info, force, copy_second_tokenizers)
@@ -117,6 +128,7 @@ def write_bundle(out, model, tokenizer, info, force=False, write_extra=None):
         tokenizer.save(tmp)
         if write_extra is not None:
             write_extra(tmp)
+        info = dataclasses.replace(info, files=file_digests(tmp, BUNDLE_INFO), format_version=BUNDLE_FORMAT_VERSION)
         (tmp / BUNDLE_INFO).write_text(bundle_info_json(info))
     return Path(out)
 
@@ -129,6 +141,11 @@ def load_bundle(path):
 
     path = Path(path)
     info = read_bundle_info(path)
+    if info.files is None:
+        log.warning("%s: a format-%d bundle has no checksums: loaded unverified (`zoo export BUNDLE --out NEW` writes a copy with them)",
+                    path, info.format_version)
+    else:
+        verify(path, info.files, BUNDLE_INFO)
     families.get(info.kind).model_class(info.task)  # imported: registered for deserialization
     model = keras.saving.deserialize_keras_object(read_json(path / "config.json"), safe_mode=True)
     model.build()

@@ -18,7 +18,7 @@ from zoo.atomic import atomic_write_text
 from zoo.errors import ZooError
 
 RUN_FORMAT_VERSION = 1
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2  # 2: zoo.json records every file's sha256 ("files")
 RUN_CONFIG = "config.json"
 BUNDLE_INFO = "zoo.json"
 
@@ -98,6 +98,7 @@ class BundleInfo:
     max_target_length: int | None = None  # the most tokens an encoder-decoder writes
     labels: list | None = None  # a classifier's class names, in output order
     provenance: dict = dataclasses.field(default_factory=dict)
+    files: dict | None = None  # {path inside the bundle: sha256}; None in a format-1 bundle (unverified)
     format_version: int = BUNDLE_FORMAT_VERSION
 
     @classmethod
@@ -105,6 +106,9 @@ class BundleInfo:
         if "format_version" not in data:
             raise ZooError(f"{path}: not a zoo bundle description (no 'format_version' entry)")
         _check_version(path, "bundle", data["format_version"], BUNDLE_FORMAT_VERSION)
+        if data["format_version"] >= 2 and not isinstance(data.get("files"), dict):
+            raise ZooError(f"{path}: a format-{data['format_version']} bundle must list its files' sha256 "
+                           "('files' entry missing)")
         return _from_dict(cls, data, path, "bundle description")[0]
 
     def to_dict(self):

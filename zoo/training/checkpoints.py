@@ -55,7 +55,7 @@ def checkpoint_step(path):
 
 def restore_checkpoint(path, model, with_optimizer=True):
     """Loads a checkpoint's variables into `model` (and its built optimizer)."""
-    with np.load(path) as data:
+    with np.load(path, allow_pickle=False) as data:
         paths = json.loads(bytes(data["paths"]).decode())
         groups = [("model", model.variables)]
         if with_optimizer:
