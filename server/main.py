@@ -101,13 +101,13 @@ async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_po
     health = health_aio.HealthServicer()
     statuses = {}
 
-    def update_health(names):  # a model serves while any version of it does
+    async def update_health(names):  # a model serves while any version of it does
         for name in names:
             status = health_pb2.HealthCheckResponse.SERVING if repository.versions(name) else \
                 health_pb2.HealthCheckResponse.NOT_SERVING
             if statuses.get(name) != status:
                 statuses[name] = status
-                asyncio.get_running_loop().create_task(health.set(name, status))
+                await health.set(name, status)
 
     log.info("loading %s on backend %s (version policy %s)", path, backend, policy)
     reloader = Reloader(path, policy, repository, Settings(executor, step_delay, batching or {}, generation or {}),

@@ -69,8 +69,8 @@ class Reloader:
     """Keeps `repository` (server.repository.Repository) in step with the directory at `path`.
 
     `settings`: server.runtimes.Settings for new runtimes; `executor`: the thread that loads;
-    `warmup`: compile decode engines before a version serves; `on_change(names)`: called after a
-    reconcile with every model name ever seen (to update health)."""
+    `warmup`: compile decode engines before a version serves; `on_change(names)`: a coroutine
+    function awaited after a reconcile with every model name ever seen (to update health)."""
 
     def __init__(self, path, policy, repository, settings, executor, warmup=True, on_change=None):
         self.path, self.policy, self.repository = path, policy, repository
@@ -100,7 +100,7 @@ class Reloader:
                     self._retire(runtime)
                     retired += 1
             if self.on_change is not None:
-                self.on_change(sorted(self.seen))
+                await self.on_change(sorted(self.seen))
             return loaded, retired
 
     def _wanted(self, found):

@@ -48,7 +48,7 @@ def reload_repo(tiny_run, tmp_path_factory):
 def reloading_server(reload_repo, backend):
     # Warm-up on: a new version must be compiled before it takes requests. Slow steps keep the
     # streams of version 1 running while it is taken out of service.
-    process = ServerProcess(reload_repo, "--poll-seconds", "0.5", "--step-delay", "0.3", "--decode-slots", "16",
+    process = ServerProcess(reload_repo, "--poll-seconds", "0.5", "--step-delay", "0.5", "--decode-slots", "16",
                             "--max-queue", "64", backend=backend)
     yield process
     process.stop()
@@ -93,7 +93,7 @@ def test_versions_added_and_removed_under_load_fail_no_request(reloading_server,
         finals.append(final)
         return final
 
-    def pinned_to_version_1(client):  # one long stream each (24 steps of at least 0.3 s), started before v1 leaves
+    def pinned_to_version_1(client):  # one long stream each (24 steps of at least 0.5 s), started before v1 leaves
         try:
             stream(client, 1, 24)
         except Exception as error:  # noqa: BLE001 (collected: the test fails on any)
