@@ -40,7 +40,8 @@ def server_option(command):
     command as one `server` argument (a Server)."""
     options = [
         click.option("--server", default="127.0.0.1:8500", show_default=True, envvar="ZOO_SERVER",
-                     help="HOST:PORT of the server (or $ZOO_SERVER)."),
+                     help="HOST:PORT of the server (or $ZOO_SERVER); replicas as HOST:PORT,HOST:PORT,... or "
+                          "a name with several address records, balanced round robin, safe calls retried."),
         click.option("--token", envvar="ZOO_TOKEN", help="Bearer token, for a server with --auth-tokens "
                                                          "(better: $ZOO_TOKEN, which `ps` does not show)."),
         click.option("--tls", is_flag=True, help="Connect with TLS, verifying the server with the system's CAs."),

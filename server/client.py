@@ -41,29 +41,46 @@ def generate_request(model, prompt=None, *, token_ids=None, version=0, max_new_t
     return request
 
 
-def channel(target, *, tls=False, tls_ca=None, tls_cert=None, tls_key=None, server_name=None):
-    """A gRPC channel to `target`: plain text, or TLS when `tls` or any TLS file is given
-    (`tls_ca`: the CA to verify the server with, default the system's; `tls_cert`/`tls_key`: a
-    client certificate, for mutual TLS; `server_name`: the name to check the certificate against,
-    when it is not the host of `target`)."""
+def channel(servers, *, tls=False, tls_ca=None, tls_cert=None, tls_key=None, server_name=None, retries=True):
+    """A gRPC channel to `servers`: one server, or replicas balanced round robin, the calls that
+    are safe to repeat retried on another (server/replicas.py; `retries=False` retries none).
+    Plain text, or TLS when `tls` or any TLS file is given (`tls_ca`: the CA to verify the server
+    with, default the system's; `tls_cert`/`tls_key`: a client certificate, for mutual TLS;
+    `server_name`: the name to check the certificate against, when it is not the host of `servers`)."""
+    from server.replicas import grpc_target, service_config
     from server.tls import channel_credentials
 
+    target, host_name = grpc_target(servers)
+    options = [("grpc.service_config", service_config(retries)), ("grpc.enable_retries", int(retries))]
     if not (tls or tls_ca or tls_cert or tls_key):
-        return grpc.insecure_channel(target)
-    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        return grpc.insecure_channel(target, options=options)
+    if server_name or host_name:  # replicas given by name were resolved here: check the name, not the IP
+        options.append(("grpc.ssl_target_name_override", server_name or host_name))
     return grpc.secure_channel(target, channel_credentials(tls_ca, tls_cert, tls_key), options=options)
 
 
 class ZooClient:
-    """A connection to a zoo server at `target` ("host:port"). `timeout` (seconds) is the default
+    """A connection to a zoo server at `target` ("host:port"), or to replicas ("host:port,host:port",
+    or a DNS name with several records: see server/replicas.py). `timeout` (seconds) is the default
     deadline of every call; each method also takes `timeout=`. `token`: sent as
     `authorization: Bearer TOKEN` on every call; the TLS keywords are those of `channel`."""
 
     def __init__(self, target, timeout=None, *, token=None, **tls):
-        self.target, self.timeout = target, timeout
+        self.target, self.timeout, self.tls = target, timeout, tls
         self.channel = channel(target, **tls)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.stub = pb_grpc.InferenceServiceStub(self.channel)
+        self.unretried = None  # a channel without retries, for sampled generations without a seed
+
+    def _generation_stub(self, request):
+        """The stub for a generation: retried when the request is repeatable, else not."""
+        from server.replicas import is_repeatable
+
+        if is_repeatable(request):
+            return self.stub
+        if self.unretried is None:
+            self.unretried = channel(self.target, retries=False, **self.tls)
+        return pb_grpc.InferenceServiceStub(self.unretried)
 
     def __enter__(self):
         return self
@@ -73,6 +90,8 @@ class ZooClient:
 
     def close(self):
         self.channel.close()
+        if self.unretried is not None:
+            self.unretried.close()
 
     def wait_ready(self, timeout=10.0):
         """Blocks until the channel connects; raises grpc.FutureTimeoutError after `timeout` seconds."""
@@ -85,12 +104,15 @@ class ZooClient:
         """Generates a continuation of `prompt` (text) or `token_ids=[...]`; returns a GenerateResponse.
         Keyword arguments: version, max_new_tokens, temperature, top_k, top_p, seed, stop,
         truncate_prompt, return_logprobs."""
-        return self.stub.Generate(generate_request(model, prompt, **kwargs), timeout=self._timeout(timeout), metadata=self.metadata)
+        request = generate_request(model, prompt, **kwargs)
+        return self._generation_stub(request).Generate(request, timeout=self._timeout(timeout), metadata=self.metadata)
 
     def stream(self, model, prompt=None, *, timeout=None, **kwargs):
         """Like generate, but yields GenerateStreamResponse messages as they arrive: chunks, then the
         final result. The returned iterator has .cancel() to stop the generation."""
-        return self.stub.GenerateStream(generate_request(model, prompt, **kwargs), timeout=self._timeout(timeout), metadata=self.metadata)
+        request = generate_request(model, prompt, **kwargs)
+        return self._generation_stub(request).GenerateStream(request, timeout=self._timeout(timeout),
+                                                             metadata=self.metadata)
 
     def classify(self, model, texts, *, pairs=None, version=0, timeout=None):
         """Classifies a batch of texts (with `pairs`: sentence pairs); returns a ClassifyResponse."""
