@@ -18,7 +18,6 @@ from certificates import Authority
 from conftest import run_zoo
 from server.client import ZooClient, channel
 from server.gen.zoo.v1 import inference_pb2 as pb
-from server.gen.zoo.v1 import model_pb2 as mpb
 from server_process import ServerProcess
 
 pytestmark = pytest.mark.backend_independent
