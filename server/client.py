@@ -71,6 +71,7 @@ class ZooClient:
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.stub = pb_grpc.InferenceServiceStub(self.channel)
         self.unretried = None  # a channel without retries, for sampled generations without a seed
+        self.unretried_stub = None
 
     def _generation_stub(self, request):
         """The stub for a generation: retried when the request is repeatable, else not."""
@@ -80,7 +81,8 @@ class ZooClient:
             return self.stub
         if self.unretried is None:
             self.unretried = channel(self.target, retries=False, **self.tls)
-        return pb_grpc.InferenceServiceStub(self.unretried)
+            self.unretried_stub = pb_grpc.InferenceServiceStub(self.unretried)
+        return self.unretried_stub
 
     def __enter__(self):
         return self
