@@ -64,9 +64,14 @@ class BlockBatches:
         return self._starts
 
     def batch(self, step):
+        return self.batch_rows(step, 0, self.batch_size)
+
+    def batch_rows(self, step, start, stop):
+        """Rows start .. stop-1 of batch `step`, reading only their tokens (one process's share of
+        a batch in a multi-process run, zoo.training.cluster.ProcessShard)."""
         first = step * self.batch_size
         starts = []
-        for i in range(first, first + self.batch_size):
+        for i in range(first + start, first + stop):
             epoch, position = divmod(i, self.blocks_per_epoch)
             starts.append(self._epoch_starts(epoch)[position])
         rows = np.stack([self.tokens[s:s + self.seq_len + 1] for s in starts]).astype(np.int32, copy=False)

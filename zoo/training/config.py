@@ -21,7 +21,7 @@ class TrainConfig:
     precision: str = "fp32"  # "bf16" (mixed_bfloat16) or "fp16" (mixed_float16 with loss scaling)
     grad_accum: int = 1  # batches whose gradients are averaged into one update
     jit_compile: str = "auto"  # "auto": Keras decides (XLA on JAX, eager torch); "on": XLA / torch.compile; "off"
-    devices: int = 1  # devices to train on (0: every visible one); more than one needs JAX
+    devices: int = 1  # devices to train on (0: every visible one), per process of a group; more than one needs JAX
     model_parallel: int = 1  # devices each model is sharded over (the "model" axis of the mesh)
     peak_flops: float | None = None  # per-device peak FLOP/s for MFU; default from the device's name
     eval_every: int = 250

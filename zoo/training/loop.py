@@ -14,6 +14,7 @@ by updates (`_PerUpdate`); Adam's bias correction already is.
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 import keras
 
 from zoo.atomic import atomic_write_text
+from zoo.training import cluster
 from zoo.training.checkpoints import checkpoint_step, latest_checkpoint, restore_checkpoint, save_checkpoint
 
 _JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
@@ -172,12 +174,14 @@ def train(model, schedule, batches, validation, evaluate, config, run_dir, resum
     for `config.grad_accum` N); `batches.tokens_per_batch` counts the tokens of one batch, for
     tokens/s; `batches.epoch_of(i)` the epochs done after i batches. `evaluate(model)` returns the
     validation metrics ({"val_loss": ..., ...}). `throughput` (a `zoo.training.flops.Throughput`)
-    adds MFU to the log. Writes `run_dir/metrics.jsonl` and `run_dir/checkpoints/`. With `resume`,
+    adds MFU to the log. Writes `run_dir/metrics.jsonl` and `run_dir/checkpoints/` (process 0 of a
+    multi-process group; every process trains and reads the checkpoint it resumes). With `resume`,
     continues from the newest checkpoint. Returns a summary dict; `summary["stopped"]` names the
     signal when one ended the run early.
     """
     run_dir = Path(run_dir)
     checkpoints = run_dir / "checkpoints"
+    chief = cluster.is_chief()  # process 0 of a multi-process run writes the files; the others only train
     step = 0
     if resume and (path := latest_checkpoint(checkpoints)) is not None:
         restore_checkpoint(path, model)
@@ -185,18 +189,19 @@ def train(model, schedule, batches, validation, evaluate, config, run_dir, resum
         # overflow does not advance the counter, but its data was consumed all the same.
         step = checkpoint_step(path)
         print(f"resumed from {path}", file=sys.stderr)
-    _drop_metrics_after(run_dir / "metrics.jsonl", step)
+    if chief:
+        _drop_metrics_after(run_dir / "metrics.jsonl", step)
     accum = max(config.grad_accum, 1)
     tokens_per_step = batches.tokens_per_batch * accum
-    progress = _Progress(config.max_steps, step)
     summary = {"start_step": step, "stopped": None}
     last = {}
     started = time.time()
 
     # One batch ahead on a worker thread, so that assembling it (and any page faults on a
     # memory-mapped corpus) overlaps the device's step instead of delaying the next one.
-    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics, _StopRequests() as stop, \
-            ThreadPoolExecutor(1, thread_name_prefix="zoo-batches") as prefetch:
+    with open(run_dir / "metrics.jsonl" if chief else os.devnull, "a", encoding="utf-8") as metrics, \
+            _StopRequests() as stop, ThreadPoolExecutor(1, thread_name_prefix="zoo-batches") as prefetch:
+        progress = _Progress(config.max_steps, step, stream=sys.stderr if chief else metrics)
         upcoming = prefetch.submit(batches.batch, step * accum)
         while step < config.max_steps and not stop.requested:
             losses = []
@@ -205,6 +210,8 @@ def train(model, schedule, batches, validation, evaluate, config, run_dir, resum
                 upcoming = prefetch.submit(batches.batch, step * accum + micro + 1)
                 losses.append(model.train_on_batch(*data, return_dict=True)["loss"])
             step += 1
+            if cluster.any_process(stop.requested) and not stop.requested:  # every process stops at this step
+                stop.requested = "a stop in another process"
             is_last = step == config.max_steps
             record = {}
             evaluating = step % config.eval_every == 0 or is_last
@@ -229,9 +236,9 @@ def train(model, schedule, batches, validation, evaluate, config, run_dir, resum
                     text += " | " + " ".join(f"{k} {v:.4f}" for k, v in record.items()
                                              if k.startswith("val_") and isinstance(v, float))
                 progress.show(step, text, final=evaluating)
-            if step % config.save_every == 0 or is_last or stop.requested:
+            if chief and (step % config.save_every == 0 or is_last or stop.requested):
                 save_checkpoint(checkpoints, model, step)
-    if stop.requested and step < config.max_steps:
+    if chief and stop.requested and step < config.max_steps:
         print(f"saved a checkpoint at step {step}; continue with --resume", file=sys.stderr)
     summary.update(step=step, stopped=stop.requested if step < config.max_steps else None,
                    wall_s=round(time.time() - started, 1),

@@ -5,6 +5,7 @@ how a family's command hands them to the library and reports the result."""
 import datetime
 import functools
 import json
+import os
 import sys
 
 import click
@@ -34,7 +35,8 @@ _TRAIN_CONFIG_OPTIONS = [
                  help="Compiled training step. auto: Keras's choice (XLA on jax, and on tensorflow with a GPU; torch "
                       "eager); on: XLA everywhere, torch.compile on torch; off: uncompiled."),
     click.option("--devices", type=click.IntRange(0), default=1, show_default=True,
-                 help="Devices to train on, data-parallel (0: all visible). More than 1 needs --backend jax."),
+                 help="Devices to train on, data-parallel (0: all visible; per process with --num-processes). More than 1 "
+                      "needs --backend jax."),
     click.option("--model-parallel", type=int, default=1, show_default=True, callback=positive,
                  help="Shard the model over this many of the --devices (jax; gpt only)."),
     click.option("--peak-flops", type=float, default=None, callback=positive,
@@ -73,20 +75,38 @@ def lora_options(command):
     return with_lora
 
 
-def training_command(kind):
+def training_command(kind, multi_process=False):
     """Decorates a family's command with the shared flags. The function receives `train_config`
     (a TrainConfig), `explicit` (the settings given on this command line), `out`, `resume`,
-    `command`, and its own options; it returns the summary dict, which is printed here."""
+    `command`, and its own options; it returns the summary dict, which is printed here.
+
+    `multi_process`: the family trains in a group of processes (--coordinator, --num-processes,
+    --process-id; zoo.training.cluster), which joins its group here, before the family's code runs.
+    """
 
     def decorate(function):
         @click.option("--out", type=click.Path(), default=None, help=f"Run directory; default runs/{kind}-<time>.")
         @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint.")
         @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
         @click.option("--data-parallel", is_flag=True, help="Train on every visible device (= --devices 0; jax).")
+        @click.option("--coordinator", metavar="HOST:PORT", envvar="KERAS_DISTRIBUTION_JOB_ADDRESSES",
+                      show_envvar=True, help="Multi-process training (jax): process 0's address, where the group "
+                                             "meets; the same in every process.")
+        @click.option("--num-processes", type=int, default=1, show_default=True, callback=positive,
+                      envvar="KERAS_DISTRIBUTION_NUM_PROCESSES", show_envvar=True,
+                      help="Processes in the group, each training on its --devices and its share of every batch; "
+                           "process 0 writes the run.")
+        @click.option("--process-id", type=click.IntRange(0), default=0, show_default=True,
+                      envvar="KERAS_DISTRIBUTION_PROCESS_ID", show_envvar=True,
+                      help="This process's number in the group, 0 .. --num-processes - 1.")
         @functools.wraps(function)
         @click.pass_context
-        def command(ctx, out, resume, as_json, data_parallel, **options):
+        def command(ctx, out, resume, as_json, data_parallel, coordinator, num_processes, process_id, **options):
+            from zoo.training import cluster
             from zoo.training.config import TrainConfig
+
+            group = cluster.Cluster(coordinator, num_processes, process_id)
+            group.check(os.environ.get("KERAS_BACKEND", "jax"), None if multi_process else kind)
 
             if out is None:
                 if resume:
@@ -97,12 +117,13 @@ def training_command(kind):
                         if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
             if data_parallel and "devices" not in explicit:
                 settings["devices"] = explicit["devices"] = 0
+            cluster.join(group)
             summary = function(train_config=TrainConfig(**settings), explicit=explicit, out=out, resume=resume,
                                command=["zoo", *sys.argv[1:]], **options)
             summary["run"] = str(out)
-            if as_json:
+            if as_json and cluster.is_chief():  # process 0 reports for the group
                 click.echo(json.dumps(summary))
-            else:
+            elif cluster.is_chief():
                 metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary.items()
                                     if (k == "loss" or k.startswith("val_")) and isinstance(v, float))
                 click.echo(f"run {out}: step {summary['step']}, {metrics}, {summary['wall_s']}s")

@@ -147,14 +147,19 @@ def resumed_config(out, kind, data, explicit_train_changes, default_data, lora=N
 
 
 def write_run(out, config, tokenizers, resume, command):
-    """Creates the run directory and writes config.json (with provenance) and the tokenizers.
+    """Creates the run directory and writes config.json (with provenance) and the tokenizers (in
+    process 0 of a multi-process run; the others write nothing).
 
     `tokenizers` maps a subdirectory ("" for the run directory itself) to a tokenizer with `save`.
     """
     import keras
 
+    from zoo.training import cluster
     from zoo.training.checkpoints import latest_checkpoint
 
+    cluster.wait_for_all("run checked")  # every process has checked `out` before process 0 writes to it
+    if not cluster.is_chief():
+        return
     out = Path(out)
     if not resume or latest_checkpoint(out / "checkpoints") is None:
         config.update(backend=keras.backend.backend(), versions=library_versions(), command=command or sys.argv,
@@ -204,9 +209,13 @@ def fit(out, config, train_config, build_model, batches, validation, evaluate, r
 
     import keras
 
-    from zoo.training import accelerator, distribution, flops
+    from zoo.training import accelerator, cluster, distribution, flops
     from zoo.training.loop import compile_for_training, train
 
+    group = cluster.current()
+    if group.num_processes > 1:
+        cluster.check_same(config)
+        batches = cluster.ProcessShard(batches, group)
     spread = distribution.make_distribution(train_config, layout_map)
     previous_policy = keras.config.dtype_policy()
     keras.utils.set_random_seed(train_config.seed)

@@ -28,7 +28,7 @@ from zoo.training.options import lora_options, positive, training_command
 @click.option("--vocab-size", type=int, default=2048, show_default=True, help="BPE vocabulary size.")
 @click.option("--seq-len", type=int, callback=positive, help="Training block length; default the context length.")
 @lora_options
-@training_command("gpt")
+@training_command("gpt", multi_process=True)
 def gpt(data, text_field, val_fraction, preset, init, num_layers, num_heads, hidden_dim, intermediate_dim, max_length,
         dropout, position_embedding, tokenizer_kind, vocab_size, seq_len, lora, **run):
     """Train a GPT-style language model.
@@ -44,6 +44,8 @@ def gpt(data, text_field, val_fraction, preset, init, num_layers, num_heads, hid
       zoo import hf://gpt2 --out bundles/gpt2 && zoo train gpt --init bundles/gpt2 --data corpus.txt --seq-len 256
       zoo train gpt --init bundles/gpt2 --lora-rank 8 --data corpus.txt --seq-len 256 --out runs/gpt2-lora
       zoo prepare --data big_corpus/ --out prepared/big && zoo train gpt --data prepared/big --grad-accum 4
+      zoo train gpt --out /shared/runs/big --coordinator host0:8476 --num-processes 2 --process-id 0   # host0
+      zoo train gpt --out /shared/runs/big --coordinator host0:8476 --num-processes 2 --process-id 1   # host1
     """
     from zoo.data.prepared import is_prepared
     from zoo.families.gpt.training import train_gpt

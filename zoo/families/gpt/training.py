@@ -19,7 +19,7 @@ from zoo.data.prepared import PreparedCorpus, is_prepared
 from zoo.errors import ZooError
 from zoo.families.gpt.layout import gpt_layout_map
 from zoo.tokenizers import TextTokenizer, train_bpe, train_char
-from zoo.training import distribution, run
+from zoo.training import cluster, distribution, run
 
 
 def _model_config(preset, model_overrides, seq_len):
@@ -95,7 +95,7 @@ def _tokens(config, prepared, tokenizer, data):
 def _whole_batches(validation, train_config):
     """Under keras.distribution each evaluation batch is split evenly between the replicas, so a
     partial last batch cannot be: keep whole batches only."""
-    if train_config.devices == 1 and train_config.model_parallel == 1:
+    if train_config.devices == 1 and train_config.model_parallel == 1 and cluster.current().num_processes == 1:
         return validation
     usable = len(validation[0]) // train_config.batch_size * train_config.batch_size
     if not usable:
