@@ -52,24 +52,28 @@ def classify(model_path, texts, input_path, pairs, as_json):
               help="Score every row of this file; default: the validation split the model was trained with.")
 @click.option("--beam-width", type=click.IntRange(1), default=4, show_default=True,
               help="seq2seq: the beam width of the beam-search scores.")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME",
+              help="Print only this metric (repeatable): seq2seq: bleu, chrf, rouge1, rouge2, rougeL; default all. "
+                   "--json always has them all.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def evaluate(model_path, data, beam_width, as_json):
+def evaluate(model_path, data, beam_width, metrics, as_json):
     """Score a run or bundle on held-out data.
 
     Classifiers: accuracy, macro-F1 and the confusion matrix. Seq2seq models: BLEU and chrF
-    (sacrebleu) of greedy and beam-search decoding, with examples.
+    (sacrebleu) and ROUGE-1/2/L (rouge-score) of greedy and beam-search decoding, with examples.
 
     \b
     Example:
       zoo eval bundles/language-id
       zoo eval runs/sst2 --data glue/SST-2/dev.tsv --json
       zoo eval bundles/en-fr --beam-width 5
+      zoo eval bundles/summarizer --data articles.tsv --metric rouge1 --metric rouge2 --metric rougeL
     """
     from zoo.evaluate import evaluate as evaluate_model
     from zoo.evaluate import format_report
 
-    report = evaluate_model(model_path, data, beam_width)
+    report = evaluate_model(model_path, data, beam_width, metrics)
     if as_json:
         click.echo(json.dumps(report))
     else:
-        click.echo(format_report(report))
+        click.echo(format_report(report, metrics))

@@ -125,16 +125,39 @@ def _generate_one(generator, prompt, config, beam_width, length_penalty, as_json
         click.echo(result.text)
 
 
-@click.command()
-@backend_option
-@click.argument("model_path", metavar="RUN_OR_BUNDLE", type=click.Path())
-@click.argument("texts", nargs=-1)
-@input_option()
-@click.option("--beam-width", type=click.IntRange(1), default=4, show_default=True, help="1 is greedy decoding.")
-@click.option("--length-penalty", type=float, default=1.0, show_default=True, help="GNMT's length penalty exponent.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per text.")
-def translate(model_path, texts, input_path, beam_width, length_penalty, as_json):
-    """Translate (or summarize) texts with a seq2seq run or bundle, by beam search; one output line per text.
+def _beam_search_command(name, help):
+    """`zoo translate` and `zoo summarize`: one command under the two names users look for."""
+
+    @click.command(name, help=help)
+    @backend_option
+    @click.argument("model_path", metavar="RUN_OR_BUNDLE", type=click.Path())
+    @click.argument("texts", nargs=-1)
+    @input_option()
+    @click.option("--beam-width", type=click.IntRange(1), default=4, show_default=True, help="1 is greedy decoding.")
+    @click.option("--length-penalty", type=float, default=1.0, show_default=True,
+                  help="GNMT's length penalty exponent.")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per text.")
+    def command(model_path, texts, input_path, beam_width, length_penalty, as_json):
+        texts, _ = texts_or_input(texts, input_path)
+        from zoo.bundle import load_runtime
+        from zoo.errors import ZooError
+
+        generator, info = load_runtime(model_path, "generate")
+        if not hasattr(generator, "beam_search"):
+            raise ZooError(f"{model_path}: is a {info.kind} model; zoo {name} needs a model that maps a source text "
+                           "to a target text (with beam search), such as a seq2seq model")
+        for text in texts:
+            result = generator.beam_search(text, beam_width, length_penalty, truncate_prompt=True)
+            if as_json:
+                click.echo(json.dumps({"source": text, "text": result.text, "token_ids": result.token_ids,
+                                       "finish_reason": result.finish_reason}))
+            else:
+                click.echo(result.text)
+
+    return command
+
+
+translate = _beam_search_command("translate", """Translate texts with a seq2seq run or bundle, by beam search; one output line per text.
 
     The texts are the TEXTS arguments, or the lines of --input FILE (- reads standard input).
 
@@ -142,19 +165,14 @@ def translate(model_path, texts, input_path, beam_width, length_penalty, as_json
     Example:
       zoo translate bundles/en-fr "Forgot your password?" "Show all results" --beam-width 4
       zoo translate bundles/en-fr --input sentences.txt --json
-    """
-    texts, _ = texts_or_input(texts, input_path)
-    from zoo.bundle import load_runtime
-    from zoo.errors import ZooError
+    """)
+summarize = _beam_search_command("summarize", """Summarize texts with a seq2seq run or bundle trained (or imported) to summarize, by beam search.
 
-    generator, info = load_runtime(model_path, "generate")
-    if not hasattr(generator, "beam_search"):
-        raise ZooError(f"{model_path}: is a {info.kind} model; zoo translate needs a model that translates "
-                       "(source to target, with beam search), such as a seq2seq model")
-    for text in texts:
-        result = generator.beam_search(text, beam_width, length_penalty, truncate_prompt=True)
-        if as_json:
-            click.echo(json.dumps({"source": text, "text": result.text, "token_ids": result.token_ids,
-                                   "finish_reason": result.finish_reason}))
-        else:
-            click.echo(result.text)
+    The same as `zoo translate`: one output line per text. The texts are the TEXTS arguments, or the
+    lines of --input FILE (- reads standard input); score a summarizer with `zoo eval --metric rougeL`.
+
+    \b
+    Example:
+      zoo import hf://facebook/bart-large-xsum --out bundles/xsum && zoo summarize bundles/xsum --input articles.txt
+      zoo summarize runs/headlines "The council approved the new budget on Tuesday after a long debate." --beam-width 4
+    """)

@@ -15,7 +15,7 @@ from cli.bench import bench  # noqa: E402 (after the line above)
 from cli.client import client
 from cli.common import ZooGroup, backend_option
 from cli.evaluate import classify, evaluate
-from cli.generate import export, generate, translate
+from cli.generate import export, generate, summarize, translate
 from cli.prepare import prepare
 from cli.pretrained import import_
 from cli.serve import serve
@@ -62,6 +62,7 @@ cli.add_command(import_)
 cli.add_command(export)
 cli.add_command(generate)
 cli.add_command(translate)
+cli.add_command(summarize)
 cli.add_command(classify)
 cli.add_command(evaluate)
 cli.add_command(serve)

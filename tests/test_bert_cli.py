@@ -101,3 +101,10 @@ def test_a_label_the_model_never_saw_is_an_error(tiny_classifier, tmp_path):
     result = run_zoo("eval", tiny_classifier[1], "--data", data)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "line 3" in result.stderr and "'klingon'" in result.stderr
+
+
+@pytest.mark.backend_independent
+def test_a_metric_choice_is_refused_for_a_report_printed_whole(tiny_classifier):
+    result = run_zoo("eval", tiny_classifier[1], "--metric", "bleu")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "--metric bleu: not a score of a bert model's report; its report is printed whole" in result.stderr

@@ -194,6 +194,23 @@ def test_evaluation_scores_with_sacrebleu():
         evaluate_translations(_Echo({}), [])
 
 
+def test_rouge_is_rouge_score_s_mean_f_measure_as_computed_by_hand():
+    from zoo.families.seq2seq.metrics import corpus_scores
+
+    references = ["the cat sat on the mat", "a dog ran in the park today"]
+    scores = corpus_scores(["the cat on the mat", "Dogs run!"], references)
+    # Pair 1: 5 of 6 unigrams (precision 1), 3 of 5 bigrams (precision 3/4), LCS 5.
+    # Pair 2: "dogs" stems to "dog" (1 of 2 unigrams, recall 1/7); no bigram; LCS 1.
+    f = lambda p, r: 2 * p * r / (p + r) if p + r else 0.0  # noqa: E731
+    assert scores["rouge1"] == pytest.approx(100 * (f(1, 5 / 6) + f(1 / 2, 1 / 7)) / 2)
+    assert scores["rouge2"] == pytest.approx(100 * (f(3 / 4, 3 / 5) + 0) / 2)
+    assert scores["rougeL"] == pytest.approx(scores["rouge1"])  # here the LCS is the unigram overlap
+    perfect = corpus_scores(references, references)
+    assert all(perfect[m] == pytest.approx(100) for m in ("bleu", "chrf", "rouge1", "rouge2", "rougeL"))
+    with pytest.raises(ZooError, match="1 hypotheses for 2 references"):
+        corpus_scores(["x"], references)
+
+
 def test_cached_greedy_equals_uncached_recomputation(reverser, untrained, tokenizer):
     end = tokenizer.end_token_id
     for generator, source in ((reverser, "fedca"), (Seq2SeqGenerator(untrained, tokenizer, tokenizer), "abc")):

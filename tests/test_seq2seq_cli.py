@@ -43,7 +43,18 @@ def test_translate_generate_and_eval(tiny_copier, tmp_path):
     assert report["kind"] == "seq2seq" and report["pairs"] == 3 and report["beam"]["width"] == 2
     for decoding in ("greedy", "beam"):  # the pairs copy each sentence, as the model learnt to
         assert report[decoding]["bleu"] > GOOD and report[decoding]["chrf"] > GOOD, report
+        assert min(report[decoding][m] for m in ("rouge1", "rouge2", "rougeL")) > GOOD, report
     assert [e["source"] for e in report["examples"]] == SOURCES
+    # --metric picks what is printed; a name the report lacks is refused before anything is scored.
+    text = run_zoo("eval", bundle, "--data", pairs, "--beam-width", "2", "--metric", "rougeL", "--metric", "rouge2",
+                   check=True).stdout
+    assert "ROUGE-L" in text and "ROUGE-2" in text and "BLEU" not in text and "ROUGE-1" not in text
+    refused = run_zoo("eval", bundle, "--metric", "accuracy")
+    assert refused.returncode == 1 and "--metric accuracy: not a score of a seq2seq model's report; choose from " \
+        "bleu, chrf, rouge1, rouge2, rougeL" in refused.stderr
+    # zoo summarize is zoo translate under the name summarization users look for.
+    summarized = run_zoo("summarize", bundle, *SOURCES, "--beam-width", "2", check=True).stdout
+    assert summarized == run_zoo("translate", bundle, *SOURCES, "--beam-width", "2", check=True).stdout
 
 
 @pytest.fixture(scope="module")

@@ -155,11 +155,20 @@ def load_bundle(path):
 
 def load_model(path):
     """(model, tokenizer, info) from a bundle or a run directory."""
+    return _by_kind(path, load_bundle, load_run)
+
+
+def read_info(path):
+    """The BundleInfo of a bundle or a run directory, read without loading its model."""
+    return _by_kind(path, read_bundle_info, read_run_config)
+
+
+def _by_kind(path, for_bundle, for_run):
     path = Path(path)
     if is_bundle(path):
-        return load_bundle(path)
+        return for_bundle(path)
     if is_run(path):
-        return load_run(path)
+        return for_run(path)
     if not path.exists():
         raise ZooError(f"{path}: no such bundle or run directory")
     raise ZooError(f"{path}: neither a bundle (no {BUNDLE_INFO}) nor a run directory (no {RUN_CONFIG} and checkpoints/)")

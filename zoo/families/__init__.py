@@ -87,8 +87,11 @@ class Family:
         """The `zoo eval` report (a dict) of a loaded model, on `data` or its validation split."""
         raise ZooError(f"zoo eval does not score {self.name} models; see the validation loss in their metrics.jsonl")
 
-    def format_report(self, report):
-        """`report` (from `evaluate`) as text for the terminal."""
+    report_metrics = ()  # the names `zoo eval --metric` may choose among, when a report has several scores
+
+    def format_report(self, report, metrics=()):
+        """`report` (from `evaluate`) as text for the terminal; `metrics`: those of `report_metrics`
+        to print (empty: all)."""
         raise NotImplementedError
 
     # --- benchmarking ---------------------------------------------------------------------------

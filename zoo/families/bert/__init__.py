@@ -58,7 +58,7 @@ class BertFamily(Family):
 
         return evaluate_classifier(model, tokenizer, info, data)
 
-    def format_report(self, report):
+    def format_report(self, report, metrics=()):
         from zoo.families.bert.classifier import format_report
 
         return format_report(report)

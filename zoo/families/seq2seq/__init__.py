@@ -8,6 +8,7 @@ huggingface.py (BART, Marian and Blenderbot checkpoints in and out).
 from pathlib import Path
 
 from zoo.families import Family, Imported
+from zoo.families.seq2seq.metrics import METRICS
 from zoo.families.seq2seq.presets import PRESETS
 
 SOURCE_TOKENIZER = "source_tokenizer"  # the source side's tokenizer, when the vocabularies are separate
@@ -64,10 +65,12 @@ class Seq2SeqFamily(Family):
 
         return evaluate_translator(model, tokenizer, self.source_tokenizer(path), info, data, beam_width)
 
-    def format_report(self, report):
+    report_metrics = METRICS
+
+    def format_report(self, report, metrics=()):
         from zoo.families.seq2seq.training import format_scores
 
-        return format_scores(report)
+        return format_scores(report, metrics)
 
     def bench_model(self, preset, vocabulary_size, seq_len, batch_size, prompt_tokens, new_tokens, decode_batches):
         from zoo.families.seq2seq.bench import bench_model

@@ -2,6 +2,7 @@
 
 import click
 
+from zoo.families.seq2seq.metrics import METRICS
 from zoo.families.seq2seq.presets import PRESETS
 from zoo.training.options import lora_options, positive, training_command
 
@@ -31,17 +32,19 @@ from zoo.training.options import lora_options, positive, training_command
               help="One BPE vocabulary and embedding for both sides, or one per side.")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
 @click.option("--bleu-pairs", type=click.IntRange(0), default=None,
-              help="Validation pairs scored with BLEU/chrF at the end (greedy and beam); default all, 0 skips.")
+              help="Validation pairs scored with BLEU, chrF and ROUGE at the end (greedy and beam); default all, 0 skips.")
+@click.option("--metric", "metrics", type=click.Choice(METRICS), multiple=True,
+              help="Print only this score of the final evaluation (repeatable); default all. --json has them all.")
 @click.option("--beam-width", type=click.IntRange(1), default=4, show_default=True, help="For the final beam-search scores.")
 @lora_options
 @training_command("seq2seq")
 def seq2seq(data, source_column, target_column, val_fraction, preset, init, num_encoder_layers, num_decoder_layers,
             num_heads, hidden_dim, intermediate_dim, max_source_length, max_target_length, dropout, vocab_size,
-            shared_vocabulary, label_smoothing, bleu_pairs, beam_width, lora, **run):
+            shared_vocabulary, label_smoothing, bleu_pairs, metrics, beam_width, lora, **run):
     """Train an encoder-decoder transformer on source/target pairs (translation, summarization).
 
-    At the end, prints BLEU and chrF (sacrebleu) of greedy and beam-search decoding on the
-    validation pairs, with examples. Ctrl-C saves a checkpoint; --resume continues exactly.
+    At the end, prints BLEU and chrF (sacrebleu) and ROUGE-1/2/L (rouge-score) of greedy and
+    beam-search decoding on the validation pairs, with examples. Ctrl-C saves a checkpoint; --resume continues exactly.
 
     \b
     Example:
@@ -50,6 +53,7 @@ def seq2seq(data, source_column, target_column, val_fraction, preset, init, num_
       zoo translate runs/en-fr "Forgot your password?" --beam-width 4
       zoo import hf://Helsinki-NLP/opus-mt-en-fr --out bundles/en-fr
       zoo train seq2seq --init bundles/en-fr --data pairs.tsv --lora-rank 8 --out runs/en-fr-tuned
+      zoo train seq2seq --data articles.tsv --source-column article --target-column summary --metric rougeL
     """
     from zoo.families.seq2seq.training import format_scores, train_seq2seq
 
@@ -71,5 +75,5 @@ def seq2seq(data, source_column, target_column, val_fraction, preset, init, num_
         train_config=run["train_config"], resume=run["resume"], explicit_train_changes=run["explicit"],
         command=run["command"])
     if summary.get("translation"):
-        click.echo(format_scores(summary["translation"]), err=True)
+        click.echo(format_scores(summary["translation"], metrics), err=True)
     return summary

@@ -191,16 +191,14 @@ class Seq2SeqGenerator:
 
 
 def evaluate_translations(generator, pairs, beam_width=None, examples=3, batch_size=32):
-    """Corpus BLEU and chrF (sacrebleu, default settings) of the generator's translations of
-    `pairs` against their targets: greedy (`batch_size` sources at a time), or beam search of
-    `beam_width`.
+    """The scores (zoo.families.seq2seq.metrics: BLEU, chrF, ROUGE-1/2/L) of the generator's
+    outputs for `pairs` against their targets: greedy (`batch_size` sources at a time), or beam
+    search of `beam_width`.
 
-    Returns dict(bleu, chrf, n, examples): `examples` as dicts of source, reference, hypothesis.
+    Returns dict(bleu, chrf, rouge1, rouge2, rougeL, n, examples): `examples` as dicts of source,
+    reference, hypothesis.
     """
-    try:
-        import sacrebleu  # only evaluation needs it: serving does not
-    except ImportError:
-        raise ZooError("evaluation needs sacrebleu: pip install sacrebleu") from None
+    from zoo.families.seq2seq.metrics import corpus_scores
 
     if not pairs:
         raise ZooError("no pairs to evaluate")
@@ -210,8 +208,6 @@ def evaluate_translations(generator, pairs, beam_width=None, examples=3, batch_s
     else:
         hypotheses = generator.translate_batch(sources, batch_size=batch_size)
     references = [target for _, target in pairs]
-    return {"bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
-            "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
-            "n": len(pairs),
+    return {**corpus_scores(hypotheses, references), "n": len(pairs),
             "examples": [{"source": s, "reference": r, "hypothesis": h}
                          for (s, r), h in list(zip(pairs, hypotheses))[:examples]]}

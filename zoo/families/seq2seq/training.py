@@ -88,18 +88,23 @@ def pair_split(config):
 
 
 def translation_scores(model, source_tokenizer, target_tokenizer, pairs, beam_width=4):
-    """BLEU and chrF of greedy and of beam-search translations of `pairs`, with examples."""
+    """BLEU, chrF and ROUGE-1/2/L of greedy and of beam-search outputs for `pairs`, with examples."""
     from zoo.families.seq2seq.generator import Seq2SeqGenerator, evaluate_translations
+    from zoo.families.seq2seq.metrics import METRICS
 
     generator = Seq2SeqGenerator(model, source_tokenizer, target_tokenizer)
     greedy = evaluate_translations(generator, pairs)
     beam = evaluate_translations(generator, pairs, beam_width=beam_width)
-    return {"pairs": greedy["n"], "greedy": {k: greedy[k] for k in ("bleu", "chrf")},
-            "beam": {"width": beam_width, "bleu": beam["bleu"], "chrf": beam["chrf"]}, "examples": beam["examples"]}
+    return {"pairs": greedy["n"], "greedy": {k: greedy[k] for k in METRICS},
+            "beam": {"width": beam_width, **{k: beam[k] for k in METRICS}}, "examples": beam["examples"]}
 
 
-def format_scores(scores):
-    lines = [f"{name:>7}: BLEU {scores[name]['bleu']:.2f}  chrF {scores[name]['chrf']:.2f}" for name in ("greedy", "beam")]
+def format_scores(scores, metrics=()):
+    """The scores as text: `metrics` (names of zoo.families.seq2seq.metrics.METRICS) or all of them."""
+    from zoo.families.seq2seq.metrics import chosen, format_line
+
+    shown = chosen(metrics)
+    lines = [f"{name:>7}: {format_line(scores[name], shown)}" for name in ("greedy", "beam")]
     lines[1] += f"  (width {scores['beam']['width']})"
     lines.insert(0, f"on {scores['pairs']} validation pairs:")
     for example in scores["examples"]:
