@@ -1,4 +1,4 @@
-"""`zoo serve`: the gRPC server."""
+"""`zoo serve`: the gRPC server (and, with --http-port, the OpenAI-compatible HTTP API)."""
 
 import click
 
@@ -16,6 +16,10 @@ from server.limits import Limits
               help="On SIGTERM, seconds to let in-flight requests finish.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535),
               help="Serve Prometheus metrics on this port (0 picks a free one); default off.")
+@click.option("--http-port", type=click.IntRange(0, 65535),
+              help="Also serve the OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/embeddings, "
+                   "/v1/classify) on this port (0 picks a free one), in the same process, with the same TLS, tokens "
+                   "and caps; default off.")
 @click.option("--step-delay", type=click.FloatRange(min=0), default=0.0, hidden=True,
               help="Sleep this many seconds before each decode step (for tests and demos of cancellation).")
 @click.option("--max-batch-size", type=click.IntRange(1), default=32, show_default=True,
@@ -63,12 +67,13 @@ from server.limits import Limits
 @click.option("--min-ping-interval-seconds", type=click.FloatRange(min=0), default=Limits.min_ping_interval_seconds,
               show_default=True, help="Close connections of clients that ping more often than this (gRPC's "
                                       "too_many_pings).")
-def serve(path, port, host, grace_period, metrics_port, step_delay, max_batch_size, max_batch_delay_ms,
+def serve(path, port, host, grace_period, metrics_port, http_port, step_delay, max_batch_size, max_batch_delay_ms,
           dynamic_batching, decode_slots, max_queue, torch_threads, warmup, version_policy, poll_seconds, tls_cert,
           tls_key, tls_client_ca, auth_tokens, auth_health, max_request_bytes, max_texts, max_text_bytes,
           max_stop_sequences, max_stop_bytes, max_streams_per_connection, keepalive_seconds,
           keepalive_timeout_seconds, min_ping_interval_seconds):
-    """Serve a bundle or a model repository over gRPC (zoo.v1.InferenceService, health, reflection).
+    """Serve a bundle or a model repository over gRPC (zoo.v1.InferenceService, health, reflection),
+    and with --http-port over an OpenAI-compatible HTTP API too.
 
     BUNDLE_OR_REPO is one bundle (served under its directory name as version 1) or a repository
     REPO/<name>/<version>/ of bundles; a request gets a model's highest version unless it names one.
@@ -82,6 +87,7 @@ def serve(path, port, host, grace_period, metrics_port, step_delay, max_batch_si
     Example:
       zoo serve bundles/shakespeare --port 8500
       zoo serve models/ --host 0.0.0.0 --backend torch --metrics-port 9100
+      zoo serve models/ --http-port 8000      # and OpenAI's API on http://127.0.0.1:8000/v1
       zoo serve bundles/language-id --max-batch-size 64 --max-batch-delay-ms 2
       zoo serve bundles/shakespeare --decode-slots 16 --max-queue 256
       zoo serve models/ --host 0.0.0.0 --tls-cert server.pem --tls-key server.key \\
@@ -92,7 +98,7 @@ def serve(path, port, host, grace_period, metrics_port, step_delay, max_batch_si
     run(path, host=host, port=port, grace_period=grace_period, metrics_port=metrics_port, step_delay=step_delay,
         batching=dict(max_batch_size=max_batch_size, max_delay=max_batch_delay_ms / 1000, enabled=dynamic_batching),
         generation=dict(slots=decode_slots, max_queue=max_queue), warmup=warmup,
-        torch_threads=torch_threads, version_policy=version_policy, poll_seconds=poll_seconds,
+        torch_threads=torch_threads, version_policy=version_policy, poll_seconds=poll_seconds, http_port=http_port,
         security=Security(tls_cert, tls_key, tls_client_ca, auth_tokens, auth_health),
         limits=Limits(max_request_bytes=max_request_bytes, max_texts=max_texts, max_text_bytes=max_text_bytes,
                       max_stop_sequences=max_stop_sequences, max_stop_bytes=max_stop_bytes,

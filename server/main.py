@@ -1,11 +1,13 @@
 """The server process: `zoo serve` calls `run`.
 
 Loads the model repository (server/reload.py: verified, built and warmed up per version), and
-serves `zoo.v1.InferenceService` with the standard health and reflection services beside it, and
-Prometheus metrics on their own port if asked; every RPC passes the gate (server/gate.py: token,
-size, decoding). The repository is re-read every `poll_seconds` and on SIGHUP (with the token
-file). On SIGTERM or SIGINT it drains: health turns NOT_SERVING, new RPCs get UNAVAILABLE, and
-those in flight may finish within the grace period.
+serves `zoo.v1.InferenceService` with the standard health and reflection services beside it,
+Prometheus metrics on their own port if asked, and the OpenAI-compatible HTTP API
+(server/http_api.py) on its own port if asked, on this event loop and over the same servicer;
+every RPC passes the gate (server/gate.py: token, size, decoding). The repository is re-read
+every `poll_seconds` and on SIGHUP (with the token file). On SIGTERM or SIGINT it drains: health
+turns NOT_SERVING, new RPCs (and HTTP requests) get UNAVAILABLE (503), and those in flight may
+finish within the grace period.
 """
 
 import asyncio
@@ -69,7 +71,7 @@ def is_loopback(host):
 
 async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_port=None, step_delay=0.0,
                 workers=8, batching=None, generation=None, warmup=True, torch_threads=None, security=Security(),
-                limits=Limits(), version_policy="all", poll_seconds=0.0):
+                limits=Limits(), version_policy="all", poll_seconds=0.0, http_port=None):
     """Serves the repository at `path` until SIGTERM or SIGINT; then stops accepting RPCs, lets
     those in flight finish for up to `grace_period` seconds, and returns.
 
@@ -79,6 +81,7 @@ async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_po
     `torch_threads`: torch's intra-op threads (default: all cores but one; see `cpu_threads_for_torch`).
     `security`: Security; `limits`: server.limits.Limits; `version_policy`: all, latest:N or
     specific:V,...; `poll_seconds`: re-read the repository this often (0: only on SIGHUP).
+    `http_port`: also serve the OpenAI-compatible HTTP API there (0: a free port; None: off).
     """
     security.check()  # every setting is checked before the slow imports
     policy = VersionPolicy.parse(version_policy)
@@ -130,13 +133,24 @@ async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_po
         raise ZooError(f"cannot listen on {address}: {e}") from None
     if not bound:
         raise ZooError(f"cannot listen on {address} (in use, or not a local address?)")
+    ssl_context = tls.server_context(security.cert, security.key, security.client_ca) if security.cert else None
+    http = None
+    if http_port is not None:  # before gRPC starts: a port that cannot be had stops the server cleanly
+        try:  # aiohttp is imported only by servers that serve HTTP
+            from server.http_api import HttpApi
+        except ModuleNotFoundError as e:
+            raise ZooError(f"--http-port needs {e.name} (pip install aiohttp)") from None
+        http = HttpApi(servicer, limits, tokens)
+        http_bound = await http.start(host, http_port, ssl_context)
     await server.start()
     for status_name in ["", SERVICE_NAME]:
         await health.set(status_name, health_pb2.HealthCheckResponse.SERVING)
+    if http is not None:
+        log.info("HTTP API on %s://%s:%d/v1 (OpenAI-compatible%s)", "https" if ssl_context else "http", host,
+                 http_bound, ", token required" if tokens else "")
     if metrics_port is not None:
-        context = tls.server_context(security.cert, security.key, security.client_ca) if security.cert else None
-        metrics = metrics_http.start(host, metrics_port, tokens, context)
-        log.info("metrics on %s://%s:%d/metrics%s", "https" if context else "http", host, metrics,
+        metrics = metrics_http.start(host, metrics_port, tokens, ssl_context)
+        log.info("metrics on %s://%s:%d/metrics%s", "https" if ssl_context else "http", host, metrics,
                  " (token required)" if tokens else "")
     for name in repository.names():
         log.info("model %s: versions %s (default %d) on backend %s", name,
@@ -166,7 +180,7 @@ async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_po
     watcher.cancel()
     servicer.draining = True
     await health.enter_graceful_shutdown()
-    await server.stop(grace_period)
+    await asyncio.gather(server.stop(grace_period), *([http.stop(grace_period)] if http else []))
     executor.shutdown(wait=False, cancel_futures=True)
     log.info("stopped")
 

@@ -12,7 +12,8 @@ from conftest import ROOT
 
 
 class ServerProcess:
-    """`zoo serve PATH --port 0` in a subprocess; the address and metrics port are read from its log."""
+    """`zoo serve PATH --port 0` in a subprocess; the address, the metrics port and (with
+    `--http-port` among `args`) the HTTP API's port are read from its log (`http_port`: None without)."""
 
     def __init__(self, path, *args, backend, timeout=180):
         env = {**os.environ, "KERAS_BACKEND": backend}
@@ -22,12 +23,14 @@ class ServerProcess:
         self.lines = []
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + timeout
-        self.address = self.metrics_port = None
+        self.address = self.metrics_port = self.http_port = None
         while self.address is None:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError("zoo serve did not start:\n" + self.log[-5000:])
             for line in list(self.lines):
+                if m := re.search(r"HTTP API on https?://127\.0\.0\.1:(\d+)/v1", line):
+                    self.http_port = int(m.group(1))
                 if m := re.search(r"metrics on https?://127\.0\.0\.1:(\d+)/", line):
                     self.metrics_port = int(m.group(1))
                 if m := re.search(r"serving zoo\.v1\.InferenceService on (127\.0\.0\.1:\d+)", line):

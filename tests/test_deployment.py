@@ -41,7 +41,9 @@ def test_the_image_runs_zoo_serve_as_a_non_root_user_on_its_exposed_ports():
     params = serve_flags(command)
     assert params["path"] == "/models" and json.loads(docker["VOLUME"][-1]) == ["/models"]
     assert params["host"] == "0.0.0.0"
-    assert sorted(map(int, docker["EXPOSE"][-1].split())) == sorted([params["port"], params["metrics_port"]])
+    assert sorted(map(int, docker["EXPOSE"][-1].split())) == sorted([params["port"], params["http_port"],
+                                                                     params["metrics_port"]])
+    assert '"aiohttp' in " ".join(docker["RUN"])  # what --http-port needs
     user = docker["USER"][-1]
     assert user.isdigit() and int(user) != 0
     health = " ".join(docker["HEALTHCHECK"])
@@ -60,7 +62,7 @@ def test_the_manifests_match_the_flags_ports_and_health_services():
     container = pod["spec"]["containers"][0]
     params = serve_flags(container["args"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": params["port"], "metrics": params["metrics_port"]}
+    assert ports == {"grpc": params["port"], "http": params["http_port"], "metrics": params["metrics_port"]}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc_probe = container[probe]["grpc"]
         assert grpc_probe["port"] == params["port"]
@@ -74,6 +76,7 @@ def test_the_manifests_match_the_flags_ports_and_health_services():
     assert service["spec"]["clusterIP"] == "None"  # headless: one address record per pod, for round_robin
     service_ports = {p["name"]: p for p in service["spec"]["ports"]}
     assert service_ports["grpc"]["port"] == params["port"] and service_ports["grpc"]["targetPort"] == "grpc"
+    assert service_ports["http"]["port"] == params["http_port"] and service_ports["http"]["targetPort"] == "http"
     assert budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
 
 

@@ -3,11 +3,13 @@ certificates made in the test, bearer tokens (missing, unknown, limited to some 
 SIGHUP, never logged), protected health, reflection and metrics, and every request cap refused
 with its flag named. Transport and access do not depend on the backend: these run once."""
 
+import json
 import shutil
 import signal
 import ssl
 import time
 import urllib.error
+import urllib.request
 
 import grpc
 import pytest
@@ -62,7 +64,7 @@ def tls_server(repository, pki, tokens_file, backend):
     """TLS, tokens, small caps."""
     cert, key = pki["server"]
     process = ServerProcess(repository, "--tls-cert", cert, "--tls-key", key, "--auth-tokens", tokens_file,
-                            "--no-warmup", "--poll-seconds", "0", *CAPS, backend=backend)
+                            "--no-warmup", "--poll-seconds", "0", "--http-port", "0", *CAPS, backend=backend)
     process.ca = pki["ca"]
     yield process
     process.stop()
@@ -157,8 +159,29 @@ def test_metrics_are_served_over_tls_to_unrestricted_tokens_only(tls_server):
         with pytest.raises(urllib.error.HTTPError) as info:
             tls_server.metrics_text(headers, context)
         assert info.value.code == status
+    with connect(tls_server) as client:
+        client.list_models()
     page = tls_server.metrics_text({"Authorization": f"Bearer {FULL}"}, context)
     assert 'zoo_requests_total{code="OK",method="ListModels"}' in page
+
+
+def test_the_http_api_is_served_over_the_same_tls_with_the_same_tokens(tls_server):
+    url = f"https://127.0.0.1:{tls_server.http_port}/v1/models"
+    context = ssl.create_default_context(cafile=str(tls_server.ca))
+
+    def models(token, context=context, scheme_url=url):
+        request = urllib.request.Request(scheme_url, headers={"Authorization": f"Bearer {token}"})
+        return json.loads(urllib.request.urlopen(request, timeout=30, context=context).read())
+
+    assert sorted(m["id"] for m in models(FULL)["data"]) == ["classifier", "other", "tiny"]
+    assert [m["id"] for m in models(LIMITED)["data"]] == ["tiny"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        models("not-a-known-token-0123456789")
+    assert refused.value.code == 401
+    with pytest.raises(urllib.error.URLError):  # a certificate the client does not trust
+        models(FULL, context=ssl.create_default_context())
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP to the TLS port
+        models(FULL, context=None, scheme_url=url.replace("https://", "http://"))
 
 
 @pytest.mark.parametrize("call, words", [
