@@ -251,6 +251,37 @@ def classify(model, texts, input_path, version, pairs, as_json, server, timeout)
 @click.argument("texts", nargs=-1)
 @input_option()
 @click.option("--version", type=int, default=0, help="Model version; default the highest.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per text, with its entities.")
+@server_option
+@timeout_option
+def tag(model, texts, input_path, version, as_json, server, timeout):
+    """Find the named entities in texts with a served tagger: the TEXTS arguments, or the lines of
+    --input FILE (- reads standard input). One line per entity: the text's number, the entity's
+    type, its start and end character offsets, its score and its text.
+
+    \b
+    Example:
+      zoo client tag wnut17 "Meet me at the Empire State Building with Taylor Swift"
+      zoo client tag wnut17 --input tweets.txt --json
+    """
+    texts, _ = texts_or_input(texts, input_path)
+    with connect(server, timeout) as zoo_client:
+        response = zoo_client.tag(model, texts, version=version)
+    for i, (text, result) in enumerate(zip(texts, response.results)):
+        if as_json:
+            click.echo(json.dumps({"text": text, "truncated": result.truncated, "entities": [
+                {"label": e.label, "text": e.text, "start": e.start, "end": e.end, "score": e.score}
+                for e in result.entities]}))
+            continue
+        for e in result.entities:
+            click.echo(f"{i}\t{e.label}\t{e.start}\t{e.end}\t{e.score:.4f}\t{e.text}")
+
+
+@client.command()
+@click.argument("model")
+@click.argument("texts", nargs=-1)
+@input_option()
+@click.option("--version", type=int, default=0, help="Model version; default the highest.")
 @server_option
 @timeout_option
 def embed(model, texts, input_path, version, server, timeout):

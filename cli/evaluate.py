@@ -1,5 +1,6 @@
-"""`zoo classify` and `zoo eval`."""
+"""`zoo classify`, `zoo tag` and `zoo eval`."""
 
+import dataclasses
 import json
 
 import click
@@ -43,6 +44,40 @@ def classify(model_path, texts, input_path, pairs, as_json):
             click.echo(json.dumps(record))
         else:
             click.echo(f"{result.label}\t{result.probability:.4f}\t{text}" + ("\t(truncated)" if result.truncated else ""))
+
+
+@click.command()
+@backend_option
+@click.argument("model_path", metavar="RUN_OR_BUNDLE", type=click.Path())
+@click.argument("texts", nargs=-1)
+@input_option()
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per text: its entities with label, text, start, end and score.")
+def tag(model_path, texts, input_path, as_json):
+    """Find the named entities in texts with a tagger run or bundle (`zoo train bert --task tag`).
+
+    Prints one line per entity: the text's number, the entity's type, its character offsets
+    (start inclusive, end exclusive, in characters) and score, and its text. The texts are the
+    TEXTS arguments, or the lines of --input FILE (- reads standard input).
+
+    \b
+    Example:
+      zoo tag runs/wnut17 "Meet me at the Empire State Building with Taylor Swift"
+      zoo tag bundles/ner --input tweets.txt --json
+    """
+    texts, _ = texts_or_input(texts, input_path)
+    from zoo.bundle import load_runtime
+
+    tagger, _ = load_runtime(model_path, "tag")
+    for i, (text, result) in enumerate(zip(texts, tagger.tag(texts))):
+        if as_json:
+            click.echo(json.dumps({"text": text, "truncated": result.truncated,
+                                   "entities": [dataclasses.asdict(e) for e in result.entities]}))
+            continue
+        for entity in result.entities:
+            click.echo(f"{i}\t{entity.label}\t{entity.start}\t{entity.end}\t{entity.score:.4f}\t{entity.text}")
+        if result.truncated:
+            click.echo(f"{i}\t(text cut at the model's context: its end was not tagged)", err=True)
 
 
 @click.command("eval")

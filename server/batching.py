@@ -15,9 +15,9 @@ import time
 
 from prometheus_client import Histogram
 
-BATCH_TEXTS = Histogram("zoo_batch_texts", "Texts per forward pass of Classify/Embed (dynamic batching).",
+BATCH_TEXTS = Histogram("zoo_batch_texts", "Texts per forward pass of Classify/Embed/Tag (dynamic batching).",
                         ["model", "version", "method"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-BATCH_REQUESTS = Histogram("zoo_batch_requests", "Requests per forward pass of Classify/Embed.",
+BATCH_REQUESTS = Histogram("zoo_batch_requests", "Requests per forward pass of Classify/Embed/Tag.",
                            ["model", "version", "method"], buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 
 

@@ -129,6 +129,11 @@ class ZooClient:
                                   text_pairs=list(pairs or []))
         return self.stub.Embed(request, timeout=self._timeout(timeout), metadata=self.metadata)
 
+    def tag(self, model, texts, *, version=0, timeout=None):
+        """The named entities of a batch of texts; returns a TagResponse."""
+        request = pb.TagRequest(model_spec=mpb.ModelSpec(name=model, version=version), texts=list(texts))
+        return self.stub.Tag(request, timeout=self._timeout(timeout), metadata=self.metadata)
+
     def list_models(self, *, timeout=None):
         """The served models (their highest versions), as a list of ModelInfo."""
         return list(self.stub.ListModels(mpb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self.metadata).models)

@@ -23,7 +23,7 @@ from zoo.errors import ZooError
 FINISH_REASONS = {FINISH_LENGTH: pb.FINISH_REASON_LENGTH, FINISH_STOP: pb.FINISH_REASON_STOP_SEQUENCE,
                   FINISH_END: pb.FINISH_REASON_END_TOKEN}
 SAMPLING_FIELDS = {"stop": "stop_sequences"}  # SamplingConfig attribute -> SamplingParams field, where they differ
-TASK_NOUNS = {"generate": "GENERATION", "classify": "CLASSIFICATION"}  # the proto names a task by its noun
+TASK_NOUNS = {"generate": "GENERATION", "classify": "CLASSIFICATION", "tag": "TOKEN_CLASSIFICATION"}  # by its noun
 
 
 def status_of(error):
@@ -80,14 +80,24 @@ def prompt_of(request, vocabulary_size, limits):
     raise Abort(INVALID, "prompt: set text or token_ids; the prompt must not be empty")
 
 
-def encoder_items(request, method, limits):
-    """[(text, pair or None)] of a ClassifyRequest or EmbedRequest, checked (against `limits` too)."""
-    if not request.texts:
+def _check_texts(texts, pairs, method, limits):
+    if not texts:
         raise Abort(INVALID, f"texts: give at least one text to {method.lower()}")
-    limits.check_texts(request.texts, request.text_pairs)
-    for i, text in enumerate(request.texts):
+    limits.check_texts(texts, pairs)
+    for i, text in enumerate(texts):
         if not text.strip():
             raise Abort(INVALID, f"texts[{i}] is empty")
+
+
+def tag_texts(request, limits):
+    """The texts of a TagRequest, checked (against `limits` too)."""
+    _check_texts(request.texts, [], "Tag", limits)
+    return list(request.texts)
+
+
+def encoder_items(request, method, limits):
+    """[(text, pair or None)] of a ClassifyRequest or EmbedRequest, checked (against `limits` too)."""
+    _check_texts(request.texts, request.text_pairs, method, limits)
     pairs = list(request.text_pairs)
     if pairs and len(pairs) != len(request.texts):
         raise Abort(INVALID, f"text_pairs: {len(pairs)} given for {len(request.texts)} texts; give one per text, "
@@ -169,3 +179,11 @@ def _pretrained_source(pretrained):
                                 architecture=pretrained.get("architecture") or "",
                                 weight_sha256=pretrained.get("weight_files") or {},
                                 license=pretrained.get("license") or "")
+
+
+def tag_response(m, results):
+    """The TagResponse of a TaggedText per text (zoo.families.bert.tagger), for loaded version `m`."""
+    return pb.TagResponse(model_spec=model_spec(m), results=[
+        pb.TaggedText(entities=[pb.Entity(label=e.label, text=e.text, start=e.start, end=e.end, score=e.score)
+                                for e in result.entities], truncated=result.truncated)
+        for result in results])

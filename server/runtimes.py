@@ -10,6 +10,7 @@ the model's task and from what the object can do, never from the family's name:
   step per thread-pool task, the model's lock released between steps so that concurrent streams
   interleave. Either way a cancelled RPC stops after the step in progress.
 - EncoderRuntime (task "classify"): Classify and Embed, each dynamically batched (server/batching.py).
+- TaggerRuntime (task "tag"): Tag, dynamically batched.
 - ModelRuntime: a model served for its metadata only (e.g. a masked LM: no inference runtime).
 
 Model computation runs on the thread pool, one model call per task, under the model version's
@@ -200,7 +201,28 @@ class EncoderRuntime(ModelRuntime):
         return results
 
 
-RUNTIMES = {"generate": GenerationRuntime, "classify": EncoderRuntime}  # by task
+class TaggerRuntime(ModelRuntime):
+    """Tag on one model version's tagger (zoo.families.bert.tagger), dynamically batched like Classify."""
+
+    def __init__(self, model, tagger, settings):
+        super().__init__(model)
+        self.tagger, self.labels = tagger, tagger.names
+        self.batcher = DynamicBatcher(self._run, settings.executor, (model.name, str(model.version), "Tag"),
+                                      **settings.batching)
+
+    async def tag(self, texts):
+        """A TaggedText per text."""
+        return await self.batcher.submit(texts)
+
+    def close(self):
+        self.batcher.close()
+
+    def _run(self, texts):
+        with self.model.lock:
+            return self.tagger.tag(texts)
+
+
+RUNTIMES = {"generate": GenerationRuntime, "classify": EncoderRuntime, "tag": TaggerRuntime}  # by task
 
 
 def build(m, settings):

@@ -20,7 +20,7 @@ from server.auth import current_grant
 from server.gen.zoo.v1 import inference_pb2_grpc as pb_grpc
 from server.gen.zoo.v1 import model_pb2 as mpb
 from server.status import INVALID, Abort
-from server.runtimes import EncoderRuntime, GenerationRuntime
+from server.runtimes import EncoderRuntime, GenerationRuntime, TaggerRuntime
 from zoo.errors import ZooError
 
 log = logging.getLogger("zoo.serve")
@@ -156,6 +156,17 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         with self._runtime(request.model_spec) as runtime:
             items = self._encoder_items(runtime, request, "Embed")
             return messages.embed_response(runtime.model, await runtime.embed(items))
+
+    @rpc
+    async def Tag(self, request, context):
+        with self._runtime(request.model_spec) as runtime:
+            m = runtime.model
+            if not isinstance(runtime, TaggerRuntime):
+                raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"model {m.name!r} version {m.version} has task {m.task!r}; Tag needs a "
+                            "token-classification model (`zoo train bert --task tag`)")
+            texts = messages.tag_texts(request, self.limits)
+            return messages.tag_response(m, await runtime.tag(texts))
 
     @rpc
     async def ListModels(self, request, context):

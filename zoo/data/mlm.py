@@ -185,3 +185,16 @@ def mlm_sequences(tokenizer, documents, seq_len):
         token_ids[i, :len(ids) + 2] = [tokenizer.cls_token_id, *ids, tokenizer.sep_token_id]
         padding_mask[i, :len(ids) + 2] = True
     return {"token_ids": token_ids, "segment_ids": np.zeros_like(token_ids), "padding_mask": padding_mask}
+
+
+class TaggingBatches(_EpochBatches):
+    """Token-tagging batches, a pure function of the step: `batch(step)` -> (inputs, labels,
+    weights), labels and weights (rows, seq_len) per word piece (zoo.families.bert.tagger)."""
+
+    def __init__(self, encoded, labels, weights, batch_size, seed, split="training"):
+        super().__init__(encoded, batch_size, seed, split)
+        self.labels, self.weights = labels, weights
+
+    def batch(self, step):
+        indices = self._indices(step)
+        return self._take(indices), self.labels[indices], self.weights[indices]

@@ -13,7 +13,7 @@ class BertFamily(Family):
     name = "bert"
     description = "BERT-style encoder: masked-LM pretraining or a text classifier"
     presets = PRESETS
-    tasks = ("mlm", "classify")
+    tasks = ("mlm", "classify", "tag")
 
     def train_command(self):
         from zoo.families.bert.command import bert
@@ -21,9 +21,9 @@ class BertFamily(Family):
         return bert
 
     def model_class(self, task):
-        from zoo.families.bert.model import BertClassifier, BertMaskedLM
+        from zoo.families.bert.model import BertClassifier, BertMaskedLM, BertTagger
 
-        return BertClassifier if task == "classify" else BertMaskedLM
+        return {"classify": BertClassifier, "tag": BertTagger}.get(task, BertMaskedLM)
 
     hf_architectures = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
 
@@ -45,6 +45,10 @@ class BertFamily(Family):
         export_checkpoint(model, tokenizer, info.labels, directory)
 
     def runtime(self, task, model, tokenizer, path, info):
+        if task == "tag":
+            from zoo.families.bert.tagger import Tagger
+
+            return Tagger(model, tokenizer, info.labels)
         if task != "classify":
             return None  # a masked LM is pretrained to be fine-tuned, not served
         from zoo.families.bert.classifier import Classifier
@@ -52,13 +56,20 @@ class BertFamily(Family):
         return Classifier(model, tokenizer, info.labels)
 
     def evaluate(self, model, tokenizer, info, path, data=None, beam_width=4):
+        from zoo.families.bert import evaluation
+
+        if info.task == "tag":
+            return evaluation.evaluate_tagger(model, tokenizer, info, data)
         if info.task != "classify":
             return super().evaluate(model, tokenizer, info, path, data, beam_width)
-        from zoo.families.bert.evaluation import evaluate_classifier
-
-        return evaluate_classifier(model, tokenizer, info, data)
+        return evaluation.evaluate_classifier(model, tokenizer, info, data)
 
     def format_report(self, report, metrics=()):
+        if "entities" in report:
+            from zoo.families.bert.entities import format_entity_scores
+
+            return f"entity-level scores on {report['sentences']} sentences:\n" + \
+                format_entity_scores(report["entities"])
         from zoo.families.bert.classifier import format_report
 
         return format_report(report)

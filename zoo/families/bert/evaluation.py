@@ -1,5 +1,6 @@
-"""`zoo eval` of a BERT classifier: accuracy, macro-F1 and the confusion matrix, on a file or on
-the validation split the model was trained with."""
+"""`zoo eval` of a BERT classifier (accuracy, macro-F1 and the confusion matrix) or tagger
+(entity-level precision, recall and F1), on a file or on the validation split the model was
+trained with."""
 
 from zoo.training.run import training_data
 
@@ -20,3 +21,18 @@ def evaluate_classifier(model, tokenizer, info, data=None):
     true_ids = encode_labels(rows, info.labels)
     probabilities, _ = Classifier(model, tokenizer, info.labels).probabilities(rows.texts, rows.pairs)
     return classification_report(true_ids, probabilities.argmax(axis=1), info.labels)
+
+
+def evaluate_tagger(model, tokenizer, info, data=None):
+    """The entity scores (zoo.families.bert.entities) of a loaded tagger, with its validation loss."""
+    from zoo.data.tagged import DEFAULT_TAGGED, read_tagged, split_tagged
+    from zoo.families.bert.tag_training import tagging_scores
+
+    recorded = info.provenance.get("data") or {}
+    if data is not None:
+        rows = read_tagged(data, recorded.get("tag_column"))
+    else:
+        rows = read_tagged(training_data(recorded, DEFAULT_TAGGED), recorded.get("tag_column"))
+        _, rows = split_tagged(rows, recorded["val_fraction"], (info.provenance.get("train") or {})["seed"])
+    loss, scores = tagging_scores(model, tokenizer, rows, info.labels, model.max_length)
+    return {"loss": loss, "entities": scores, "sentences": len(rows)}

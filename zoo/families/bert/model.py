@@ -8,7 +8,8 @@ the [CLS] position. Heads:
 
 - `BertMaskedLM`: keras-hub's `MaskedLMHead` at the masked positions, its output projection tied
   to the token embedding (no separate vocabulary matrix);
-- `BertClassifier`: dropout and a Dense layer on the pooled output.
+- `BertClassifier`: dropout and a Dense layer on the pooled output;
+- `BertTagger`: dropout and a Dense layer on every position (named-entity recognition).
 
 Both take the encoder's settings as plain constructor arguments (like keras-hub models) so their
 config is a flat dict, and both return float32 logits whatever the compute precision.
@@ -24,7 +25,7 @@ from zoo.layers.seeding import seed_dropout as _seed_dropout
 from zoo.layers.seeding import seeded_dropout as _dropout
 from zoo.families.bert.presets import PRESETS
 
-TASKS = ("mlm", "classify")
+TASKS = ("mlm", "classify")  # what bert_from_preset builds
 
 
 def gelu_tanh(x):
@@ -203,6 +204,39 @@ class BertClassifier(BertTaskModel):
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class BertTagger(BertTaskModel):
+    """The encoder, dropout and a Dense layer on every position's output -> float32 logits
+    (batch, length, num_tags): a tag per word piece (named-entity recognition). Training and
+    decoding read the tag of a word's first piece only."""
+
+    def __init__(self, vocabulary_size, num_tags, *args, **kwargs):
+        super().__init__(vocabulary_size, *args, **kwargs)
+        if num_tags < 2:
+            raise ValueError(f"num_tags must be at least 2, not {num_tags}")
+        self.num_tags = num_tags
+        self.tagger_dropout = _dropout(self.dropout, self.dtype_policy)
+        self.tagger = keras.layers.Dense(num_tags, kernel_initializer=_normal(0.02), dtype=self.dtype_policy,
+                                         name="tagger")
+        # Nothing here reads the pooled [CLS] vector: frozen, it is not handed to the optimizer
+        # without a gradient (it is still carried over from, and to, the other task models).
+        self.encoder.pooler.trainable = False
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        self.encoder.build()
+        self.tagger.build((None, None, self.hidden_dim))
+        self.built = True
+
+    def call(self, inputs, training=False):
+        sequence = self.encoder(inputs, training=training)["sequence_output"]  # (batch, length, hidden)
+        return ops.cast(self.tagger(self.tagger_dropout(sequence, training=training)), "float32")
+
+    def get_config(self):
+        return {**super().get_config(), "num_tags": self.num_tags}
 
 
 def _encoder_names(model):

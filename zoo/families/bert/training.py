@@ -19,6 +19,7 @@ import numpy as np
 from zoo.data import DEFAULT_CORPUS, read_documents, split_documents
 from zoo.data.labelled import DEFAULT_LABELLED, class_names, encode_labels, read_labelled, split_labelled
 from zoo.data.mlm import ClassificationBatches, MLMBatches, class_weights_balanced, mlm_sequences
+from zoo.data.tagged import DEFAULT_TAGGED
 from zoo.errors import ZooError
 from zoo.tokenizers import WordPieceTokenizer, train_wordpiece
 from zoo.training import run
@@ -37,7 +38,18 @@ def _model_config(preset, overrides):
 def _init_source(init, overrides):
     """(encoder config, tokenizer) of the pretrained run or bundle `init`."""
     config, tokenizer = run.init_source(init, "bert", overrides)
-    return {k: v for k, v in config.items() if k not in ("vocabulary_size", "num_classes")}, tokenizer
+    return {k: v for k, v in config.items() if k not in ("vocabulary_size", "num_classes", "num_tags")}, tokenizer
+
+
+def encoder_start(init, preset, overrides, texts, vocabulary_size, lowercase):
+    """(encoder config, tokenizer) of a new fine-tuning run: those of the pretrained run or bundle
+    `init`, or the preset's and a WordPiece tokenizer trained on `texts`."""
+    if not init:
+        return _model_config(preset, overrides), train_wordpiece(texts, vocabulary_size, lowercase)
+    model_config, tokenizer = _init_source(init, overrides)
+    if not isinstance(tokenizer, WordPieceTokenizer):
+        raise ZooError(f"--init {init}: has a {tokenizer.kind} tokenizer, not WordPiece")
+    return model_config, tokenizer
 
 
 def _log_softmax(logits):
@@ -71,14 +83,8 @@ def _new_classify_run(data, preset, overrides, vocabulary_size, lowercase, seq_l
     train_rows, val_rows = split_labelled(labelled, val_fraction, train_config.seed)
     names = class_names(train_rows)
     encode_labels(val_rows, names)  # a label seen only in validation is an error, before any training
-    if init:
-        model_config, tokenizer = _init_source(init, overrides)
-        if not isinstance(tokenizer, WordPieceTokenizer):
-            raise ZooError(f"--init {init}: has a {tokenizer.kind} tokenizer, not WordPiece")
-    else:
-        model_config = _model_config(preset, overrides)
-        texts = train_rows.texts + (train_rows.pairs or [])
-        tokenizer = train_wordpiece(texts, vocabulary_size, lowercase)
+    model_config, tokenizer = encoder_start(init, preset, overrides, train_rows.texts + (train_rows.pairs or []),
+                                            vocabulary_size, lowercase)
     model_config.update(vocabulary_size=tokenizer.vocabulary_size, num_classes=len(names))
     if seq_len is None:
         # Long enough for 99% of the training texts: one very long text should not make every
@@ -158,17 +164,20 @@ def _classify_training(config, tokenizer, splits, train_config):
 
 def train_bert(out, task="mlm", data=None, preset="nano", model_overrides=None, vocabulary_size=8192, lowercase=True,
                seq_len=None, val_fraction=0.1, text_field="text", columns=None, init=None, class_weighting="none",
-               train_config=None, resume=False, explicit_train_changes=None, command=None, lora=None):
+               train_config=None, resume=False, explicit_train_changes=None, command=None, lora=None,
+               tag_column=None):
     """Trains (or with `resume`, continues) a BERT run in `out`. Returns the loop's summary dict;
-    for classification it also holds the final validation report (accuracy, macro-F1, confusion).
+    for classification it also holds the final validation report (accuracy, macro-F1, confusion),
+    for tagging (`task="tag"`, zoo.families.bert.tag_training) the entity scores.
     Fine-tuning from `init` with `lora` ({"rank", "alpha"}) trains LoRA adapters on the encoder's
     attention projections and the new head, every other weight frozen (zoo.training.lora)."""
+    from zoo.families.bert import tag_training
     from zoo.training.config import TrainConfig
 
     out = Path(out)
     columns = columns or {"text_column": None, "label_column": "label", "pair_column": None}
     if resume:
-        default = DEFAULT_LABELLED if task == "classify" else DEFAULT_CORPUS
+        default = {"classify": DEFAULT_LABELLED, "tag": DEFAULT_TAGGED}.get(task, DEFAULT_CORPUS)
         config = run.resumed_config(out, "bert", data, explicit_train_changes or {}, default, lora)
         if config["task"] != task:
             raise ZooError(f"{out}: is a bert {config['task']} run, not {task}")
@@ -176,6 +185,8 @@ def train_bert(out, task="mlm", data=None, preset="nano", model_overrides=None, 
         train_config = TrainConfig(**config["train"])
         if task == "classify":
             splits = labelled_split(config)
+        elif task == "tag":
+            splits = tag_training.tagged_split(config)
         else:
             documents = read_documents(run.data_path(config), config["data"]["text_field"])
             splits = split_documents(documents, config["data"]["val_fraction"])
@@ -187,36 +198,41 @@ def train_bert(out, task="mlm", data=None, preset="nano", model_overrides=None, 
             config, tokenizer, splits = _new_classify_run(data, preset, overrides, vocabulary_size, lowercase, seq_len,
                                                           val_fraction, columns, init, class_weighting, train_config,
                                                           lora)
+        elif task == "tag":
+            config, tokenizer, splits = tag_training.new_tag_run(data, preset, overrides, vocabulary_size, lowercase,
+                                                                 seq_len, val_fraction, tag_column, init, train_config,
+                                                                 lora)
         else:
             if init:
-                raise ZooError("--init is for --task classify (fine-tuning a pretrained encoder)")
+                raise ZooError("--init is for --task classify or tag (fine-tuning a pretrained encoder)")
             config, tokenizer, splits = _new_mlm_run(data, preset, overrides, vocabulary_size, lowercase, seq_len,
                                                      val_fraction, text_field, train_config)
-    prepare = _classify_training if task == "classify" else _mlm_training
+    prepare = {"classify": _classify_training, "tag": tag_training.tag_training}.get(task, _mlm_training)
     batches, validation, evaluate, describe = prepare(config, tokenizer, splits, train_config)
     run.write_run(out, config, {"": tokenizer}, resume, command)
 
     def build_model():
-        from zoo.families.bert.model import BertClassifier, BertMaskedLM, copy_encoder_weights
+        from zoo.families import bert
+        from zoo.families.bert.model import copy_encoder_weights
 
-        model = (BertClassifier if task == "classify" else BertMaskedLM)(**config["model"])
+        model = bert.FAMILY.model_class(task)(**config["model"])
         model.build()
         if config.get("init") and not resume:
             from zoo.bundle import load_model
 
             pretrained, _, _ = load_model(config["init"])
             copy_encoder_weights(pretrained, model)
-            print(f"encoder weights carried over from {config['init']}; new {len(config['labels'])}-class head",
-                  file=sys.stderr)
+            print(f"encoder weights carried over from {config['init']}; new {len(config['labels'])}-"
+                  f"{'tag' if task == 'tag' else 'class'} head", file=sys.stderr)
         return model
 
     import keras
 
-    # Masked LM: averaged over the masked positions only (unused prediction slots weigh 0).
+    # Masked LM and tagging: averaged over the positions that carry a label (the others weigh 0).
     reduction = "sum_over_batch_size" if task == "classify" else "mean_with_sample_weight"
     summary = run.fit(out, config, train_config, build_model, batches, validation, evaluate, resume,
                       describe=f"wordpiece tokenizer of {tokenizer.vocabulary_size} tokens, {describe}",
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction))
-    if task == "classify" and evaluate.report is not None:
+    if task in ("classify", "tag") and evaluate.report is not None:
         summary["report"] = evaluate.report
     return summary

@@ -170,3 +170,41 @@ class EmbedResponse(_message.Message):
     model_spec: _model_pb2.ModelSpec
     embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
     def __init__(self, model_spec: _Optional[_Union[_model_pb2.ModelSpec, _Mapping]] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ...) -> None: ...
+
+class TagRequest(_message.Message):
+    __slots__ = ("model_spec", "texts")
+    MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    model_spec: _model_pb2.ModelSpec
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_spec: _Optional[_Union[_model_pb2.ModelSpec, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Entity(_message.Message):
+    __slots__ = ("label", "text", "start", "end", "score")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    text: str
+    start: int
+    end: int
+    score: float
+    def __init__(self, label: _Optional[str] = ..., text: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+
+class TaggedText(_message.Message):
+    __slots__ = ("entities", "truncated")
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    entities: _containers.RepeatedCompositeFieldContainer[Entity]
+    truncated: bool
+    def __init__(self, entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class TagResponse(_message.Message):
+    __slots__ = ("model_spec", "results")
+    MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    model_spec: _model_pb2.ModelSpec
+    results: _containers.RepeatedCompositeFieldContainer[TaggedText]
+    def __init__(self, model_spec: _Optional[_Union[_model_pb2.ModelSpec, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaggedText, _Mapping]]] = ...) -> None: ...

@@ -56,6 +56,11 @@ class InferenceServiceStub:
                 request_serializer=zoo_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=zoo_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.Tag = channel.unary_unary(
+                '/zoo.v1.InferenceService/Tag',
+                request_serializer=zoo_dot_v1_dot_inference__pb2.TagRequest.SerializeToString,
+                response_deserializer=zoo_dot_v1_dot_inference__pb2.TagResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/zoo.v1.InferenceService/ListModels',
                 request_serializer=zoo_dot_v1_dot_model__pb2.ListModelsRequest.SerializeToString,
@@ -102,6 +107,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tag(self, request, context):
+        """Finds the named entities in a batch of texts, with a token-classification (tagging) model.
+        Concurrent requests to one model are batched together, as for Classify.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """Lists the served models.
         """
@@ -138,6 +151,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=zoo_dot_v1_dot_inference__pb2.EmbedRequest.FromString,
                     response_serializer=zoo_dot_v1_dot_inference__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Tag': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tag,
+                    request_deserializer=zoo_dot_v1_dot_inference__pb2.TagRequest.FromString,
+                    response_serializer=zoo_dot_v1_dot_inference__pb2.TagResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -259,6 +277,33 @@ class InferenceService:
             '/zoo.v1.InferenceService/Embed',
             zoo_dot_v1_dot_inference__pb2.EmbedRequest.SerializeToString,
             zoo_dot_v1_dot_inference__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zoo.v1.InferenceService/Tag',
+            zoo_dot_v1_dot_inference__pb2.TagRequest.SerializeToString,
+            zoo_dot_v1_dot_inference__pb2.TagResponse.FromString,
             options,
             channel_credentials,
             insecure,

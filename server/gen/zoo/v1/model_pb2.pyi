@@ -20,6 +20,7 @@ class Task(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_UNSPECIFIED: _ClassVar[Task]
     TASK_GENERATION: _ClassVar[Task]
     TASK_CLASSIFICATION: _ClassVar[Task]
+    TASK_TOKEN_CLASSIFICATION: _ClassVar[Task]
 
 class TokenizerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -42,6 +43,7 @@ MODEL_KIND_SEQ2SEQ: ModelKind
 TASK_UNSPECIFIED: Task
 TASK_GENERATION: Task
 TASK_CLASSIFICATION: Task
+TASK_TOKEN_CLASSIFICATION: Task
 TOKENIZER_KIND_UNSPECIFIED: TokenizerKind
 TOKENIZER_KIND_CHAR: TokenizerKind
 TOKENIZER_KIND_BPE: TokenizerKind
