@@ -7,7 +7,7 @@ import json
 
 import click
 
-from cli.common import ZooGroup, input_option, read_input, texts_or_input
+from cli.common import ZooGroup, context_text, input_option, read_input, texts_or_input
 from zoo.errors import ZooError
 
 
@@ -275,6 +275,35 @@ def tag(model, texts, input_path, version, as_json, server, timeout):
             continue
         for e in result.entities:
             click.echo(f"{i}\t{e.label}\t{e.start}\t{e.end}\t{e.score:.4f}\t{e.text}")
+
+
+@client.command()
+@click.argument("model")
+@click.option("--question", "questions", multiple=True, required=True, help="A question (repeatable).")
+@click.option("--context", required=True, metavar="FILE_OR_TEXT",
+              help="The text the answers are taken from: a file's path (its UTF-8 text), or the text itself.")
+@click.option("--version", type=int, default=0, help="Model version; default the highest.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per question.")
+@server_option
+@timeout_option
+def answer(model, questions, context, version, as_json, server, timeout):
+    """Answer questions from a context with a served question-answering model: one line per
+    question, the answer's score, start and end character offsets, and text.
+
+    \b
+    Example:
+      zoo client answer squad --question "Who won Super Bowl 50?" --context article.txt
+      zoo client answer squad --question "Where?" --context "We met in Oslo in 2019." --json
+    """
+    context = context_text(context)
+    with connect(server, timeout) as zoo_client:
+        response = zoo_client.answer(model, questions, context, version=version)
+    for question, result in zip(questions, response.answers):
+        if as_json:
+            click.echo(json.dumps({"question": question, "text": result.text, "start": result.start,
+                                   "end": result.end, "score": result.score}))
+        else:
+            click.echo(f"{result.score:.4f}\t{result.start}\t{result.end}\t{result.text}")
 
 
 @client.command()

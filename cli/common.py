@@ -2,6 +2,7 @@
 line or from --input FILE|-."""
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -51,6 +52,20 @@ def read_input(input_path, pairs=False):
     from zoo.data.inputs import read_inputs
 
     return read_inputs(input_path, sys.stdin.buffer, pairs=pairs)
+
+
+def context_text(value):
+    """The text of a --context FILE_OR_TEXT: a file's UTF-8 text when `value` names a file, else
+    `value` itself; an empty context is a usage error."""
+    path = Path(value)
+    if len(value) < 4096 and path.is_file():
+        try:
+            value = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise click.BadParameter(f"{path}: cannot read it as UTF-8 text ({e})", param_hint="--context") from None
+    if not value.strip():
+        raise click.BadParameter("the context is empty", param_hint="--context")
+    return value
 
 
 def texts_or_input(texts, input_path, pairs=(), takes_pairs=False, arguments="TEXTS"):

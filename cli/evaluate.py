@@ -1,11 +1,11 @@
-"""`zoo classify`, `zoo tag` and `zoo eval`."""
+"""`zoo classify`, `zoo tag`, `zoo answer` and `zoo eval`."""
 
 import dataclasses
 import json
 
 import click
 
-from cli.common import backend_option, input_option, texts_or_input
+from cli.common import backend_option, context_text, input_option, texts_or_input
 
 
 @click.command()
@@ -78,6 +78,36 @@ def tag(model_path, texts, input_path, as_json):
             click.echo(f"{i}\t{entity.label}\t{entity.start}\t{entity.end}\t{entity.score:.4f}\t{entity.text}")
         if result.truncated:
             click.echo(f"{i}\t(text cut at the model's context: its end was not tagged)", err=True)
+
+
+@click.command()
+@backend_option
+@click.argument("model_path", metavar="RUN_OR_BUNDLE", type=click.Path())
+@click.option("--question", "questions", multiple=True, required=True, help="A question (repeatable).")
+@click.option("--context", required=True, metavar="FILE_OR_TEXT",
+              help="The text the answers are taken from: a file's path (its UTF-8 text), or the text itself.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per question.")
+def answer(model_path, questions, context, as_json):
+    """Answer questions from a context with a question-answering run or bundle (`zoo train bert
+    --task qa`): the answer is a span of the context.
+
+    Prints one line per question: the answer's score, its character offsets in the context (start
+    inclusive, end exclusive) and its text. A long context is read in overlapping windows.
+
+    \b
+    Example:
+      zoo answer runs/squad --question "Who won Super Bowl 50?" --context article.txt
+      zoo answer bundles/qa --question "Where?" --question "When?" --context "We met in Oslo in 2019." --json
+    """
+    from zoo.bundle import load_runtime
+
+    context = context_text(context)
+    answerer, _ = load_runtime(model_path, "qa")
+    for question, result in zip(questions, answerer.answer([(q, context) for q in questions])):
+        if as_json:
+            click.echo(json.dumps({"question": question, **dataclasses.asdict(result)}))
+        else:
+            click.echo(f"{result.score:.4f}\t{result.start}\t{result.end}\t{result.text}")
 
 
 @click.command("eval")

@@ -14,7 +14,7 @@ quiet_tensorflow_startup()
 from cli.bench import bench  # noqa: E402 (after the line above)
 from cli.client import client
 from cli.common import ZooGroup, backend_option
-from cli.evaluate import classify, evaluate, tag
+from cli.evaluate import answer, classify, evaluate, tag
 from cli.generate import export, generate, summarize, translate
 from cli.prepare import prepare
 from cli.pretrained import import_
@@ -65,6 +65,7 @@ cli.add_command(translate)
 cli.add_command(summarize)
 cli.add_command(classify)
 cli.add_command(tag)
+cli.add_command(answer)
 cli.add_command(evaluate)
 cli.add_command(serve)
 cli.add_command(client)

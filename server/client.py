@@ -134,6 +134,14 @@ class ZooClient:
         request = pb.TagRequest(model_spec=mpb.ModelSpec(name=model, version=version), texts=list(texts))
         return self.stub.Tag(request, timeout=self._timeout(timeout), metadata=self.metadata)
 
+    def answer(self, model, questions, context=None, *, version=0, timeout=None):
+        """Answers to `questions`: strings (all from `context`) or (question, context) pairs;
+        returns an AnswerResponse."""
+        pairs = [(q, context) if isinstance(q, str) else q for q in questions]
+        request = pb.AnswerRequest(model_spec=mpb.ModelSpec(name=model, version=version),
+                                   questions=[pb.QuestionContext(question=q, context=c) for q, c in pairs])
+        return self.stub.Answer(request, timeout=self._timeout(timeout), metadata=self.metadata)
+
     def list_models(self, *, timeout=None):
         """The served models (their highest versions), as a list of ModelInfo."""
         return list(self.stub.ListModels(mpb.ListModelsRequest(), timeout=self._timeout(timeout), metadata=self.metadata).models)

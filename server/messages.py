@@ -23,7 +23,8 @@ from zoo.errors import ZooError
 FINISH_REASONS = {FINISH_LENGTH: pb.FINISH_REASON_LENGTH, FINISH_STOP: pb.FINISH_REASON_STOP_SEQUENCE,
                   FINISH_END: pb.FINISH_REASON_END_TOKEN}
 SAMPLING_FIELDS = {"stop": "stop_sequences"}  # SamplingConfig attribute -> SamplingParams field, where they differ
-TASK_NOUNS = {"generate": "GENERATION", "classify": "CLASSIFICATION", "tag": "TOKEN_CLASSIFICATION"}  # by its noun
+TASK_NOUNS = {"generate": "GENERATION", "classify": "CLASSIFICATION", "tag": "TOKEN_CLASSIFICATION",
+              "qa": "QUESTION_ANSWERING"}  # the proto names a task by its noun
 
 
 def status_of(error):
@@ -93,6 +94,23 @@ def tag_texts(request, limits):
     """The texts of a TagRequest, checked (against `limits` too)."""
     _check_texts(request.texts, [], "Tag", limits)
     return list(request.texts)
+
+
+def question_items(request, limits):
+    """[(question, context)] of an AnswerRequest, checked (against `limits` too: a question and a
+    context each within --max-text-bytes, at most --max-texts questions)."""
+    if not request.questions:
+        raise Abort(INVALID, "questions: give at least one question to answer")
+    if len(request.questions) > limits.max_texts:
+        raise Abort(INVALID, f"questions: {len(request.questions)} given; at most {limits.max_texts} per request "
+                             "(--max-texts)")
+    for i, item in enumerate(request.questions):
+        for field in ("question", "context"):
+            text = getattr(item, field)
+            limits.check_text(f"questions[{i}].{field}", text)
+            if not text.strip():
+                raise Abort(INVALID, f"questions[{i}].{field} is empty")
+    return [(item.question, item.context) for item in request.questions]
 
 
 def encoder_items(request, method, limits):
@@ -187,3 +205,9 @@ def tag_response(m, results):
         pb.TaggedText(entities=[pb.Entity(label=e.label, text=e.text, start=e.start, end=e.end, score=e.score)
                                 for e in result.entities], truncated=result.truncated)
         for result in results])
+
+
+def answer_response(m, answers):
+    """The AnswerResponse of an Answer per question (zoo.families.bert.answerer), for version `m`."""
+    return pb.AnswerResponse(model_spec=model_spec(m), answers=[
+        pb.SpanAnswer(text=a.text, start=a.start, end=a.end, score=a.score) for a in answers])

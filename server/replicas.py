@@ -10,7 +10,7 @@ A `--server` value is one of:
   `unix:/run/zoo.sock`), passed as is.
 
 Safe to retry (no effect but the answer, and the same answer again): ListModels, GetModelInfo,
-Classify, Embed, Tag, and Generate/GenerateStream when greedy or seeded (`is_repeatable`). A sampled
+Classify, Embed, Tag, Answer, and Generate/GenerateStream when greedy or seeded (`is_repeatable`). A sampled
 generation without a seed is sent on a channel without retries: repeated, it would answer
 differently. A stream is retried only until its first message arrives (gRPC's rule). The policy
 retries UNAVAILABLE (a replica down, unreachable or draining) up to 5 attempts in all.
@@ -23,7 +23,7 @@ import socket
 from zoo.errors import ZooError
 
 SERVICE = "zoo.v1.InferenceService"
-RETRIED = ("ListModels", "GetModelInfo", "Classify", "Embed", "Tag", "Generate", "GenerateStream")
+RETRIED = ("ListModels", "GetModelInfo", "Classify", "Embed", "Tag", "Answer", "Generate", "GenerateStream")
 RETRY_POLICY = {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "1s", "backoffMultiplier": 2,
                 "retryableStatusCodes": ["UNAVAILABLE"]}
 

@@ -10,7 +10,7 @@ the model's task and from what the object can do, never from the family's name:
   step per thread-pool task, the model's lock released between steps so that concurrent streams
   interleave. Either way a cancelled RPC stops after the step in progress.
 - EncoderRuntime (task "classify"): Classify and Embed, each dynamically batched (server/batching.py).
-- TaggerRuntime (task "tag"): Tag, dynamically batched.
+- TaggerRuntime (task "tag"): Tag, dynamically batched; AnswerRuntime (task "qa"): Answer, likewise.
 - ModelRuntime: a model served for its metadata only (e.g. a masked LM: no inference runtime).
 
 Model computation runs on the thread pool, one model call per task, under the model version's
@@ -201,28 +201,49 @@ class EncoderRuntime(ModelRuntime):
         return results
 
 
-class TaggerRuntime(ModelRuntime):
-    """Tag on one model version's tagger (zoo.families.bert.tagger), dynamically batched like Classify."""
+class BatchedRuntime(ModelRuntime):
+    """One RPC (`method`) on one model version's inference object, dynamically batched like
+    Classify: `submit(items)` gives one result per item, computed by `compute` under the lock."""
 
-    def __init__(self, model, tagger, settings):
+    method = ""
+
+    def __init__(self, model, inference, settings):
         super().__init__(model)
-        self.tagger, self.labels = tagger, tagger.names
-        self.batcher = DynamicBatcher(self._run, settings.executor, (model.name, str(model.version), "Tag"),
+        self.inference = inference
+        self.batcher = DynamicBatcher(self._run, settings.executor, (model.name, str(model.version), self.method),
                                       **settings.batching)
 
-    async def tag(self, texts):
-        """A TaggedText per text."""
-        return await self.batcher.submit(texts)
+    async def submit(self, items):
+        return await self.batcher.submit(items)
 
     def close(self):
         self.batcher.close()
 
-    def _run(self, texts):
+    def _run(self, items):
         with self.model.lock:
-            return self.tagger.tag(texts)
+            return self.compute(items)
 
 
-RUNTIMES = {"generate": GenerationRuntime, "classify": EncoderRuntime, "tag": TaggerRuntime}  # by task
+class TaggerRuntime(BatchedRuntime):
+    """Tag: texts -> a TaggedText each (zoo.families.bert.tagger)."""
+
+    method = "Tag"
+
+    def compute(self, texts):
+        return self.inference.tag(texts)
+
+
+class AnswerRuntime(BatchedRuntime):
+    """Answer: (question, context) pairs -> an Answer each (zoo.families.bert.answerer)."""
+
+    method = "Answer"
+
+    def compute(self, pairs):
+        return self.inference.answer(pairs)
+
+
+RUNTIMES = {"generate": GenerationRuntime, "classify": EncoderRuntime, "tag": TaggerRuntime,
+            "qa": AnswerRuntime}  # by task
 
 
 def build(m, settings):

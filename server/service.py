@@ -20,7 +20,7 @@ from server.auth import current_grant
 from server.gen.zoo.v1 import inference_pb2_grpc as pb_grpc
 from server.gen.zoo.v1 import model_pb2 as mpb
 from server.status import INVALID, Abort
-from server.runtimes import EncoderRuntime, GenerationRuntime, TaggerRuntime
+from server.runtimes import AnswerRuntime, EncoderRuntime, GenerationRuntime, TaggerRuntime
 from zoo.errors import ZooError
 
 log = logging.getLogger("zoo.serve")
@@ -166,7 +166,18 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                             f"model {m.name!r} version {m.version} has task {m.task!r}; Tag needs a "
                             "token-classification model (`zoo train bert --task tag`)")
             texts = messages.tag_texts(request, self.limits)
-            return messages.tag_response(m, await runtime.tag(texts))
+            return messages.tag_response(m, await runtime.submit(texts))
+
+    @rpc
+    async def Answer(self, request, context):
+        with self._runtime(request.model_spec) as runtime:
+            m = runtime.model
+            if not isinstance(runtime, AnswerRuntime):
+                raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"model {m.name!r} version {m.version} has task {m.task!r}; Answer needs a "
+                            "question-answering model (`zoo train bert --task qa`)")
+            pairs = messages.question_items(request, self.limits)
+            return messages.answer_response(m, await runtime.submit(pairs))
 
     @rpc
     async def ListModels(self, request, context):

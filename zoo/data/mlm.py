@@ -187,14 +187,15 @@ def mlm_sequences(tokenizer, documents, seq_len):
     return {"token_ids": token_ids, "segment_ids": np.zeros_like(token_ids), "padding_mask": padding_mask}
 
 
-class TaggingBatches(_EpochBatches):
-    """Token-tagging batches, a pure function of the step: `batch(step)` -> (inputs, labels,
-    weights), labels and weights (rows, seq_len) per word piece (zoo.families.bert.tagger)."""
+class RowBatches(_EpochBatches):
+    """Batches of encoded rows with per-row targets, a pure function of the step: `batch(step)` ->
+    (inputs, *targets), each target array indexed by row: a tagger's labels and weights per word
+    piece (zoo.families.bert.tagger), a span model's start and end positions (answerer)."""
 
-    def __init__(self, encoded, labels, weights, batch_size, seed, split="training"):
+    def __init__(self, encoded, targets, batch_size, seed, split="training"):
         super().__init__(encoded, batch_size, seed, split)
-        self.labels, self.weights = labels, weights
+        self.targets = targets
 
     def batch(self, step):
         indices = self._indices(step)
-        return self._take(indices), self.labels[indices], self.weights[indices]
+        return (self._take(indices), *(target[indices] for target in self.targets))

@@ -13,7 +13,7 @@ class BertFamily(Family):
     name = "bert"
     description = "BERT-style encoder: masked-LM pretraining or a text classifier"
     presets = PRESETS
-    tasks = ("mlm", "classify", "tag")
+    tasks = ("mlm", "classify", "tag", "qa")
 
     def train_command(self):
         from zoo.families.bert.command import bert
@@ -21,9 +21,9 @@ class BertFamily(Family):
         return bert
 
     def model_class(self, task):
-        from zoo.families.bert.model import BertClassifier, BertMaskedLM, BertTagger
+        from zoo.families.bert.model import BertClassifier, BertMaskedLM, BertSpanQA, BertTagger
 
-        return {"classify": BertClassifier, "tag": BertTagger}.get(task, BertMaskedLM)
+        return {"classify": BertClassifier, "tag": BertTagger, "qa": BertSpanQA}.get(task, BertMaskedLM)
 
     hf_architectures = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
 
@@ -45,6 +45,10 @@ class BertFamily(Family):
         export_checkpoint(model, tokenizer, info.labels, directory)
 
     def runtime(self, task, model, tokenizer, path, info):
+        if task == "qa":
+            from zoo.families.bert.answerer import Answerer
+
+            return Answerer(model, tokenizer)
         if task == "tag":
             from zoo.families.bert.tagger import Tagger
 
@@ -60,11 +64,16 @@ class BertFamily(Family):
 
         if info.task == "tag":
             return evaluation.evaluate_tagger(model, tokenizer, info, data)
+        if info.task == "qa":
+            return evaluation.evaluate_answerer(model, tokenizer, info, data)
         if info.task != "classify":
             return super().evaluate(model, tokenizer, info, path, data, beam_width)
         return evaluation.evaluate_classifier(model, tokenizer, info, data)
 
     def format_report(self, report, metrics=()):
+        if "squad" in report:
+            scores = report["squad"]
+            return f"exact match {scores['exact_match']:.2f}  F1 {scores['f1']:.2f}  ({scores['questions']} questions)"
         if "entities" in report:
             from zoo.families.bert.entities import format_entity_scores
 

@@ -1,6 +1,6 @@
-"""`zoo eval` of a BERT classifier (accuracy, macro-F1 and the confusion matrix) or tagger
-(entity-level precision, recall and F1), on a file or on the validation split the model was
-trained with."""
+"""`zoo eval` of a BERT classifier (accuracy, macro-F1 and the confusion matrix), tagger
+(entity-level precision, recall and F1) or span model (SQuAD's exact match and F1), on a file or
+on the validation split the model was trained with."""
 
 from zoo.training.run import training_data
 
@@ -36,3 +36,18 @@ def evaluate_tagger(model, tokenizer, info, data=None):
         _, rows = split_tagged(rows, recorded["val_fraction"], (info.provenance.get("train") or {})["seed"])
     loss, scores = tagging_scores(model, tokenizer, rows, info.labels, model.max_length)
     return {"loss": loss, "entities": scores, "sentences": len(rows)}
+
+
+def evaluate_answerer(model, tokenizer, info, data=None):
+    """SQuAD's exact match and F1 (zoo.families.bert.squad_scores) of a loaded span model."""
+    from zoo.data.squad import DEFAULT_SQUAD, read_squad, split_squad
+    from zoo.families.bert.qa_training import answering_scores
+
+    recorded = info.provenance.get("data") or {}
+    if data is not None:
+        questions = read_squad(data)
+    else:
+        questions = read_squad(training_data(recorded, DEFAULT_SQUAD))
+        _, questions = split_squad(questions, recorded["val_fraction"], (info.provenance.get("train") or {})["seed"])
+    loss, scores = answering_scores(model, tokenizer, questions, model.max_length)
+    return {"loss": loss, "squad": scores}

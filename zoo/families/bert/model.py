@@ -9,7 +9,8 @@ the [CLS] position. Heads:
 - `BertMaskedLM`: keras-hub's `MaskedLMHead` at the masked positions, its output projection tied
   to the token embedding (no separate vocabulary matrix);
 - `BertClassifier`: dropout and a Dense layer on the pooled output;
-- `BertTagger`: dropout and a Dense layer on every position (named-entity recognition).
+- `BertTagger`: dropout and a Dense layer on every position (named-entity recognition);
+- `BertSpanQA`: a Dense layer of 2 on every position, the answer's start and end (extractive QA).
 
 Both take the encoder's settings as plain constructor arguments (like keras-hub models) so their
 config is a flat dict, and both return float32 logits whatever the compute precision.
@@ -237,6 +238,31 @@ class BertTagger(BertTaskModel):
 
     def get_config(self):
         return {**super().get_config(), "num_tags": self.num_tags}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class BertSpanQA(BertTaskModel):
+    """The encoder and a Dense layer of 2 on every position -> float32 logits (batch, 2, length):
+    each position's score as the answer's first (row 0) and last (row 1) word piece (extractive
+    question answering). Padded positions score -1e9."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.span = keras.layers.Dense(2, kernel_initializer=_normal(0.02), dtype=self.dtype_policy, name="span")
+        self.encoder.pooler.trainable = False  # unused here, as for the tagger
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        self.encoder.build()
+        self.span.build((None, None, self.hidden_dim))
+        self.built = True
+
+    def call(self, inputs, training=False):
+        sequence = self.encoder(inputs, training=training)["sequence_output"]  # (batch, length, hidden)
+        logits = ops.transpose(ops.cast(self.span(sequence), "float32"), (0, 2, 1))  # (batch, 2, length)
+        padding = ops.expand_dims(ops.cast(inputs["padding_mask"], "bool"), 1)
+        return ops.where(padding, logits, -1e9)
 
 
 def _encoder_names(model):

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from zoo.data.mlm import TaggingBatches
+from zoo.data.mlm import RowBatches
 from zoo.data.tagged import DEFAULT_TAGGED, encode_tags, read_tagged, split_tagged, tag_names
 from zoo.errors import ZooError
 from zoo.training import run
@@ -74,7 +74,7 @@ def tag_training(config, tokenizer, splits, train_config):
     if truncated.any():
         print(f"note: {int(truncated.sum())} of {len(truncated)} training sentences are longer than --seq-len "
               f"{seq_len} word pieces and were cut", file=sys.stderr)
-    batches = TaggingBatches(inputs, labels, weights, train_config.batch_size, train_config.seed)
+    batches = RowBatches(inputs, (labels, weights), train_config.batch_size, train_config.seed)
 
     def evaluate(model):
         loss, scores = tagging_scores(model, tokenizer, val_rows, names, seq_len, train_config.batch_size)

@@ -19,6 +19,7 @@ import numpy as np
 from zoo.data import DEFAULT_CORPUS, read_documents, split_documents
 from zoo.data.labelled import DEFAULT_LABELLED, class_names, encode_labels, read_labelled, split_labelled
 from zoo.data.mlm import ClassificationBatches, MLMBatches, class_weights_balanced, mlm_sequences
+from zoo.data.squad import DEFAULT_SQUAD
 from zoo.data.tagged import DEFAULT_TAGGED
 from zoo.errors import ZooError
 from zoo.tokenizers import WordPieceTokenizer, train_wordpiece
@@ -165,19 +166,20 @@ def _classify_training(config, tokenizer, splits, train_config):
 def train_bert(out, task="mlm", data=None, preset="nano", model_overrides=None, vocabulary_size=8192, lowercase=True,
                seq_len=None, val_fraction=0.1, text_field="text", columns=None, init=None, class_weighting="none",
                train_config=None, resume=False, explicit_train_changes=None, command=None, lora=None,
-               tag_column=None):
+               tag_column=None, doc_stride=None):
     """Trains (or with `resume`, continues) a BERT run in `out`. Returns the loop's summary dict;
     for classification it also holds the final validation report (accuracy, macro-F1, confusion),
-    for tagging (`task="tag"`, zoo.families.bert.tag_training) the entity scores.
+    for tagging (`task="tag"`, zoo.families.bert.tag_training) the entity scores, for question
+    answering (`task="qa"`, zoo.families.bert.qa_training) SQuAD's exact match and F1.
     Fine-tuning from `init` with `lora` ({"rank", "alpha"}) trains LoRA adapters on the encoder's
     attention projections and the new head, every other weight frozen (zoo.training.lora)."""
-    from zoo.families.bert import tag_training
+    from zoo.families.bert import qa_training, tag_training
     from zoo.training.config import TrainConfig
 
     out = Path(out)
     columns = columns or {"text_column": None, "label_column": "label", "pair_column": None}
     if resume:
-        default = {"classify": DEFAULT_LABELLED, "tag": DEFAULT_TAGGED}.get(task, DEFAULT_CORPUS)
+        default = {"classify": DEFAULT_LABELLED, "tag": DEFAULT_TAGGED, "qa": DEFAULT_SQUAD}.get(task, DEFAULT_CORPUS)
         config = run.resumed_config(out, "bert", data, explicit_train_changes or {}, default, lora)
         if config["task"] != task:
             raise ZooError(f"{out}: is a bert {config['task']} run, not {task}")
@@ -187,6 +189,8 @@ def train_bert(out, task="mlm", data=None, preset="nano", model_overrides=None, 
             splits = labelled_split(config)
         elif task == "tag":
             splits = tag_training.tagged_split(config)
+        elif task == "qa":
+            splits = qa_training.squad_split(config)
         else:
             documents = read_documents(run.data_path(config), config["data"]["text_field"])
             splits = split_documents(documents, config["data"]["val_fraction"])
@@ -202,12 +206,17 @@ def train_bert(out, task="mlm", data=None, preset="nano", model_overrides=None, 
             config, tokenizer, splits = tag_training.new_tag_run(data, preset, overrides, vocabulary_size, lowercase,
                                                                  seq_len, val_fraction, tag_column, init, train_config,
                                                                  lora)
+        elif task == "qa":
+            config, tokenizer, splits = qa_training.new_qa_run(data, preset, overrides, vocabulary_size, lowercase,
+                                                               seq_len, val_fraction, doc_stride, init, train_config,
+                                                               lora)
         else:
             if init:
-                raise ZooError("--init is for --task classify or tag (fine-tuning a pretrained encoder)")
+                raise ZooError("--init is for --task classify, tag or qa (fine-tuning a pretrained encoder)")
             config, tokenizer, splits = _new_mlm_run(data, preset, overrides, vocabulary_size, lowercase, seq_len,
                                                      val_fraction, text_field, train_config)
-    prepare = {"classify": _classify_training, "tag": tag_training.tag_training}.get(task, _mlm_training)
+    prepare = {"classify": _classify_training, "tag": tag_training.tag_training,
+               "qa": qa_training.qa_training}.get(task, _mlm_training)
     batches, validation, evaluate, describe = prepare(config, tokenizer, splits, train_config)
     run.write_run(out, config, {"": tokenizer}, resume, command)
 
@@ -222,8 +231,9 @@ def train_bert(out, task="mlm", data=None, preset="nano", model_overrides=None, 
 
             pretrained, _, _ = load_model(config["init"])
             copy_encoder_weights(pretrained, model)
-            print(f"encoder weights carried over from {config['init']}; new {len(config['labels'])}-"
-                  f"{'tag' if task == 'tag' else 'class'} head", file=sys.stderr)
+            head = {"tag": f"{len(config.get('labels', ()))}-tag", "qa": "span"}.get(
+                task, f"{len(config.get('labels', ()))}-class")
+            print(f"encoder weights carried over from {config['init']}; new {head} head", file=sys.stderr)
         return model
 
     import keras
@@ -233,6 +243,6 @@ def train_bert(out, task="mlm", data=None, preset="nano", model_overrides=None, 
     summary = run.fit(out, config, train_config, build_model, batches, validation, evaluate, resume,
                       describe=f"wordpiece tokenizer of {tokenizer.vocabulary_size} tokens, {describe}",
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction))
-    if task in ("classify", "tag") and evaluate.report is not None:
+    if task != "mlm" and evaluate.report is not None:
         summary["report"] = evaluate.report
     return summary

@@ -208,3 +208,39 @@ class TagResponse(_message.Message):
     model_spec: _model_pb2.ModelSpec
     results: _containers.RepeatedCompositeFieldContainer[TaggedText]
     def __init__(self, model_spec: _Optional[_Union[_model_pb2.ModelSpec, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaggedText, _Mapping]]] = ...) -> None: ...
+
+class QuestionContext(_message.Message):
+    __slots__ = ("question", "context")
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    question: str
+    context: str
+    def __init__(self, question: _Optional[str] = ..., context: _Optional[str] = ...) -> None: ...
+
+class AnswerRequest(_message.Message):
+    __slots__ = ("model_spec", "questions")
+    MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
+    QUESTIONS_FIELD_NUMBER: _ClassVar[int]
+    model_spec: _model_pb2.ModelSpec
+    questions: _containers.RepeatedCompositeFieldContainer[QuestionContext]
+    def __init__(self, model_spec: _Optional[_Union[_model_pb2.ModelSpec, _Mapping]] = ..., questions: _Optional[_Iterable[_Union[QuestionContext, _Mapping]]] = ...) -> None: ...
+
+class SpanAnswer(_message.Message):
+    __slots__ = ("text", "start", "end", "score")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    start: int
+    end: int
+    score: float
+    def __init__(self, text: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+
+class AnswerResponse(_message.Message):
+    __slots__ = ("model_spec", "answers")
+    MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    model_spec: _model_pb2.ModelSpec
+    answers: _containers.RepeatedCompositeFieldContainer[SpanAnswer]
+    def __init__(self, model_spec: _Optional[_Union[_model_pb2.ModelSpec, _Mapping]] = ..., answers: _Optional[_Iterable[_Union[SpanAnswer, _Mapping]]] = ...) -> None: ...

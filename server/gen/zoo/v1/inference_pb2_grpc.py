@@ -61,6 +61,11 @@ class InferenceServiceStub:
                 request_serializer=zoo_dot_v1_dot_inference__pb2.TagRequest.SerializeToString,
                 response_deserializer=zoo_dot_v1_dot_inference__pb2.TagResponse.FromString,
                 _registered_method=True)
+        self.Answer = channel.unary_unary(
+                '/zoo.v1.InferenceService/Answer',
+                request_serializer=zoo_dot_v1_dot_inference__pb2.AnswerRequest.SerializeToString,
+                response_deserializer=zoo_dot_v1_dot_inference__pb2.AnswerResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/zoo.v1.InferenceService/ListModels',
                 request_serializer=zoo_dot_v1_dot_model__pb2.ListModelsRequest.SerializeToString,
@@ -115,6 +120,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Answer(self, request, context):
+        """Answers questions with a span of a context, with an extractive question-answering model.
+        Concurrent requests to one model are batched together, as for Classify.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """Lists the served models.
         """
@@ -156,6 +169,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Tag,
                     request_deserializer=zoo_dot_v1_dot_inference__pb2.TagRequest.FromString,
                     response_serializer=zoo_dot_v1_dot_inference__pb2.TagResponse.SerializeToString,
+            ),
+            'Answer': grpc.unary_unary_rpc_method_handler(
+                    servicer.Answer,
+                    request_deserializer=zoo_dot_v1_dot_inference__pb2.AnswerRequest.FromString,
+                    response_serializer=zoo_dot_v1_dot_inference__pb2.AnswerResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -304,6 +322,33 @@ class InferenceService:
             '/zoo.v1.InferenceService/Tag',
             zoo_dot_v1_dot_inference__pb2.TagRequest.SerializeToString,
             zoo_dot_v1_dot_inference__pb2.TagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Answer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zoo.v1.InferenceService/Answer',
+            zoo_dot_v1_dot_inference__pb2.AnswerRequest.SerializeToString,
+            zoo_dot_v1_dot_inference__pb2.AnswerResponse.FromString,
             options,
             channel_credentials,
             insecure,

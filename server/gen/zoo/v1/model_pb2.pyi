@@ -21,6 +21,7 @@ class Task(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_GENERATION: _ClassVar[Task]
     TASK_CLASSIFICATION: _ClassVar[Task]
     TASK_TOKEN_CLASSIFICATION: _ClassVar[Task]
+    TASK_QUESTION_ANSWERING: _ClassVar[Task]
 
 class TokenizerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -44,6 +45,7 @@ TASK_UNSPECIFIED: Task
 TASK_GENERATION: Task
 TASK_CLASSIFICATION: Task
 TASK_TOKEN_CLASSIFICATION: Task
+TASK_QUESTION_ANSWERING: Task
 TOKENIZER_KIND_UNSPECIFIED: TokenizerKind
 TOKENIZER_KIND_CHAR: TokenizerKind
 TOKENIZER_KIND_BPE: TokenizerKind
