@@ -58,7 +58,11 @@ def context_text(value):
     """The text of a --context FILE_OR_TEXT: a file's UTF-8 text when `value` names a file, else
     `value` itself; an empty context is a usage error."""
     path = Path(value)
-    if len(value) < 4096 and path.is_file():
+    try:
+        is_file = "\n" not in value and path.is_file()
+    except (OSError, ValueError):  # too long for a file name, or a NUL in it: text
+        is_file = False
+    if is_file:
         try:
             value = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:

@@ -133,6 +133,12 @@ def test_a_tiny_model_learns_a_toy_span_task(tiny_answerer):
                                   "--json", check=True).stdout)
     assert (answered["text"], answered["start"]) == ("gold", context.index("gold")) and answered["score"] > 0.5
     assert zoo_json("eval", run)["squad"]["exact_match"] == 100.0
+    # --context: a file's text, or the text itself however long (it is no file name then).
+    long_context = " ".join(["it rains today ."] * 30 + ["the box is red ."])
+    (run.parent / "context.txt").write_text(long_context, encoding="utf-8")
+    for given in (long_context, run.parent / "context.txt"):
+        printed = run_zoo("answer", bundle, "--question", "what color is the box ?", "--context", given, check=True)
+        assert printed.stdout.split("\t")[-1] == "red\n"
 
 
 def test_answer_over_a_server_matches_local_answers(tiny_answerer, tmp_path):
