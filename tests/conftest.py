@@ -127,6 +127,11 @@ def tiny_run(tmp_path_factory, small_corpus, backend):
     return run, bundle
 
 
+# An LSTM language model of TINY_MODEL's size.
+TINY_LSTM = ["--num-layers", "2", "--hidden-dim", "32", "--embedding-dim", "32", "--max-length", "32",
+             "--vocab-size", "300", "--batch-size", "8"]
+
+
 # A BERT small enough to train in seconds.
 TINY_BERT = ["--num-layers", "2", "--num-heads", "2", "--hidden-dim", "32", "--intermediate-dim", "64",
              "--max-length", "64", "--batch-size", "32"]

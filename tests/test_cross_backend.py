@@ -1,6 +1,7 @@
 """A bundle trained on any backend loads on every other with the same logits and greedy text; the
 JAX and torch paths work with TensorFlow absent. Each backend runs in its own process."""
 
+import fcntl
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_BERT, TINY_MODEL, TINY_SEQ2SEQ, run_zoo
+from conftest import ROOT, TINY_BERT, TINY_LSTM, TINY_MODEL, TINY_SEQ2SEQ, run_zoo
 
 pytestmark = pytest.mark.cross_backend
 BACKENDS = ["jax", "tensorflow", "torch"]
@@ -27,23 +28,18 @@ def zoo_commands(backend, *commands, env=None):
     return result
 
 
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory, small_corpus):
-    """Tiny bundles of every kind (gpt, a bert classifier, seq2seq), each trained and exported on
-    each backend (the commands of one backend in one process)."""
-    commands = {"gpt": ["gpt", "--data", small_corpus, *TINY_MODEL],
-                "bert": ["bert", "--task", "classify", *TINY_BERT, "--vocab-size", "600", "--cased"],
-                "seq2seq": ["seq2seq", *TINY_SEQ2SEQ, "--bleu-pairs", "0"]}
-    made = {}
-    for backend in BACKENDS:
-        steps = []
-        for kind, command in commands.items():
-            run = tmp_path_factory.mktemp(f"{kind}-{backend}") / "run"
-            made[(kind, backend)] = run.parent / "bundle"
-            steps += [["train", *command, "--out", run, "--max-steps", "20", "--eval-every", "20", "--lr", "3e-3"],
-                      ["export", run, "--out", made[(kind, backend)]]]
-        zoo_commands(backend, *steps)
-    return made
+# The families checked, and the `zoo train` arguments of each one's tiny model.
+TRAIN = {"gpt": ["gpt", "--data", "{corpus}", *TINY_MODEL],
+         "bert": ["bert", "--task", "classify", *TINY_BERT, "--vocab-size", "600", "--cased"],
+         "seq2seq": ["seq2seq", *TINY_SEQ2SEQ, "--bleu-pairs", "0"],
+         "lstm": ["lstm", "--data", "{corpus}", *TINY_LSTM]}
+
+
+def _selected_kinds(request):
+    """The families whose agreement test this session runs (all of them, or those `-k` keeps)."""
+    return [kind for kind in TRAIN if any(
+        item.module is request.module and getattr(item, "callspec", None) is not None
+        and item.callspec.params.get("kind") == kind for item in request.session.items)]
 
 
 def _probe(backend, paths, env=None):
@@ -54,16 +50,52 @@ def _probe(backend, paths, env=None):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_every_bundle_gives_the_same_results_on_every_backend(bundles):
-    """gpt and seq2seq: logits within 1e-4 and the same greedy tokens; bert: class probabilities
-    within 1e-4 and the same labels; whichever backend trained the bundle."""
-    paths = list(bundles.values())
-    seen = {backend: _probe(backend, paths) for backend in BACKENDS}
-    for (kind, trained_on), path in bundles.items():
-        reference = seen[trained_on][str(path)]
+def _train_and_probe(kinds, directory, corpus):
+    """Tiny bundles of `kinds`, each trained and exported on each backend (the commands of one
+    backend in one process), and what each computes on each backend (a process per backend):
+    {kind: {trained_on: {loaded_on: probe}}}."""
+    made = {}
+    for backend in BACKENDS:
+        steps = []
+        for kind in kinds:
+            command = [str(corpus) if arg == "{corpus}" else arg for arg in TRAIN[kind]]
+            run = directory / f"{kind}-{backend}" / "run"
+            made[(kind, backend)] = run.parent / "bundle"
+            steps += [["train", *command, "--out", run, "--max-steps", "20", "--eval-every", "20", "--lr", "3e-3"],
+                      ["export", run, "--out", made[(kind, backend)]]]
+        zoo_commands(backend, *steps)
+    seen = {backend: _probe(backend, made.values()) for backend in BACKENDS}
+    return {kind: {trained_on: {backend: seen[backend][str(made[(kind, trained_on)])] for backend in BACKENDS}
+                   for trained_on in BACKENDS} for kind in kinds}
+
+
+@pytest.fixture(scope="module")
+def probed(request, tmp_path_factory, small_corpus):
+    """`_train_and_probe` of the kinds this session checks, made once per session: under
+    pytest-xdist (`make test` runs two workers) the first worker to get here makes it, under a lock
+    in the directory the workers share, and the other reads it back (pytest-xdist's recipe for a
+    fixture made once), so the kinds' cases may run on either worker."""
+    kinds = _selected_kinds(request)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    saved = shared / f"cross-backend-{'-'.join(kinds)}.json"
+    with open(shared / "cross-backend.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not saved.is_file():
+            directory = shared / "cross-backend-bundles"
+            directory.mkdir(exist_ok=True)
+            saved.write_text(json.dumps(_train_and_probe(kinds, directory, small_corpus)))
+    return json.loads(saved.read_text())
+
+
+@pytest.mark.parametrize("kind", list(TRAIN))
+def test_every_bundle_gives_the_same_results_on_every_backend(probed, kind):
+    """gpt, seq2seq and lstm: logits within 1e-4 and the same greedy tokens; bert: class
+    probabilities within 1e-4 and the same labels; whichever backend trained the bundle."""
+    for trained_on, loaded in probed[kind].items():
+        reference = loaded[trained_on]
         assert reference["backend"] == trained_on
-        for backend in BACKENDS:
-            other = seen[backend][str(path)]
+        for backend, other in loaded.items():
             where = f"{kind} trained on {trained_on}, loaded on {backend}"
             assert other["backend"] == backend
             np.testing.assert_allclose(other["outputs"], reference["outputs"], atol=1e-4, rtol=0, err_msg=where)

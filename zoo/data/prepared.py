@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -189,16 +188,10 @@ def _documents(plan, only=None):
 
 
 def _train_tokenizer(plan, kind, vocabulary_size):
-    from zoo.tokenizers import train_bpe, train_char
+    from zoo.tokenizers import train_text_tokenizer
 
     texts = (piece for _, pieces, _ in _documents(plan, only="train") for piece in pieces)
-    if kind == "char":
-        return train_char(texts)
-    tokenizer = train_bpe(texts, vocabulary_size)
-    if tokenizer.vocabulary_size < vocabulary_size:
-        print(f"note: the training split supports only {tokenizer.vocabulary_size} BPE tokens "
-              f"(asked for {vocabulary_size})", file=sys.stderr)
-    return tokenizer
+    return train_text_tokenizer(texts, kind, vocabulary_size)
 
 
 class _TokenWriter:

@@ -20,7 +20,8 @@ on the host. Caches are opaque and consumed: always use the returned one (the co
 update the cache in place; the argument is invalid after). The first generated token is decoded
 at `first_position(ids)`: after a GPT's prompt, after a seq2seq decoder's start token.
 
-The engines know no family: they run a model's cache protocol, which GPT and Seq2Seq both have:
+The engines know no family: they run a model's cache protocol, which GPT, Seq2Seq and the LSTM have
+(an LSTM's cache is its recurrent state):
 
     model.init_cache(slots)                      # the empty cache: arrays, each with a row per slot
     model.prefill_with_cache(ids, length)        # (1, padded) prompt -> (logits (1, vocab), 1-row cache)

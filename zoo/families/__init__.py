@@ -19,6 +19,7 @@ BUILT_IN = {
     "gpt": "zoo.families.gpt",
     "bert": "zoo.families.bert",
     "seq2seq": "zoo.families.seq2seq",
+    "lstm": "zoo.families.lstm",
 }
 _FAMILIES = {}
 

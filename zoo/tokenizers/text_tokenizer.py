@@ -6,6 +6,7 @@ training (so a prompt in any script still encodes, and decodes back to itself).
 """
 
 import json
+import sys
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -121,6 +122,19 @@ def train_bpe(texts, vocabulary_size):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
     return TextTokenizer(tokenizer, "bpe")
+
+
+def train_text_tokenizer(texts, kind, vocabulary_size):
+    """A "bpe" tokenizer of `vocabulary_size` tokens or a "char" one (`vocabulary_size` unused)
+    trained on `texts`, as `zoo train gpt|lstm` and `zoo prepare` train theirs; a note on stderr
+    when the texts support fewer BPE tokens than asked for."""
+    if kind == "char":
+        return train_char(texts)
+    tokenizer = train_bpe(texts, vocabulary_size)
+    if tokenizer.vocabulary_size < vocabulary_size:
+        print(f"note: the training split supports only {tokenizer.vocabulary_size} BPE tokens "
+              f"(asked for {vocabulary_size})", file=sys.stderr)
+    return tokenizer
 
 
 def byte_level_bpe(vocab, merges):

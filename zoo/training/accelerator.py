@@ -81,7 +81,7 @@ def attention_path(model, seq_len):
     flash kernel. Probes with the model's head shape and compute dtype."""
     shape = _attention_shape(model)
     if shape is None:
-        return "not probed (the model has no num_heads/hidden_dim)"
+        return "none (the model has no attention heads: no num_heads)"
     dtype = model.dtype_policy.compute_dtype
     try:
         return {"jax": _jax_attention, "torch": _torch_attention, "tensorflow": _tf_attention}[active_backend()](

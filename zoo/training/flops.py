@@ -40,7 +40,10 @@ def flops_per_token(params_non_embedding, num_layers, seq_len, hidden_dim):
 def model_flops_per_token(model, seq_len):
     """`flops_per_token` for a built Keras model: N from its trainable weights less any whose path
     names a position embedding; the attention term when the model has `num_layers` and
-    `hidden_dim` (every zoo transformer does), else 6N alone."""
+    `hidden_dim` (every zoo transformer does), else 6N alone. A model that counts its own (one
+    without attention, say) gives `training_flops_per_token(seq_len)`."""
+    if hasattr(model, "training_flops_per_token"):
+        return model.training_flops_per_token(seq_len)
     params = sum(_count(w) for w in model.trainable_weights if "position_embedding" not in w.path)
     layers, width = getattr(model, "num_layers", 0), getattr(model, "hidden_dim", 0)
     return flops_per_token(params, layers, seq_len or 0, width)

@@ -68,13 +68,15 @@ class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
         return ops.where(step < warmup_steps, warming, decaying)
 
 
-def compile_for_training(model, config, loss=None, metrics=None):
+def compile_for_training(model, config, loss=None, metrics=None, learning_rate=None):
     """AdamW with linear warmup then cosine decay, global-norm gradient clipping, decoupled weight
     decay, `config.grad_accum` batches per update. Returns the schedule, indexed by update.
 
     `loss` defaults to next-token cross-entropy on logits; a family passes its own (and metrics).
     Under mixed_float16 Keras's compile wraps the optimizer in a LossScaleOptimizer (dynamic loss
-    scaling); an update whose gradients overflow is skipped and the scale halved.
+    scaling); an update whose gradients overflow is skipped and the scale halved. `learning_rate`
+    (a float) replaces the schedule: the optimizer's rate is then a variable that its caller sets
+    between steps (`model.optimizer.learning_rate = ...`), to schedule by time, say.
     """
     warmup = config.resolved_warmup()
     schedule = WarmupCosineDecay(
@@ -82,8 +84,10 @@ def compile_for_training(model, config, loss=None, metrics=None):
         alpha=config.min_learning_rate_ratio, warmup_target=config.learning_rate if warmup else None,
         warmup_steps=warmup)
     accum = config.grad_accum if config.grad_accum > 1 else None
+    if learning_rate is None:
+        learning_rate = _PerUpdate(schedule, accum) if accum else schedule
     optimizer = keras.optimizers.AdamW(
-        learning_rate=_PerUpdate(schedule, accum) if accum else schedule, weight_decay=config.weight_decay,
+        learning_rate=learning_rate, weight_decay=config.weight_decay,
         beta_1=0.9, beta_2=config.beta_2, global_clipnorm=config.grad_clip or None,
         gradient_accumulation_steps=accum)
     # Like GPT-2: no decay on biases and LayerNorm scales/offsets.

@@ -53,6 +53,40 @@ TRAIN_CONFIG_FIELDS = ("max_steps", "batch_size", "learning_rate", "warmup_steps
                        "eval_every", "eval_blocks", "save_every", "log_every", "seed")
 
 
+def corpus_options(command):
+    """The flags of a family trained on a text corpus into a next-token language model (gpt, lstm):
+    --data, --text-field, --val-fraction, --tokenizer, --vocab-size and --seq-len, passed on as
+    data, text_field, val_fraction, tokenizer_kind, vocab_size and seq_len (zoo.training.language_model).
+    With a prepared corpus (`zoo prepare`) as --data, the tokenizer and split flags are usage errors:
+    it fixed them."""
+
+    @click.option("--data", type=click.Path(), default=None,
+                  help="A .txt file, a directory of .txt/.jsonl files, a .jsonl file, or a corpus prepared by "
+                       "`zoo prepare`; default: the shipped Shakespeare corpus.")
+    @click.option("--text-field", default="text", show_default=True, help="The text field of .jsonl records.")
+    @click.option("--val-fraction", type=float, default=0.1, show_default=True,
+                  help="Share of the corpus (its end) held out.")
+    @click.option("--tokenizer", "tokenizer_kind", type=click.Choice(["bpe", "char"]), default="bpe", show_default=True,
+                  help="Byte-level BPE or characters (with byte fallback).")
+    @click.option("--vocab-size", type=int, default=2048, show_default=True, help="BPE vocabulary size.")
+    @click.option("--seq-len", type=int, callback=positive, help="Training block length; default the context length.")
+    @functools.wraps(command)
+    def with_corpus(**options):
+        from zoo.data.prepared import is_prepared
+
+        if is_prepared(options["data"]):
+            ctx = click.get_current_context()
+            fixed = [name for name in ("tokenizer_kind", "vocab_size", "val_fraction", "text_field")
+                     if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+            if fixed:
+                flag = "--tokenizer" if fixed[0] == "tokenizer_kind" else "--" + fixed[0].replace("_", "-")
+                raise click.UsageError(f"{flag}: {options['data']} is a prepared corpus, whose tokenizer and split "
+                                       "were fixed by `zoo prepare`; prepare it again to change them")
+        return command(**options)
+
+    return with_corpus
+
+
 def lora_options(command):
     """--lora-rank and --lora-alpha, for a family command with --init, applied above `training_command`:
     the family's function receives `lora`, None or {"rank": R, "alpha": A} for its run config's

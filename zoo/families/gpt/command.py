@@ -3,15 +3,10 @@
 import click
 
 from zoo.families.gpt.presets import PRESETS
-from zoo.training.options import lora_options, positive, training_command
+from zoo.training.options import corpus_options, lora_options, positive, training_command
 
 
 @click.command()
-@click.option("--data", type=click.Path(), default=None,
-              help="A .txt file, a directory of .txt/.jsonl files, a .jsonl file, or a corpus prepared by `zoo prepare`; "
-                   "default: the shipped Shakespeare corpus.")
-@click.option("--text-field", default="text", show_default=True, help="The text field of .jsonl records.")
-@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Share of the corpus (its end) held out.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="nano", show_default=True, help="Model shape.")
 @click.option("--init", type=click.Path(), default=None,
               help="Fine-tune a GPT run or bundle (e.g. GPT-2 from `zoo import`): its shape, tokenizer and weights; "
@@ -23,10 +18,7 @@ from zoo.training.options import lora_options, positive, training_command
 @click.option("--max-length", type=int, callback=positive, help="Override the preset (context length).")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Override the preset.")
 @click.option("--position-embedding", type=click.Choice(["learned", "rotary"]), help="Override the preset (default learned).")
-@click.option("--tokenizer", "tokenizer_kind", type=click.Choice(["bpe", "char"]), default="bpe", show_default=True,
-              help="Byte-level BPE or characters (with byte fallback).")
-@click.option("--vocab-size", type=int, default=2048, show_default=True, help="BPE vocabulary size.")
-@click.option("--seq-len", type=int, callback=positive, help="Training block length; default the context length.")
+@corpus_options
 @lora_options
 @training_command("gpt", multi_process=True)
 def gpt(data, text_field, val_fraction, preset, init, num_layers, num_heads, hidden_dim, intermediate_dim, max_length,
@@ -59,13 +51,6 @@ def gpt(data, text_field, val_fraction, preset, init, num_layers, num_heads, hid
     if init is not None and is_prepared(data):
         raise click.UsageError("--init with a prepared corpus: prepare it with the pretrained model's tokenizer "
                                "or give the text with --data")
-    if is_prepared(data):
-        fixed = [name for name in ("tokenizer_kind", "vocab_size", "val_fraction", "text_field")
-                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
-        if fixed:
-            flag = "--tokenizer" if fixed[0] == "tokenizer_kind" else "--" + fixed[0].replace("_", "-")
-            raise click.UsageError(f"{flag}: {data} is a prepared corpus, whose tokenizer and split were fixed by "
-                                   "`zoo prepare`; prepare it again to change them")
 
     return train_gpt(
         run["out"], data=data, preset=preset, init=init,

@@ -17,8 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from zoo.engine.backends import engine_for
-from zoo.engine.generation import FINISH_END, FINISH_LENGTH, Continuation, Result, run_stream, stream
+from zoo.engine.generation import FINISH_END, FINISH_LENGTH, Continuation, EngineGenerator, Result, run_stream, stream
 from zoo.engine.sampling import log_softmax
 from zoo.errors import ZooError
 
@@ -32,30 +31,22 @@ class BeamResult(Result):
     beams: list
 
 
-class Seq2SeqGenerator:
+class Seq2SeqGenerator(EngineGenerator):
     """Generates a target text from a source text, with a Seq2Seq model and its two tokenizers
     (the same object twice for a shared vocabulary).
 
-    Steps run on `engine`: by default the model's shared compiled engine (`engine_for(model)`,
-    made on first use and reused by every generator of the model); `EagerEngine(model)` gives the
-    uncompiled reference.
+    Steps run on `engine` (see EngineGenerator: by default the model's shared compiled engine).
     """
 
     continues_prompt = False  # the output is a new text (a translation, a summary), not a continuation
 
     def __init__(self, model, source_tokenizer, target_tokenizer, engine=None):
-        self.model, self.source_tokenizer, self.tokenizer = model, source_tokenizer, target_tokenizer
+        super().__init__(model, engine)
+        self.source_tokenizer, self.tokenizer = source_tokenizer, target_tokenizer
         self.start_id = self.end_id = target_tokenizer.end_token_id
         if model.decoder_start_token_id is not None:  # an imported model's own (Marian's: its pad token)
             self.start_id = model.decoder_start_token_id
         self.max_length = model.max_target_length
-        self._engine = engine
-
-    @property
-    def engine(self):
-        if self._engine is None:
-            self._engine = engine_for(self.model)
-        return self._engine
 
     def prompt_ids(self, prompt, config):
         """The source's token ids with its end token, as in training; a source longer than the
