@@ -99,7 +99,7 @@ def test_presets_are_the_familys_and_bad_settings_fail_before_any_backend_starts
     assert result.stderr.strip() == ("Error: the seq2seq nano preset's source and target lengths are 64 and 64: "
                                      "--prompt-tokens 100 exceeds the source's")
     help_text = run_zoo("bench", "--help", check=True).stdout
-    assert "[gpt|bert|seq2seq]" in help_text and "seq2seq: nano, small, base" in " ".join(help_text.split())
+    assert "[gpt|bert|seq2seq|lstm]" in help_text and "seq2seq: nano, small, base" in " ".join(help_text.split())
 
 
 @pytest.mark.backend_independent

@@ -50,8 +50,8 @@ def write_conll(path, sentences):
 
 @pytest.fixture(scope="module")
 def tiny_tagger(tmp_path_factory, backend):
-    """A tiny BERT tagger trained through the real CLI on this backend on 600 toy sentences, its
-    bundle and the training summary."""
+    """A tiny BERT tagger trained through the real CLI (on the session's backend: these tests run
+    once) on 600 toy sentences, its bundle and the training summary."""
     base = tmp_path_factory.mktemp("tagger")
     data = write_conll(base / "toy.conll", toy_sentences(600, seed=0))
     run = base / "tagger"
@@ -151,6 +151,7 @@ def test_entity_scores_are_conll_s_by_hand_and_seqeval_s():
         assert scores["f1"] == pytest.approx(f1_score(true, guess))
 
 
+@pytest.mark.backend_independent  # the encoder trains on every backend in the classifier's tests
 def test_a_tiny_tagger_learns_the_toy_pattern(tiny_tagger, tmp_path):
     run, bundle, summary = tiny_tagger
     report = summary["report"]["entities"]

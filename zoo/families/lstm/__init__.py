@@ -1,7 +1,7 @@
 """The LSTM family: a recurrent language model that continues a prompt.
 
 model.py (the network), presets.py, training.py (`zoo train lstm`'s library side, on the language
-model training every such family shares), command.py (its flags) and generator.py (prompt ->
+model training every such family shares), command.py (its flags), bench.py (`zoo bench --model lstm`) and generator.py (prompt ->
 streamed continuation, the recurrent state as the cache).
 """
 
@@ -38,6 +38,11 @@ class LSTMFamily(Family):
         from zoo.families.lstm.generator import Generator
 
         return Generator(model, tokenizer)
+
+    def bench_model(self, preset, vocabulary_size, seq_len, batch_size, prompt_tokens, new_tokens, decode_batches):
+        from zoo.families.lstm.bench import bench_model
+
+        return bench_model(preset, vocabulary_size, seq_len, batch_size, prompt_tokens, new_tokens, decode_batches)
 
 
 FAMILY = LSTMFamily()
