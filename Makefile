@@ -29,16 +29,19 @@ demo: install
 	done
 
 # The suite once per backend (the backend-independent tests only with the first), then the tests
-# that compare backends (each in its own processes), two at a time with pytest-xdist (464 -> 350 s
-# on the 2-core machine: much of each is subprocess start-up and waiting).
+# that compare backends (each in its own processes). Every part runs two test files at a time with
+# pytest-xdist (`--dist loadfile`: a file's tests, and its module fixtures, stay in one worker):
+# much of a test is subprocess start-up, server start-up and waiting, and one worker left the
+# second core idle (the jax part's load average was 1.2 on 2 cores).
+XDIST := -n 2 --dist loadfile
 test: install
 	@echo "=== tests on jax (and the backend-independent tests)"
-	KERAS_BACKEND=jax $(BIN)/pytest -q --durations=10 -m "not cross_backend"
+	KERAS_BACKEND=jax $(BIN)/pytest -q --durations=10 $(XDIST) -m "not cross_backend"
 	@for backend in tensorflow torch; do \
 	  echo "=== tests on $$backend"; \
-	  KERAS_BACKEND=$$backend $(BIN)/pytest -q --durations=10 -m "not cross_backend and not backend_independent" || exit 1; \
+	  KERAS_BACKEND=$$backend $(BIN)/pytest -q --durations=10 $(XDIST) -m "not cross_backend and not backend_independent" || exit 1; \
 	done
-	@echo "=== cross-backend tests (two at a time: each waits mostly on its own backend subprocesses)"
+	@echo "=== cross-backend tests (test by test: test_cross_backend.py shares its bundles between workers)"
 	$(BIN)/pytest -q --durations=10 -n 2 -m cross_backend
 
 bench: install
