@@ -30,6 +30,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stream_throughput import tokens_per_second  # noqa: E402 (the same measurement as that benchmark)
 PROMPTS = ["ROMEO.", "KING HENRY.", "First Citizen:", "To be, or not", "JULIET.", "What light", "HAMLET.", "LEAR."]
 TINY_GPT = ["--num-layers", "2", "--num-heads", "2", "--hidden-dim", "64", "--intermediate-dim", "128",
             "--max-length", "128", "--vocab-size", "300", "--batch-size", "8", "--max-steps", "30"]
@@ -61,30 +63,6 @@ def start_server(bundle, backend, *flags):
             threading.Thread(target=server.stderr.read, daemon=True).start()  # keep the pipe drained
             return server, match.group(1), http_port
     raise SystemExit("the server exited before serving")
-
-
-def grpc_tokens_per_second(address, name, streams, seconds, max_new_tokens):
-    from server.client import ZooClient
-
-    with ZooClient(address, timeout=600) as client:
-        counts, stop_at = [0] * streams, time.monotonic() + seconds
-
-        def work(i):
-            while time.monotonic() < stop_at:
-                stream = client.stream(name, PROMPTS[i % len(PROMPTS)], temperature=0, max_new_tokens=max_new_tokens)
-                for message in stream:
-                    if time.monotonic() >= stop_at:
-                        stream.cancel()
-                        break
-                    counts[i] += len(message.chunk.token_ids)
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(streams)]
-        began = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return sum(counts) / (time.monotonic() - began)
 
 
 def extra_load(via, target, name, clients, max_new_tokens, ready, stop, tokens):
@@ -130,7 +108,7 @@ def with_traffic(args, address, via, target, name):
         if not ready.wait(120):
             raise SystemExit(f"the {via} traffic never got an answer")
         before, began = tokens.value, time.monotonic()
-        grpc_rate = grpc_tokens_per_second(address, name, args.streams, args.seconds, args.max_new_tokens)
+        grpc_rate = tokens_per_second(address, name, args.streams, args.seconds, args.max_new_tokens)
         http_rate = (tokens.value - before) / (time.monotonic() - began)
     finally:
         stop.set()
@@ -154,11 +132,11 @@ def main():
         name = bundle.resolve().name
         server, address, port = start_server(bundle, args.backend)
         try:
-            grpc_tokens_per_second(address, name, args.streams, 2, args.max_new_tokens)  # warm-up
+            tokens_per_second(address, name, args.streams, 2, args.max_new_tokens)  # warm-up
             phases = {"A": [], "B": [], "C": []}
             extra = {"B": [], "C": []}
             for round_ in range(1, args.rounds + 1):
-                phases["A"].append(grpc_tokens_per_second(address, name, args.streams, args.seconds,
+                phases["A"].append(tokens_per_second(address, name, args.streams, args.seconds,
                                                           args.max_new_tokens))
                 print(f"round {round_} A: gRPC {phases['A'][-1]:8.1f} tokens/s alone", flush=True)
                 for phase, via, target in (("B", "http", port), ("C", "grpc", address)):

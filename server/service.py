@@ -157,27 +157,30 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             items = self._encoder_items(runtime, request, "Embed")
             return messages.embed_response(runtime.model, await runtime.embed(items))
 
+    @staticmethod
+    def _batched(runtime, kind, method, needs):
+        """`runtime` when it is a `kind` (a BatchedRuntime), else FAILED_PRECONDITION naming what `method` needs."""
+        m = runtime.model
+        if not isinstance(runtime, kind):
+            raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                        f"model {m.name!r} version {m.version} has task {m.task!r}; {method} needs {needs}")
+        return runtime
+
     @rpc
     async def Tag(self, request, context):
         with self._runtime(request.model_spec) as runtime:
-            m = runtime.model
-            if not isinstance(runtime, TaggerRuntime):
-                raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
-                            f"model {m.name!r} version {m.version} has task {m.task!r}; Tag needs a "
-                            "token-classification model (`zoo train bert --task tag`)")
+            tagger = self._batched(runtime, TaggerRuntime, "Tag",
+                                   "a token-classification model (`zoo train bert --task tag`)")
             texts = messages.tag_texts(request, self.limits)
-            return messages.tag_response(m, await runtime.submit(texts))
+            return messages.tag_response(runtime.model, await tagger.submit(texts))
 
     @rpc
     async def Answer(self, request, context):
         with self._runtime(request.model_spec) as runtime:
-            m = runtime.model
-            if not isinstance(runtime, AnswerRuntime):
-                raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
-                            f"model {m.name!r} version {m.version} has task {m.task!r}; Answer needs a "
-                            "question-answering model (`zoo train bert --task qa`)")
+            answerer = self._batched(runtime, AnswerRuntime, "Answer",
+                                     "a question-answering model (`zoo train bert --task qa`)")
             pairs = messages.question_items(request, self.limits)
-            return messages.answer_response(m, await runtime.submit(pairs))
+            return messages.answer_response(runtime.model, await answerer.submit(pairs))
 
     @rpc
     async def ListModels(self, request, context):
