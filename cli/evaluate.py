@@ -120,12 +120,17 @@ def answer(model_path, questions, context, as_json):
 @click.option("--metric", "metrics", multiple=True, metavar="NAME",
               help="Print only this metric (repeatable): seq2seq: bleu, chrf, rouge1, rouge2, rougeL; default all. "
                    "--json always has them all.")
+@click.option("--baseline", type=click.Path(), default=None, metavar="RUN_OR_BUNDLE",
+              help="Also score this model (e.g. the float bundle a quantized one was made from) on the same data, "
+                   "and print both and the change of each score.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def evaluate(model_path, data, beam_width, metrics, as_json):
+def evaluate(model_path, data, beam_width, metrics, baseline, as_json):
     """Score a run or bundle on held-out data.
 
-    Classifiers: accuracy, macro-F1 and the confusion matrix. Seq2seq models: BLEU and chrF
-    (sacrebleu) and ROUGE-1/2/L (rouge-score) of greedy and beam-search decoding, with examples.
+    Language models (gpt, lstm): perplexity and loss on blocks of the context. Classifiers:
+    accuracy, macro-F1 and the confusion matrix. Seq2seq models: BLEU and chrF (sacrebleu) and
+    ROUGE-1/2/L (rouge-score) of greedy and beam-search decoding, with examples. With --baseline,
+    both models on the same data, and the change of the headline scores.
 
     \b
     Example:
@@ -133,10 +138,17 @@ def evaluate(model_path, data, beam_width, metrics, as_json):
       zoo eval runs/sst2 --data glue/SST-2/dev.tsv --json
       zoo eval bundles/en-fr --beam-width 5
       zoo eval bundles/summarizer --data articles.tsv --metric rouge1 --metric rouge2 --metric rougeL
+      zoo eval bundles/shakespeare-int8 --baseline bundles/shakespeare
     """
     from zoo.evaluate import evaluate as evaluate_model
     from zoo.evaluate import format_report
 
+    if baseline is not None:
+        from zoo.evaluate import compare, format_comparison
+
+        comparison = compare(model_path, baseline, data, beam_width, metrics)
+        click.echo(json.dumps(comparison) if as_json else format_comparison(comparison, model_path, baseline, metrics))
+        return
     report = evaluate_model(model_path, data, beam_width, metrics)
     if as_json:
         click.echo(json.dumps(report))

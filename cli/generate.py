@@ -59,9 +59,15 @@ def export(run, out, format_, force):
               help="seq2seq: beam search with this many beams instead of sampling.")
 @click.option("--length-penalty", type=float, default=1.0, show_default=True,
               help="seq2seq beam search: GNMT's length penalty exponent (0: plain sum of log-probs).")
+@click.option("--draft", "draft_path", metavar="RUN_OR_BUNDLE", type=click.Path(),
+              help="Speculative decoding: a small gpt model with the same tokenizer proposes tokens that the model "
+                   "checks several at a time. Greedy output is the model's own; sampled output keeps its "
+                   "distribution. Reports the draft's acceptance rate.")
+@click.option("--draft-tokens", type=click.IntRange(1, 16), default=4, show_default=True,
+              help="With --draft: tokens the draft proposes per pass of the model.")
 @click.option("--json", "as_json", is_flag=True, help="Print text, token ids and finish reason as JSON.")
 def generate(model_path, prompt, input_path, max_new_tokens, temperature, top_k, top_p, seed, stop, truncate_prompt,
-             beam_width, length_penalty, as_json):
+             beam_width, length_penalty, draft_path, draft_tokens, as_json):
     """Generate text from a run directory or a bundle, streaming it as it is produced.
 
     For a gpt model the prompt is continued; for a seq2seq model it is the source text and the
@@ -73,6 +79,7 @@ def generate(model_path, prompt, input_path, max_new_tokens, temperature, top_k,
       zoo generate bundles/shakespeare --prompt "ROMEO." --max-new-tokens 200 --temperature 0.8 --top-k 40
       zoo generate runs/shakespeare --prompt "To be" --temperature 0 --stop "." --json
       zoo generate bundles/shakespeare --input prompts.txt --max-new-tokens 50 --seed 1 --json
+      zoo generate bundles/shakespeare-small --draft bundles/shakespeare-nano --prompt "ROMEO." --temperature 0
       zoo translate bundles/en-fr "Forgot your password?" --beam-width 4
     """
     if prompt is not None and input_path is not None:
@@ -90,18 +97,39 @@ def generate(model_path, prompt, input_path, max_new_tokens, temperature, top_k,
         config.validate()  # before the model loads: bad flags fail fast too
     except SamplingError as e:  # the one validation the server shares, named as the flag here
         raise ZooError(e.named("--" + e.field.replace("_", "-"))) from None
+    if draft_path and beam_width:
+        raise click.UsageError("--draft speeds up sampling and greedy decoding, not beam search: drop one")
     generator, info = load_runtime(model_path, "generate")
     if beam_width and not hasattr(generator, "beam_search"):
         raise ZooError(f"--beam-width: a {info.kind} model has no beam search; sample or decode greedily "
                        "(--temperature 0) instead")
+    if draft_path:
+        generator = _speculative(generator, draft_path, draft_tokens)
     if inputs is None:
         _generate_one(generator, prompt or "", config, beam_width, length_penalty, as_json)
-        return
-    for i, text in enumerate(inputs.texts):
-        try:
-            _generate_one(generator, text, config, beam_width, length_penalty, as_json)
-        except ZooError as e:  # a prompt too long, say: which one
-            raise ZooError(f"{inputs.where(i)}: {e}") from None
+    else:
+        for i, text in enumerate(inputs.texts):
+            try:
+                _generate_one(generator, text, config, beam_width, length_penalty, as_json)
+            except ZooError as e:  # a prompt too long, say: which one
+                raise ZooError(f"{inputs.where(i)}: {e}") from None
+    if draft_path and not as_json:
+        stats = generator.stats
+        click.echo(f"speculative decoding: {stats.accepted}/{stats.proposed} draft tokens accepted "
+                   f"({stats.acceptance_rate:.1%}), {stats.tokens_per_pass:.2f} tokens per pass of the model", err=True)
+
+
+def _speculative(generator, draft_path, draft_tokens):
+    """The model's generator decoding speculatively with the draft at `draft_path`."""
+    from zoo.bundle import load_runtime
+    from zoo.engine.speculative import SpeculativeGenerator
+    from zoo.errors import ZooError
+
+    draft, _ = load_runtime(draft_path, "generate")
+    try:
+        return SpeculativeGenerator(generator, draft, draft_tokens)
+    except ZooError as e:
+        raise ZooError(f"--draft {draft_path}: {e}") from None
 
 
 def _generate_one(generator, prompt, config, beam_width, length_penalty, as_json):
@@ -119,8 +147,13 @@ def _generate_one(generator, prompt, config, beam_width, length_penalty, as_json
         click.echo()
         return
     if as_json:
-        click.echo(json.dumps({"text": result.text, "token_ids": result.token_ids, "finish_reason": result.finish_reason,
-                               "prompt_tokens": result.prompt_tokens}))
+        output = {"text": result.text, "token_ids": result.token_ids, "finish_reason": result.finish_reason,
+                  "prompt_tokens": result.prompt_tokens}
+        stats = getattr(generator, "last_stats", None)  # speculative decoding's, for this prompt
+        if stats is not None:
+            output["speculation"] = {"proposed": stats.proposed, "accepted": stats.accepted,
+                                     "acceptance_rate": stats.acceptance_rate, "tokens_per_pass": stats.tokens_per_pass}
+        click.echo(json.dumps(output))
     else:
         click.echo(result.text)
 

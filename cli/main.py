@@ -18,6 +18,7 @@ from cli.evaluate import answer, classify, evaluate, tag
 from cli.generate import export, generate, summarize, translate
 from cli.prepare import prepare
 from cli.pretrained import import_
+from cli.quantize import quantize
 from cli.serve import serve
 from cli.train import train
 
@@ -60,6 +61,7 @@ cli.add_command(train)
 cli.add_command(prepare)
 cli.add_command(import_)
 cli.add_command(export)
+cli.add_command(quantize)
 cli.add_command(generate)
 cli.add_command(translate)
 cli.add_command(summarize)

@@ -32,6 +32,12 @@ from server.limits import Limits
               help="GPT generation: requests decoded together (continuous batching); more wait in the queue.")
 @click.option("--max-queue", type=click.IntRange(0), default=64, show_default=True,
               help="GPT generation: requests that may wait for a slot; beyond, RESOURCE_EXHAUSTED.")
+@click.option("--draft", "drafts", metavar="NAME=RUN_OR_BUNDLE", multiple=True, callback=lambda ctx, param, value:
+              _drafts(value), help="Speculative decoding for model NAME (repeatable): a small gpt model with the same "
+                                   "tokenizer proposes tokens it checks several at a time; its requests then run one "
+                                   "at a time instead of continuously batched (lower latency at low load).")
+@click.option("--draft-tokens", type=click.IntRange(1, 16), default=4, show_default=True,
+              help="With --draft: tokens a draft proposes per pass of its model.")
 @click.option("--torch-threads", type=click.IntRange(1),
               help="Torch backend: threads a model call may use; default all cores but one, left to gRPC.")
 @click.option("--warmup/--no-warmup", default=True, show_default=True,
@@ -68,7 +74,7 @@ from server.limits import Limits
               show_default=True, help="Close connections of clients that ping more often than this (gRPC's "
                                       "too_many_pings).")
 def serve(path, port, host, grace_period, metrics_port, http_port, step_delay, max_batch_size, max_batch_delay_ms,
-          dynamic_batching, decode_slots, max_queue, torch_threads, warmup, version_policy, poll_seconds, tls_cert,
+          dynamic_batching, decode_slots, max_queue, drafts, draft_tokens, torch_threads, warmup, version_policy, poll_seconds, tls_cert,
           tls_key, tls_client_ca, auth_tokens, auth_health, max_request_bytes, max_texts, max_text_bytes,
           max_stop_sequences, max_stop_bytes, max_streams_per_connection, keepalive_seconds,
           keepalive_timeout_seconds, min_ping_interval_seconds):
@@ -90,6 +96,7 @@ def serve(path, port, host, grace_period, metrics_port, http_port, step_delay, m
       zoo serve models/ --http-port 8000      # and OpenAI's API on http://127.0.0.1:8000/v1
       zoo serve bundles/language-id --max-batch-size 64 --max-batch-delay-ms 2
       zoo serve bundles/shakespeare --decode-slots 16 --max-queue 256
+      zoo serve models/ --draft shakespeare=bundles/shakespeare-nano --draft-tokens 4
       zoo serve models/ --host 0.0.0.0 --tls-cert server.pem --tls-key server.key \\
           --auth-tokens tokens.txt --version-policy latest:2
     """
@@ -97,7 +104,7 @@ def serve(path, port, host, grace_period, metrics_port, http_port, step_delay, m
 
     run(path, host=host, port=port, grace_period=grace_period, metrics_port=metrics_port, step_delay=step_delay,
         batching=dict(max_batch_size=max_batch_size, max_delay=max_batch_delay_ms / 1000, enabled=dynamic_batching),
-        generation=dict(slots=decode_slots, max_queue=max_queue), warmup=warmup,
+        generation=dict(slots=decode_slots, max_queue=max_queue), drafts=drafts, draft_tokens=draft_tokens, warmup=warmup,
         torch_threads=torch_threads, version_policy=version_policy, poll_seconds=poll_seconds, http_port=http_port,
         security=Security(tls_cert, tls_key, tls_client_ca, auth_tokens, auth_health),
         limits=Limits(max_request_bytes=max_request_bytes, max_texts=max_texts, max_text_bytes=max_text_bytes,
@@ -105,3 +112,16 @@ def serve(path, port, host, grace_period, metrics_port, http_port, step_delay, m
                       max_streams_per_connection=max_streams_per_connection, keepalive_seconds=keepalive_seconds,
                       keepalive_timeout_seconds=keepalive_timeout_seconds,
                       min_ping_interval_seconds=min_ping_interval_seconds))
+
+
+def _drafts(values):
+    """--draft NAME=PATH values as {name: path}."""
+    drafts = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{value!r} is not NAME=RUN_OR_BUNDLE", param_hint="--draft")
+        if name in drafts:
+            raise click.BadParameter(f"model {name!r} is given two drafts", param_hint="--draft")
+        drafts[name] = path
+    return drafts

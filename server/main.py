@@ -25,12 +25,13 @@ from grpc_reflection.v1alpha import reflection
 
 from server import metrics_http, tls
 from server.auth import Tokens
+from server.drafts import Drafts
 from server.gate import Gate
 from server.gen.zoo.v1 import inference_pb2 as pb
 from server.gen.zoo.v1 import inference_pb2_grpc as pb_grpc
 from server.limits import Limits
 from server.reload import Reloader, VersionPolicy
-from server.repository import Repository
+from server.repository import Repository, scan
 from server.runtimes import Settings
 from server.service import InferenceServicer
 from zoo.errors import ZooError
@@ -71,7 +72,7 @@ def is_loopback(host):
 
 async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_port=None, step_delay=0.0,
                 workers=8, batching=None, generation=None, warmup=True, torch_threads=None, security=Security(),
-                limits=Limits(), version_policy="all", poll_seconds=0.0, http_port=None):
+                limits=Limits(), version_policy="all", poll_seconds=0.0, http_port=None, drafts=None, draft_tokens=4):
     """Serves the repository at `path` until SIGTERM or SIGINT; then stops accepting RPCs, lets
     those in flight finish for up to `grace_period` seconds, and returns.
 
@@ -82,6 +83,7 @@ async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_po
     `security`: Security; `limits`: server.limits.Limits; `version_policy`: all, latest:N or
     specific:V,...; `poll_seconds`: re-read the repository this often (0: only on SIGHUP).
     `http_port`: also serve the OpenAI-compatible HTTP API there (0: a free port; None: off).
+    `drafts`: {model name: draft run or bundle} for speculative decoding, `draft_tokens` per pass.
     """
     security.check()  # every setting is checked before the slow imports
     policy = VersionPolicy.parse(version_policy)
@@ -112,8 +114,14 @@ async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_po
                 statuses[name] = status
                 await health.set(name, status)
 
+    draft_models = None
+    if drafts:
+        draft_models = Drafts(drafts, draft_tokens)
+        draft_models.load()
+        draft_models.check_names({found.name for found in scan(path)})
     log.info("loading %s on backend %s (version policy %s)", path, backend, policy)
-    reloader = Reloader(path, policy, repository, Settings(executor, step_delay, batching or {}, generation or {}),
+    reloader = Reloader(path, policy, repository, Settings(executor, step_delay, batching or {}, generation or {},
+                                                           draft_models),
                         ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoo-loader"), warmup, update_health)
     await reloader.reconcile()
     if not repository.names():

@@ -37,12 +37,14 @@ DECODE_STEPS = Counter("zoo_decode_steps", "Generated tokens (one model call eac
 class Settings:
     """How runtimes run: the thread pool for model calls, `step_delay` seconds of sleep before each
     decode step (tests of cancellation), DynamicBatcher settings for Classify/Embed (max_batch_size,
-    max_delay, enabled) and ContinuousBatcher settings for generation (slots, max_queue)."""
+    max_delay, enabled), ContinuousBatcher settings for generation (slots, max_queue), and the
+    models' drafts for speculative decoding (server.drafts.Drafts, or None)."""
 
     executor: object
     step_delay: float = 0.0
     batching: dict = dataclasses.field(default_factory=dict)
     generation: dict = dataclasses.field(default_factory=dict)
+    drafts: object = None
 
 
 class ModelRuntime:
@@ -143,7 +145,8 @@ class GenerationRuntime(ModelRuntime):
 
     def warmup(self):
         if self.scheduler is None:
-            return None
+            # A generator that runs alone (speculative decoding's) may still have engines to compile.
+            return self.generator.warmup() if hasattr(self.generator, "warmup") else None
         engine = self.scheduler.engine
         seconds = engine.warmup(slots=(self.scheduler.slots,))
         return seconds, engine.compile_count
@@ -249,5 +252,7 @@ RUNTIMES = {"generate": GenerationRuntime, "classify": EncoderRuntime, "tag": Ta
 def build(m, settings):
     """The runtime of loaded model version `m` (server.repository.LoadedModel)."""
     inference = families.get(m.info.kind).runtime(m.task, m.model, m.tokenizer, m.path, m.info)
+    if inference is not None and m.task == "generate" and settings.drafts is not None:
+        inference = settings.drafts.wrap(m.name, m.version, inference)
     kind = RUNTIMES.get(m.task, ModelRuntime) if inference is not None else ModelRuntime
     return kind(m, inference, settings)

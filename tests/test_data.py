@@ -109,3 +109,18 @@ def test_encode_documents_separates_documents_with_the_end_token():
     tokenizer = train_char(["abc"])
     stream = encode_documents(tokenizer, ["ab", "ca"])
     assert stream.tolist() == tokenizer.encode("ab") + [tokenizer.end_token_id] + tokenizer.encode("ca") + [tokenizer.end_token_id]
+
+
+def test_character_tokens_come_from_numpy_exactly_as_from_the_tokenizer():
+    """encode_documents encodes with a character tokenizer's vocabulary in NumPy (a twentieth of the
+    time): the tokenizer's own ids, unseen characters as their UTF-8 bytes' tokens included, and a
+    document holding the end token's text left to the tokenizer."""
+    tokenizer = train_char(["the quick brown fox\n"])
+    documents = ["quick fox\nthe end", "unseen: é, 日本, 😀 and tabs\t", "a <|endoftext|> b"]
+    expected = []
+    for doc in documents:
+        expected += tokenizer.encode(doc) + [tokenizer.end_token_id]
+    assert encode_documents(tokenizer, documents).tolist() == expected
+    shipped = read_documents()[0][:200_000]
+    tokenizer = train_char([shipped[:150_000]])
+    assert encode_documents(tokenizer, [shipped]).tolist() == tokenizer.encode(shipped) + [tokenizer.end_token_id]

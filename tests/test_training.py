@@ -150,3 +150,53 @@ def test_the_schedule_is_keras_cosine_decay_with_warmup():
         got = [float(ours(step)) for step in steps]
         np.testing.assert_allclose(got, [float(keras_schedule(step)) for step in steps], rtol=1e-6, atol=0)
         assert got[-1] == pytest.approx(3e-4)  # alpha * the peak, held after the decay ends
+        # What the loop logs, computed in Python: the same rates.
+        np.testing.assert_allclose([ours.value(step) for step in steps], got, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("position_embedding", ["learned", "rotary"])
+def test_the_gpts_torch_step_is_train_on_batch(backend, position_embedding):
+    """On torch the GPT trains through a plain-torch forward pass over its own variables
+    (zoo.families.gpt.torch_training): the model's logits exactly, and the same losses and weights
+    step after step as Keras's train_on_batch, the optimizer's state included."""
+    if backend != "torch":
+        pytest.skip("the plain-torch step is torch's")
+    import keras
+    import torch
+
+    from zoo.families.gpt.model import GPT
+    from zoo.families.gpt.torch_training import TorchForward, batch_loss, train_step
+    from zoo.training.config import TrainConfig
+    from zoo.training.loop import compile_for_training
+
+    models = []
+    for _ in range(2):
+        keras.utils.set_random_seed(0)
+        model = GPT(vocabulary_size=70, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64, max_length=16,
+                    position_embedding=position_embedding)
+        model.build()
+        compile_for_training(model, TrainConfig(max_steps=10, warmup_steps=2, grad_clip=0.05))  # clipping every step
+        models.append(model)
+    keras_model, torch_model = models
+    tokens = np.random.default_rng(0).integers(0, 70, (4, 17)).astype(np.int32)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    with torch.no_grad():
+        assert torch.equal(TorchForward(torch_model)(torch.as_tensor(x).long()), torch_model(torch.as_tensor(x)))
+    step = train_step(torch_model)
+    assert step is not None
+    for _ in range(4):
+        expected = keras_model.train_on_batch(x, y, return_dict=True)["loss"]
+        assert float(step(x, y)) == pytest.approx(expected, rel=1e-6)
+    for a, b in zip(keras_model.variables + keras_model.optimizer.variables,
+                    torch_model.variables + torch_model.optimizer.variables, strict=True):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(b), keras.ops.convert_to_numpy(a), atol=1e-6, rtol=1e-5,
+                                   err_msg=a.path)
+    keras.utils.set_random_seed(0)
+    dropout = GPT(vocabulary_size=70, num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=64, max_length=16,
+                  dropout=0.1)
+    dropout.build()
+    compile_for_training(dropout, TrainConfig(max_steps=10))
+    assert train_step(dropout) is None  # Keras's seeded dropout masks: train_on_batch
+    validation = batch_loss(torch_model)
+    expected = torch_model.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)["loss"]
+    assert float(validation(x, y)) == pytest.approx(expected, rel=1e-6)

@@ -16,6 +16,10 @@ Loading verifies every file against zoo.json's checksums first (`zoo.integrity`)
 altered or unlisted file is refused with its name. Bundles of format 1 (before checksums) load
 unverified, with a warning.
 
+A quantized bundle (`zoo quantize`, zoo.quantize) records its mode in zoo.json ("quantization");
+loading builds the model, quantizes it the same way (Keras's `Model.quantize`), then loads the
+weights, as Keras loads the weights of a quantized model.
+
 Loading deserializes with Keras `safe_mode=True` (no code from the bundle runs) and works on any
 backend, whatever backend trained the model. The model's family (`zoo.families`) names its class.
 """
@@ -27,7 +31,7 @@ from pathlib import Path
 
 from zoo import families
 from zoo.atomic import atomic_directory, refuse_existing
-from zoo.configs import BUNDLE_FORMAT_VERSION, BUNDLE_INFO, RUN_CONFIG, BundleInfo, bundle_info_json, read_bundle_info, read_run_config
+from zoo.configs import BUNDLE_INFO, RUN_CONFIG, BundleInfo, bundle_info_json, read_bundle_info, read_run_config
 from zoo.errors import ZooError
 from zoo.integrity import file_digests, verify
 from zoo.tokenizers import is_tokenizer_directory, load_tokenizer
@@ -128,7 +132,7 @@ def write_bundle(out, model, tokenizer, info, force=False, write_extra=None):
         tokenizer.save(tmp)
         if write_extra is not None:
             write_extra(tmp)
-        info = dataclasses.replace(info, files=file_digests(tmp, BUNDLE_INFO), format_version=BUNDLE_FORMAT_VERSION)
+        info = dataclasses.replace(info, files=file_digests(tmp, BUNDLE_INFO), format_version=info.written_format())
         (tmp / BUNDLE_INFO).write_text(bundle_info_json(info))
     return Path(out)
 
@@ -149,6 +153,10 @@ def load_bundle(path):
     families.get(info.kind).model_class(info.task)  # imported: registered for deserialization
     model = keras.saving.deserialize_keras_object(read_json(path / "config.json"), safe_mode=True)
     model.build()
+    if info.quantization:  # Keras's way for a quantized model's weights: quantize the same way, then load
+        from zoo.quantize import quantize_model
+
+        quantize_model(model, info.quantization)
     model.load_weights(path / "model.weights.h5")
     return model, load_tokenizer(path), info
 

@@ -18,7 +18,9 @@ from zoo.atomic import atomic_write_text
 from zoo.errors import ZooError
 
 RUN_FORMAT_VERSION = 1
-BUNDLE_FORMAT_VERSION = 2  # 2: zoo.json records every file's sha256 ("files")
+BUNDLE_FORMAT_VERSION = 3  # the newest read. 2: zoo.json records every file's sha256 ("files"); 3: a quantized bundle
+QUANTIZATION_MODES = ("int8", "int4")  # what `zoo quantize --mode` makes (zoo.quantize)
+QUANTIZED_BUNDLE_FORMAT = 3  # ("quantization": its weights are Keras's quantized layers', which a zoo before 3 cannot load)
 RUN_CONFIG = "config.json"
 BUNDLE_INFO = "zoo.json"
 
@@ -99,6 +101,7 @@ class BundleInfo:
     labels: list | None = None  # a classifier's class names, in output order
     provenance: dict = dataclasses.field(default_factory=dict)
     files: dict | None = None  # {path inside the bundle: sha256}; None in a format-1 bundle (unverified)
+    quantization: str | None = None  # "int8" or "int4" (`zoo quantize`, zoo.quantize): None for float weights
     format_version: int = BUNDLE_FORMAT_VERSION
 
     @classmethod
@@ -109,10 +112,24 @@ class BundleInfo:
         if data["format_version"] >= 2 and not isinstance(data.get("files"), dict):
             raise ZooError(f"{path}: a format-{data['format_version']} bundle must list its files' sha256 "
                            "('files' entry missing)")
+        quantization = data.get("quantization")
+        if quantization is not None and (data["format_version"] < QUANTIZED_BUNDLE_FORMAT
+                                         or quantization not in QUANTIZATION_MODES):
+            raise ZooError(f"{path}: quantization {quantization!r} is not one this zoo reads in a format-"
+                           f"{data['format_version']} bundle ({', '.join(QUANTIZATION_MODES)}, from format "
+                           f"{QUANTIZED_BUNDLE_FORMAT})")
         return _from_dict(cls, data, path, "bundle description")[0]
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["quantization"] is None:  # a float bundle's zoo.json is as before quantization existed
+            del data["quantization"]
+        return data
+
+    def written_format(self):
+        """The format version a bundle with this description is written in: the oldest that has
+        everything it uses, so that older zoo versions keep reading float bundles."""
+        return QUANTIZED_BUNDLE_FORMAT if self.quantization else 2
 
 
 def read_run_config(run_dir):

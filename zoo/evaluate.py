@@ -4,6 +4,10 @@
 Without `data`, the validation split the model was trained with is rebuilt from the provenance
 (data path, columns, fraction and seed), so `zoo eval` reproduces the figures `zoo train` printed;
 with `data`, every row of that file is scored.
+
+`compare` scores a model and a baseline (a quantized bundle and the float bundle it was made
+from, say) on the same data and reports the change of the family's headline scores
+(`Family.headline_scores`).
 """
 
 from zoo import families
@@ -33,3 +37,62 @@ def evaluate(path, data=None, beam_width=4, metrics=()):
 def format_report(report, metrics=()):
     """A report from `evaluate` as text, as its family lays it out (`metrics`: only those)."""
     return families.get(report["kind"]).format_report(report, tuple(metrics))
+
+
+def _tokenizer_digests(info):
+    """{file: sha256} of a bundle's tokenizer files (every file but the model's), or None for a
+    run or a bundle without checksums."""
+    files = getattr(info, "files", None)
+    if not files:
+        return None
+    return {name: digest for name, digest in files.items() if name not in ("config.json", "model.weights.h5")}
+
+
+def check_comparable(path, baseline):
+    """Refuses a baseline that cannot be scored on the model's data: another family or task,
+    other labels, or another tokenizer (before anything loads)."""
+    from zoo.bundle import read_info
+
+    info, base = read_info(path), read_info(baseline)
+    if (base.kind, base.task) != (info.kind, info.task):
+        raise ZooError(f"--baseline {baseline}: is a {base.kind} model with task {base.task!r}; {path} is a "
+                       f"{info.kind} model with task {info.task!r}")
+    if base.labels != info.labels:
+        raise ZooError(f"--baseline {baseline}: has other labels than {path}")
+    mine, theirs = _tokenizer_digests(info), _tokenizer_digests(base)
+    if base.tokenizer != info.tokenizer or (mine is not None and theirs is not None and mine != theirs):
+        raise ZooError(f"--baseline {baseline}: has another tokenizer than {path}; a baseline must read the same "
+                       "token ids (the float bundle a quantized one was made from)")
+
+
+def compare(path, baseline, data=None, beam_width=4, metrics=()):
+    """The reports of the model at `path` and of `baseline` on the same data, and the change of
+    each headline score: {"kind", "task", "model": report, "baseline": report, "scores":
+    [{"name", "model", "baseline", "change", "higher_is_better"}]}."""
+    from zoo.bundle import read_info
+
+    family = families.get(read_info(path).kind)
+    check_metrics(family, metrics)
+    check_comparable(path, baseline)
+    report = evaluate(path, data, beam_width, metrics)
+    base = evaluate(baseline, data, beam_width, metrics)
+    baseline_scores = {name: value for name, value, _ in family.headline_scores(base, tuple(metrics))}
+    scores = [{"name": name, "model": value, "baseline": baseline_scores[name], "change": value - baseline_scores[name],
+               "higher_is_better": higher} for name, value, higher in family.headline_scores(report, tuple(metrics))]
+    return {"kind": report["kind"], "task": report["task"], "model": report, "baseline": base, "scores": scores}
+
+
+def format_comparison(comparison, path, baseline, metrics=()):
+    """A `compare` result as text: each report as its family lays it out, then a table of the
+    headline scores and their change."""
+    lines = [f"== {path}", format_report(comparison["model"], metrics), f"== baseline {baseline}",
+             format_report(comparison["baseline"], metrics), "== change against the baseline"]
+    width = max([len(score["name"]) for score in comparison["scores"]] + [5])
+    lines.append(f"{'score':<{width}}  {'model':>12}  {'baseline':>12}  {'change':>12}")
+    for score in comparison["scores"]:
+        change, better = score["change"], score["higher_is_better"]
+        verdict = "same" if change == 0 else ("better" if (change > 0) == better else "worse")
+        relative = f" ({change / score['baseline']:+.3%})" if score["baseline"] else ""
+        lines.append(f"{score['name']:<{width}}  {score['model']:>12.4f}  {score['baseline']:>12.4f}  "
+                     f"{change:>+12.4f}{relative} {verdict}")
+    return "\n".join(lines)

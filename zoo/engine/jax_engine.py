@@ -16,7 +16,7 @@ import numpy as np
 from zoo.engine.interface import DecodeEngine
 
 # The argument each function consumes (after the variables' values): the cache, updated in place.
-_DONATE = {"prefill": (), "decode": (1,), "insert": (1,), "reorder": (1,)}
+_DONATE = {"prefill": (), "decode": (1,), "verify": (1,), "insert": (1,), "reorder": (1,)}
 
 
 class JaxEngine(DecodeEngine):
@@ -35,6 +35,11 @@ class JaxEngine(DecodeEngine):
     def _decode_fn(self, cache, tokens, positions, reach):
         self._traced()
         return self.model.call_with_cache(tokens[:, None], cache, positions, logits_at=0, reach=reach)
+
+    def _verify_fn(self, cache, tokens, start, reach):
+        self._traced()
+        logits, cache = self.model.call_with_cache(tokens[None], cache, start, reach=reach)
+        return logits[0], cache
 
     def _insert_fn(self, cache, slot, row_cache):
         self._traced()
@@ -81,4 +86,8 @@ class JaxEngine(DecodeEngine):
 
     def _decode(self, tokens, cache, positions):
         logits, cache = self._run_decode(tokens, cache, positions)
+        return np.asarray(logits), cache
+
+    def _verify(self, tokens, cache, position):
+        logits, cache = self._run_verify(tokens, cache, position)
         return np.asarray(logits), cache

@@ -53,10 +53,12 @@ class SamplingConfig:
                 raise SamplingError("stop", "must not be empty", index=i)
 
 
-def sample(logits, config, rng):
-    """A token id from one row of float logits."""
+def probabilities(logits, config):
+    """The distribution `sample` draws from for one row of float logits, as float64 (temperature,
+    then top-k, then top-p); None for greedy (temperature 0). Speculative decoding compares the
+    draft's and the target's distributions after the same filters."""
     if config.temperature == 0:
-        return int(np.argmax(logits))
+        return None
     z = logits.astype(np.float64) / config.temperature
     if 0 < config.top_k < z.size:
         z[z < np.partition(z, -config.top_k)[-config.top_k]] = -np.inf
@@ -67,6 +69,17 @@ def sample(logits, config, rng):
         before = np.cumsum(probs[order]) - probs[order]
         probs[order[before >= config.top_p]] = 0.0
         probs /= probs.sum()
+    return probs
+
+
+def sample(logits, config, rng):
+    """A token id from one row of float logits."""
+    probs = probabilities(logits, config)
+    return int(np.argmax(logits)) if probs is None else draw(probs, rng)
+
+
+def draw(probs, rng):
+    """A token id drawn from a distribution (float64, summing to 1) with `rng`."""
     return int(rng.choice(probs.size, p=probs))
 
 

@@ -49,6 +49,12 @@ class TensorFlowEngine(DecodeEngine):
         _assign(cache, new)
         return logits
 
+    def _verify_fn(self, cache, tokens, start, reach):
+        self._traced()
+        logits, new = self.model.call_with_cache(tokens[None], _read(cache), start, reach=reach)
+        _assign(cache, new)
+        return logits[0]
+
     def _insert_fn(self, cache, slot, row_cache):
         self._traced()
         _assign(cache, tf.nest.map_structure(
@@ -98,3 +104,6 @@ class TensorFlowEngine(DecodeEngine):
 
     def _decode(self, tokens, cache, positions):
         return self._run_decode(tokens, cache, positions).numpy(), cache
+
+    def _verify(self, tokens, cache, position):
+        return self._run_verify(tokens, cache, position).numpy(), cache

@@ -95,6 +95,11 @@ class Family:
         to print (empty: all)."""
         raise NotImplementedError
 
+    def headline_scores(self, report, metrics=()):
+        """The main scores of `report` (from `evaluate`), [(name, value, higher is better)], that
+        `zoo eval --baseline` compares between two models (`metrics`: those chosen, or all)."""
+        return []
+
     # --- benchmarking ---------------------------------------------------------------------------
 
     def bench_model(self, preset, vocabulary_size, seq_len, batch_size, prompt_tokens, new_tokens, decode_batches):

@@ -44,9 +44,23 @@ class Weights:
         """A Dense or EinsumDense layer as (kernel (inputs, outputs), bias (outputs,)), for `linear`:
         an EinsumDense's kernel has its `input_axes` input axes first (a MultiHeadAttention's
         projections: (hidden, heads, head_dim), 1 input axis; its output: (heads, head_dim,
-        hidden), 2)."""
+        hidden), 2). A quantized layer (`zoo quantize`) as its torch twin, a callable
+        (zoo.layers.torch_quantized.QuantizedLinear)."""
+        if getattr(layer, "quantization_mode", None):
+            from zoo.layers.torch_quantized import QuantizedLinear
+
+            return QuantizedLinear.of(layer, input_axes, self.dtype)
         kernel = self.tensor(layer.kernel)
         return kernel.reshape(math.prod(kernel.shape[:input_axes]), -1), self.tensor(layer.bias).reshape(-1)
+
+    def embedding(self, layer):
+        """An Embedding's table (vocab, dim), for lookups (`table[tokens]`) and `tied_logits`; of a
+        quantized layer, its torch twin (zoo.layers.torch_quantized.QuantizedTable)."""
+        if getattr(layer, "quantization_mode", None):
+            from zoo.layers.torch_quantized import QuantizedTable
+
+            return QuantizedTable.of(layer, self.dtype)
+        return self.tensor(layer.embeddings)
 
     def norm(self, layer):
         """A LayerNormalization as (gamma, beta, epsilon), in float32 as Keras computes it."""
@@ -58,7 +72,10 @@ class Weights:
 
 
 def linear(x, weights):
-    """Dense's x @ kernel + bias, in one call."""
+    """Dense's x @ kernel + bias, in one call (`weights` from Weights.dense; a quantized layer's
+    twin is called instead)."""
+    if weights.__class__ is not tuple:
+        return weights(x)
     kernel, bias = weights
     return torch.addmm(bias, x, kernel)
 
@@ -167,9 +184,29 @@ def causal_prefill_attention(q, k, v, cache, slot):
     return attended.transpose(0, 1).reshape(length, -1)
 
 
+def span_attention(q, k, v, cache, slot, start):
+    """Self-attention of consecutive tokens of one slot from position `start`, q, k, v (length,
+    heads, head_dim) (speculative decoding's check of a draft's proposals): their keys and values
+    are written into row `slot` of the layer's cache, in place, and each query attends to the row
+    up to its own position. Returns (length, heads * head_dim)."""
+    length = q.shape[0]
+    end = start + length
+    cache[0][slot, :, start:end] = k.transpose(0, 1)
+    cache[1][slot, :, start:end] = v.transpose(0, 1)
+    keys, values = cache[0][slot, :, :end], cache[1][slot, :, :end]  # (heads, end, head_dim)
+    key_positions = torch.arange(end, device=q.device)
+    hidden = key_positions[None, :] > key_positions[start:, None]  # (length, end): True after the query
+    scores = (q.transpose(0, 1) @ keys.transpose(1, 2)) * q.shape[-1] ** -0.5  # (heads, length, end)
+    attended = torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1) @ values
+    return attended.transpose(0, 1).reshape(length, -1)
+
+
 def tied_logits(x, embeddings):
     """Float32 NumPy logits (rows, vocab) of final hidden states x (rows, hidden) through a tied
     embedding (vocab, hidden), computed as embeddings @ x.T rather than x @ embeddings.T: the same
     products, but MKL streams the table row by row: 2.3x faster at batch 8 on the 2-core CPU, the
-    same at 1 (GPT batch-8 steps: 11.0 ms -> 8.4 ms)."""
+    same at 1 (GPT batch-8 steps: 11.0 ms -> 8.4 ms). A quantized table (Weights.embedding)
+    computes its own."""
+    if not isinstance(embeddings, torch.Tensor):
+        return embeddings.logits(x)
     return (embeddings @ x.T).T.float().cpu().numpy()

@@ -62,9 +62,13 @@ def import_checkpoint(source, out, force=False, revision=None, progress=None):
 def export_hf(path, out, force=False):
     """Writes the run or bundle at `path` to `out` as a Hugging Face model directory, atomically,
     by its family's converter. Returns (out, BundleInfo)."""
-    from zoo.bundle import load_model
+    from zoo.bundle import load_model, read_info
 
     refuse_existing(out, force)  # before loading the model
+    quantization = getattr(read_info(path), "quantization", None)
+    if quantization:
+        raise ZooError(f"{path}: is an {quantization}-quantized bundle, which has no Hugging Face equivalent; export "
+                       "the float bundle it was made from")
     model, tokenizer, info = load_model(path)
     with atomic_directory(out, force) as directory:
         families.get(info.kind).export_hf(model, tokenizer, info, directory, Path(path))

@@ -100,26 +100,38 @@ def _whole_batches(validation, train_config):
     return tuple(array[:usable] for array in validation)
 
 
-def evaluation(validation, batch_size):
+def evaluation(validation, batch_size, batch_loss=None):
     """The evaluation of a language model: mean next-token cross-entropy on the validation blocks,
-    and its perplexity."""
+    and its perplexity. `batch_loss(model)` may give a family's own `loss(inputs, targets)` of one
+    batch (its mean; e.g. the GPT's plain-torch forward pass) to use instead of `model.evaluate`,
+    or None."""
+    own = {}
 
     def evaluate(model):
         inputs, targets = validation
-        loss = float(model.evaluate(inputs, targets, batch_size=batch_size, verbose=0, return_dict=True)["loss"])
+        if batch_loss is not None and id(model) not in own:
+            own[id(model)] = batch_loss(model)
+        loss_of = own.get(id(model))
+        if loss_of is None:
+            loss = float(model.evaluate(inputs, targets, batch_size=batch_size, verbose=0, return_dict=True)["loss"])
+        else:  # every block has the same length: the mean over batches weighted by their sizes
+            total = sum(float(loss_of(inputs[i:i + batch_size], targets[i:i + batch_size])) * len(inputs[i:i + batch_size])
+                        for i in range(0, len(inputs), batch_size))
+            loss = total / len(inputs)
         return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
 
     return evaluate
 
 
 def train_language_model(out, kind, start, build_model, data=None, train_config=None, resume=False,
-                         explicit_train_changes=None, command=None, lora=None, **fit_args):
+                         explicit_train_changes=None, command=None, lora=None, batch_loss=None, **fit_args):
     """Trains (or with `resume`, continues) a `kind` language model run in `out`; returns the loop's
     summary dict.
 
     `start(train_config)` settles a new run: (config, tokenizer, corpus), as `new_run` gives (a
     family may start otherwise, e.g. from a pretrained model). `build_model(config)` builds the
-    model of a run's config. `fit_args` go to `zoo.training.run.fit` (e.g. a layout_map).
+    model of a run's config. `batch_loss` goes to `evaluation`. `fit_args` go to `zoo.training.run.fit`
+    (e.g. a layout_map).
     """
     from zoo.training.config import TrainConfig
 
@@ -142,6 +154,6 @@ def train_language_model(out, kind, start, build_model, data=None, train_config=
     config["data"].update(train_tokens=int(train_tokens.size), val_tokens=int(val_tokens.size))
     run.write_run(out, config, {"": tokenizer}, resume, command)
     return run.fit(out, config, train_config, lambda: build_model(config), batches, validation,
-                   evaluation(validation, train_config.batch_size), resume,
+                   evaluation(validation, train_config.batch_size, batch_loss), resume,
                    describe=f"{tokenizer.kind} tokenizer of {tokenizer.vocabulary_size} tokens, "
                             f"{train_tokens.size:,} training / {val_tokens.size:,} validation tokens, ", **fit_args)

@@ -4,7 +4,13 @@
 torch with `--jit-compile on`) while the loop keeps what `fit` makes awkward: a step counter that
 is the number of optimizer updates (so the schedule and the data position resume exactly),
 evaluation and checkpoints at any step, and Ctrl-C handled between updates, never half-way
-through one.
+through one. A family may give its own step instead (`train(step=...)`: the GPT's plain-torch
+forward pass on torch, zoo.families.gpt.torch_training), which must update the model exactly as
+`train_on_batch` would.
+
+Nothing in the loop waits for the device except what it logs: a step's loss is read back (a host
+sync) only at the steps that write a metrics line, and the logged learning rate is computed in
+Python (`WarmupCosineDecay.value`), not with the backend's eager ops at every logged step.
 
 With `--grad-accum N`, an update is N batches: Keras's AdamW(gradient_accumulation_steps=N) sums
 their gradients and applies the mean on the Nth, and the loop feeds batch indices step*N .. step*N+N-1,
@@ -22,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from zoo.atomic import atomic_write_text
 from zoo.training import cluster
@@ -48,11 +55,29 @@ class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
     """Keras's CosineDecay with warmup, with the warmup-or-decay choice made by `ops.where` instead of
     `ops.cond`; the same values.
 
-    Why: the loop reads the learning rate eagerly at every logged step, and on JAX an eager
-    `ops.cond` traces its two branch closures afresh and compiles them on every call (about 0.1 s
-    on a CPU, each time), while `where` is elementwise ops that compile once. Both branches are
-    finite at every step, so computing both costs nothing else.
+    Why: on JAX an eager `ops.cond` traces its two branch closures afresh and compiles them on
+    every call (about 0.1 s on a CPU, each time), while `where` is elementwise ops that compile
+    once. Both branches are finite at every step, so computing both costs nothing else. `value`
+    is the same schedule in NumPy float32 scalars, for logging without the backend's eager ops.
     """
+
+    def value(self, step):
+        """The learning rate at `step` as a Python float, computed as `__call__` computes it (float32)."""
+        f32 = np.float32
+        initial, decay_steps = f32(self.initial_learning_rate), f32(self.decay_steps)
+        step = f32(step)
+
+        def decay(step, decay_from):
+            cosine = f32(0.5) * (f32(1.0) + np.cos(f32(math.pi) * (step / decay_steps)))
+            return float(decay_from * ((f32(1) - f32(self.alpha)) * cosine + f32(self.alpha)))
+
+        if self.warmup_target is None:
+            return decay(min(step, decay_steps), initial)
+        target, warmup_steps = f32(self.warmup_target), f32(self.warmup_steps)
+        step = min(step, decay_steps + warmup_steps)
+        if step < warmup_steps:
+            return float((target - initial) * (step / warmup_steps) + initial)
+        return decay(step - warmup_steps, target)
 
     def __call__(self, step):
         if self.warmup_target is None:  # no cond on this path
@@ -68,7 +93,16 @@ class WarmupCosineDecay(keras.optimizers.schedules.CosineDecay):
         return ops.where(step < warmup_steps, warming, decaying)
 
 
-def compile_for_training(model, config, loss=None, metrics=None, learning_rate=None):
+def resolve_jit_compile(setting, xla_on_tensorflow=False):
+    """`model.compile`'s jit_compile for a `--jit-compile` setting. "auto" is Keras's choice (XLA on
+    JAX, and on TensorFlow with a GPU; torch eager), except that with `xla_on_tensorflow` (a family
+    whose step XLA makes faster on a CPU too) TensorFlow always gets XLA."""
+    if setting == "auto" and xla_on_tensorflow and keras.backend.backend() == "tensorflow":
+        return True
+    return _JIT_COMPILE[setting]
+
+
+def compile_for_training(model, config, loss=None, metrics=None, learning_rate=None, xla_on_tensorflow=False):
     """AdamW with linear warmup then cosine decay, global-norm gradient clipping, decoupled weight
     decay, `config.grad_accum` batches per update. Returns the schedule, indexed by update.
 
@@ -77,6 +111,10 @@ def compile_for_training(model, config, loss=None, metrics=None, learning_rate=N
     scaling); an update whose gradients overflow is skipped and the scale halved. `learning_rate`
     (a float) replaces the schedule: the optimizer's rate is then a variable that its caller sets
     between steps (`model.optimizer.learning_rate = ...`), to schedule by time, say.
+
+    `xla_on_tensorflow`: `--jit-compile auto` compiles TensorFlow's step with XLA on a CPU too
+    (Keras leaves XLA off there). For the GPT, XLA's step on the 2-core CPU took 0.73x the time of
+    TensorFlow's graph without it (nanoGPT's CPU configuration), for about 7 s more compilation.
     """
     warmup = config.resolved_warmup()
     schedule = WarmupCosineDecay(
@@ -93,7 +131,7 @@ def compile_for_training(model, config, loss=None, metrics=None, learning_rate=N
     # Like GPT-2: no decay on biases and LayerNorm scales/offsets.
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     model.compile(optimizer=optimizer, loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=metrics, jit_compile=_JIT_COMPILE[config.jit_compile])
+                  metrics=metrics, jit_compile=resolve_jit_compile(config.jit_compile, xla_on_tensorflow))
     model.optimizer.build(model.trainable_variables)
     return schedule
 
@@ -155,6 +193,13 @@ class _Progress:
         self.stream.flush()
 
 
+def _learning_rate(schedule, update):
+    """The rate of update `update` (from 0), for the log: in Python for zoo's own schedule."""
+    if isinstance(schedule, WarmupCosineDecay):
+        return schedule.value(update)
+    return float(schedule(update))
+
+
 def _clock(seconds):
     seconds = int(seconds) if math.isfinite(seconds) else 0
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -170,7 +215,14 @@ def _drop_metrics_after(path, step):
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def train(model, schedule, batches, validation, evaluate, config, run_dir, resume=False, throughput=None):
+def _keras_step(model):
+    def step(*data):
+        return model.train_on_batch(*data, return_dict=True)["loss"]
+
+    return step
+
+
+def train(model, schedule, batches, validation, evaluate, config, run_dir, resume=False, throughput=None, step=None):
     """Trains `model` (compiled by `compile_for_training`) until `config.max_steps` updates.
 
     `batches.batch(i)` gives the (inputs, targets[, sample_weight]) of batch i, a pure function of
@@ -178,13 +230,15 @@ def train(model, schedule, batches, validation, evaluate, config, run_dir, resum
     for `config.grad_accum` N); `batches.tokens_per_batch` counts the tokens of one batch, for
     tokens/s; `batches.epoch_of(i)` the epochs done after i batches. `evaluate(model)` returns the
     validation metrics ({"val_loss": ..., ...}). `throughput` (a `zoo.training.flops.Throughput`)
-    adds MFU to the log. Writes `run_dir/metrics.jsonl` and `run_dir/checkpoints/` (process 0 of a
+    adds MFU to the log. `step(*batch)` trains on one batch and returns its loss (anything `float`
+    takes; read only at logged steps); default `model.train_on_batch`. Writes `run_dir/metrics.jsonl` and `run_dir/checkpoints/` (process 0 of a
     multi-process group; every process trains and reads the checkpoint it resumes). With `resume`,
     continues from the newest checkpoint. Returns a summary dict; `summary["stopped"]` names the
     signal when one ended the run early.
     """
     run_dir = Path(run_dir)
     checkpoints = run_dir / "checkpoints"
+    train_step = step or _keras_step(model)
     chief = cluster.is_chief()  # process 0 of a multi-process run writes the files; the others only train
     step = 0
     if resume and (path := latest_checkpoint(checkpoints)) is not None:
@@ -212,7 +266,7 @@ def train(model, schedule, batches, validation, evaluate, config, run_dir, resum
             for micro in range(accum):
                 data = upcoming.result()
                 upcoming = prefetch.submit(batches.batch, step * accum + micro + 1)
-                losses.append(model.train_on_batch(*data, return_dict=True)["loss"])
+                losses.append(train_step(*data))
             step += 1
             if cluster.any_process(stop.requested) and not stop.requested:  # every process stops at this step
                 stop.requested = "a stop in another process"
@@ -221,7 +275,7 @@ def train(model, schedule, batches, validation, evaluate, config, run_dir, resum
             evaluating = step % config.eval_every == 0 or is_last
             if step % config.log_every == 0 or evaluating or stop.requested:
                 tokens_per_s = progress.rate(step, tokens_per_step)
-                record = {"step": step, "loss": sum(map(float, losses)) / accum, "lr": float(schedule(step - 1)),
+                record = {"step": step, "loss": sum(map(float, losses)) / accum, "lr": _learning_rate(schedule, step - 1),
                           "tokens_per_s": round(tokens_per_s, 1), "epoch": round(batches.epoch_of(step * accum), 3)}
                 if throughput is not None and (mfu := throughput.mfu(tokens_per_s)) is not None:
                     record["mfu"] = round(mfu, 4)

@@ -24,6 +24,10 @@ _TRAIN_CONFIG_OPTIONS = [
     click.option("--batch-size", type=int, default=32, show_default=True, callback=positive),
     click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True, help="Peak learning rate."),
     click.option("--warmup-steps", type=click.IntRange(0), help="Linear warmup; default 10% of --max-steps, at most 100."),
+    click.option("--min-lr-ratio", "min_learning_rate_ratio", type=click.FloatRange(0, 1), default=0.1,
+                 show_default=True, help="The cosine decay ends at --lr times this (nanoGPT's min_lr / learning_rate)."),
+    click.option("--beta2", "beta_2", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True,
+                 help="AdamW's second-moment decay."),
     click.option("--weight-decay", type=click.FloatRange(0), default=0.1, show_default=True),
     click.option("--grad-clip", type=click.FloatRange(0), default=1.0, show_default=True, help="Global norm; 0 is off."),
     click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
@@ -48,7 +52,8 @@ _TRAIN_CONFIG_OPTIONS = [
     click.option("--log-every", type=int, default=10, show_default=True, callback=positive),
     click.option("--seed", type=int, default=0, show_default=True),
 ]
-TRAIN_CONFIG_FIELDS = ("max_steps", "batch_size", "learning_rate", "warmup_steps", "weight_decay", "grad_clip",
+TRAIN_CONFIG_FIELDS = ("max_steps", "batch_size", "learning_rate", "warmup_steps", "min_learning_rate_ratio", "beta_2",
+                       "weight_decay", "grad_clip",
                        "precision", "grad_accum", "jit_compile", "devices", "model_parallel", "peak_flops",
                        "eval_every", "eval_blocks", "save_every", "log_every", "seed")
 

@@ -24,9 +24,37 @@ RESUMABLE_CHANGES = {"max_steps", "eval_every", "save_every", "log_every", "devi
 SHIPPED = "shipped:"
 
 
+_FLAGS = {"learning_rate": "--lr", "min_learning_rate_ratio": "--min-lr-ratio", "beta_2": "--beta2"}
+
+
 def flag(setting):
     """The `zoo train` flag of a TrainConfig field."""
-    return "--lr" if setting == "learning_rate" else "--" + setting.replace("_", "-")
+    return _FLAGS.get(setting) or "--" + setting.replace("_", "-")
+
+
+# Optional integrations that keras and keras-hub import whenever they are installed and that training
+# never uses: scikit-learn (keras.wrappers' scikit-learn estimators) and rouge-score, with NLTK
+# (keras_hub.metrics' ROUGE metrics; zoo's seq2seq scores ROUGE with rouge-score directly, importing
+# it when it scores). Importing them cost 1.2-1.8 s of every `zoo train` start on the 2-core CPU.
+_UNUSED_OPTIONAL_IMPORTS = ("sklearn", "rouge_score")
+
+
+def import_keras():
+    """Imports keras and keras_hub, once per process, with the optional integrations above made
+    absent while they import (a None entry in sys.modules, which their `try: import ... except
+    ImportError` reads as "not installed"), then present again for anything that imports them later."""
+    if "keras_hub" in sys.modules:
+        return
+    absent = [name for name in _UNUSED_OPTIONAL_IMPORTS if name not in sys.modules]
+    for name in absent:
+        sys.modules[name] = None
+    try:
+        import keras  # noqa: F401
+        import keras_hub  # noqa: F401
+    finally:
+        for name in absent:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
 def library_versions():
@@ -85,6 +113,9 @@ def init_source(init, kind, overrides):
     info = read_bundle_info(path) if is_bundle(path) else read_run_config(path)
     if info.kind != kind:
         raise ZooError(f"--init {init}: is a {info.kind!r} model; fine-tuning starts from a {kind} run or bundle")
+    if getattr(info, "quantization", None):
+        raise ZooError(f"--init {init}: is an {info.quantization}-quantized bundle; fine-tune the float bundle it "
+                       "was made from (and quantize the result)")
     given = [k for k, v in overrides.items() if v is not None and k != "dropout"]
     if given:
         raise ZooError(f"--{given[0].replace('_', '-')} cannot be combined with --init: the model's shape comes "
@@ -152,6 +183,7 @@ def write_run(out, config, tokenizers, resume, command):
 
     `tokenizers` maps a subdirectory ("" for the run directory itself) to a tokenizer with `save`.
     """
+    import_keras()
     import keras
 
     from zoo.training import cluster
@@ -196,14 +228,16 @@ def _adapt(out, config, model):
 
 
 def fit(out, config, train_config, build_model, batches, validation, evaluate, resume, describe="",
-        layout_map=None, flops_per_token=None, **compile_args):
+        layout_map=None, flops_per_token=None, train_step=None, **compile_args):
     """Builds the model (`build_model()`, under the run's precision, seed and device layout),
     compiles it, and trains it in `out`. Returns the loop's summary with the parameter count.
 
     `layout_map(device_mesh)` shards the model for --model-parallel (e.g. `zoo.families.gpt.layout.gpt_layout_map`);
     `flops_per_token` overrides the estimate from the model (`flops.model_flops_per_token`). A
     `config["lora"]` entry ({"rank", "alpha"}, and "head": the paths of new layers that train whole)
-    fine-tunes with LoRA adapters instead of every weight (`zoo.training.lora`).
+    fine-tunes with LoRA adapters instead of every weight (`zoo.training.lora`). `train_step(model)`
+    gives the family's own training step for the compiled model (`zoo.training.loop.train`'s
+    `step`), or None for `train_on_batch`.
     """
     import contextlib
 
@@ -212,6 +246,7 @@ def fit(out, config, train_config, build_model, batches, validation, evaluate, r
     from zoo.training import accelerator, cluster, distribution, flops
     from zoo.training.loop import compile_for_training, train
 
+    accelerator.use_compilation_cache()
     group = cluster.current()
     if group.num_processes > 1:
         cluster.check_same(config)
@@ -239,11 +274,13 @@ def fit(out, config, train_config, build_model, batches, validation, evaluate, r
                   f"{precision}{accum}", file=sys.stderr)
             print(f"trainable parameters: {trainable:,} of {params:,} ({trainable / params:.2%})", file=sys.stderr)
             attention = accelerator.attention_path(model, seq_len) if seq_len else "not probed"
+            step = train_step(model) if train_step and spread is None and group.num_processes == 1 else None
+            step_kind = getattr(step, "description", None) or accelerator.compiled_step(model)
             print(f"device: {throughput.device}, {distribution.describe(spread)}; step: "
-                  f"{accelerator.compiled_step(model)}; attention: {attention}", file=sys.stderr)
+                  f"{step_kind}; attention: {attention}", file=sys.stderr)
             print(f"throughput: {throughput.describe()}", file=sys.stderr)
             summary = train(model, schedule, batches, validation, evaluate, train_config, out, resume=resume,
-                            throughput=throughput)
+                            throughput=throughput, step=step)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     summary.update(parameters=params, trainable_parameters=trainable, precision=precision, attention=attention,

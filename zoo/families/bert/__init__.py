@@ -83,6 +83,13 @@ class BertFamily(Family):
 
         return format_report(report)
 
+    def headline_scores(self, report, metrics=()):
+        if "squad" in report:
+            return [("exact_match", report["squad"]["exact_match"], True), ("f1", report["squad"]["f1"], True)]
+        if "entities" in report:
+            return [(f"entity_{k}", report["entities"][k], True) for k in ("precision", "recall", "f1")]
+        return [("accuracy", report["accuracy"], True), ("macro_f1", report["macro_f1"], True)]
+
     def bench_model(self, preset, vocabulary_size, seq_len, batch_size, prompt_tokens, new_tokens, decode_batches):
         from zoo.families.bert.bench import bench_model
 

@@ -24,6 +24,7 @@ import keras_hub
 from keras import ops
 
 from zoo.layers.attention import cached_attention, kv_cache
+from zoo.layers.quantized import tied_logits
 from zoo.layers.seeding import normal as _normal
 from zoo.layers.seeding import seeded_dropout as _dropout
 from zoo.families.gpt.presets import PRESETS
@@ -170,6 +171,10 @@ class GPT(keras.Model):
 
     # -- decoding: the cache protocol zoo.engine compiles -----------------------------------------
 
+    # Every position has its own keys and values in the cache, so decoding may resume from an
+    # earlier position (speculative decoding drops rejected proposals so): see DecodeEngine.verify.
+    positional_cache = True
+
     @staticmethod
     def torch_engine():
         """The decode engine `zoo.engine.backends` runs this model with on torch: a plain-torch twin."""
@@ -225,12 +230,9 @@ class GPT(keras.Model):
             new_cache.append(layer_cache)
         if logits_at is None:
             return self._logits(x), new_cache
-        # One row of logits per sequence, computed as E·x rather than x·Eᵀ: the same numbers, but
-        # XLA on CPU then reads the (vocab, hidden) embedding as it lies instead of first copying
-        # it into transposed layout at every decode step.
+        # One row of logits per sequence (as E·x for a float embedding: see `tied_logits`).
         x = self.final_norm(ops.take(x, logits_at, axis=1))
-        embeddings = ops.cast(self.token_embedding.embeddings, x.dtype)
-        return ops.cast(ops.transpose(ops.matmul(embeddings, ops.transpose(x))), "float32"), new_cache
+        return ops.cast(tied_logits(self.token_embedding, x), "float32"), new_cache
 
     def get_config(self):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size, "num_layers": self.num_layers,

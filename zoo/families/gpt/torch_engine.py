@@ -36,7 +36,7 @@ class TorchEngine(DecodeEngine):
     def _read_weights(self):
         model, weights = self.model, blocks.Weights(self.model)
         self.weights = weights
-        self.embeddings = weights.tensor(model.token_embedding.embeddings)
+        self.embeddings = weights.embedding(model.token_embedding)
         self.positions = None
         if model.learned_positions is not None:
             self.positions = weights.tensor(model.learned_positions.position_embeddings)
@@ -91,6 +91,17 @@ class TorchEngine(DecodeEngine):
             attended = blocks.causal_prefill_attention(*self._qkv(x, block, positions), layer_cache, slot)
             x = self._finish_block(x, attended, block)
         return self._logits(x[-1:])[0], cache
+
+    @torch.inference_mode()
+    def _verify(self, tokens, cache, position):
+        if self.weights.stale():
+            self._read_weights()
+        positions = torch.arange(position, position + len(tokens), device=self.device)
+        x = self._embed(torch.from_numpy(tokens).to(self.device, torch.long), positions)
+        for block, layer_cache in zip(self.blocks, cache):
+            x = self._finish_block(x, blocks.span_attention(*self._qkv(x, block, positions), layer_cache, 0, position),
+                                   block)
+        return self._logits(x), cache
 
     def insert(self, cache, slot, row_cache):
         return blocks.insert(cache, slot, row_cache)

@@ -4,6 +4,11 @@ its layout for --model-parallel, and fine-tuning a pretrained GPT (`--init`, wit
 
 `--data` may also be a prepared corpus (`zoo prepare`): its tokenizer and memory-mapped token
 files are used as they are, so nothing is read whole or re-tokenized.
+
+How each backend steps (nanoGPT's CPU recipe was the yardstick, benchmarks/vs_nanogpt.py): torch
+through the plain-torch forward pass over the model's variables (zoo.families.gpt.torch_training;
+Keras's AdamW still updates them), TensorFlow with XLA even on a CPU (`--jit-compile auto`), JAX
+with Keras's XLA-compiled `train_on_batch`.
 """
 
 from zoo.data import DEFAULT_CORPUS
@@ -56,6 +61,21 @@ def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kin
         model.build()
         return run.carry_init_weights(model, config, resume)
 
+    def torch_only(make):
+        """On torch, the plain-torch training step or validation loss (zoo.families.gpt.torch_training)."""
+
+        def made(model):
+            import keras
+
+            if keras.backend.backend() != "torch":
+                return None
+            from zoo.families.gpt import torch_training
+
+            return getattr(torch_training, make)(model)
+
+        return made
+
     return language_model.train_language_model(
         out, "gpt", start, build_model, data=data, train_config=train_config, resume=resume,
-        explicit_train_changes=explicit_train_changes, command=command, lora=lora, layout_map=gpt_layout_map)
+        explicit_train_changes=explicit_train_changes, command=command, lora=lora, layout_map=gpt_layout_map,
+        train_step=torch_only("train_step"), batch_loss=torch_only("batch_loss"), xla_on_tensorflow=True)

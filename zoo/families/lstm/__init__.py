@@ -39,6 +39,21 @@ class LSTMFamily(Family):
 
         return Generator(model, tokenizer)
 
+    def evaluate(self, model, tokenizer, info, path, data=None, beam_width=4):
+        from zoo.families.perplexity import evaluate_language_model
+
+        return evaluate_language_model(model, tokenizer, info, data)
+
+    def format_report(self, report, metrics=()):
+        from zoo.families.perplexity import format_report
+
+        return format_report(report)
+
+    def headline_scores(self, report, metrics=()):
+        from zoo.families.perplexity import headline
+
+        return headline(report)
+
     def bench_model(self, preset, vocabulary_size, seq_len, batch_size, prompt_tokens, new_tokens, decode_batches):
         from zoo.families.lstm.bench import bench_model
 

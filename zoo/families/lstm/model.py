@@ -30,6 +30,7 @@ import keras
 from keras import ops
 
 from zoo.layers.seeding import seeded_dropout as _dropout
+from zoo.layers.quantized import embedding_table
 
 
 @keras.saving.register_keras_serializable(package="zoo")
@@ -87,7 +88,7 @@ class LSTMLanguageModel(keras.Model):
         """(..., hidden_dim) -> (..., vocabulary_size) float32 logits."""
         if self.output_projection is not None:
             return ops.cast(self.output_projection(x), "float32")
-        embeddings = ops.cast(self.token_embedding.embeddings, x.dtype)  # (vocab, embedding_dim = hidden_dim)
+        embeddings = embedding_table(self.token_embedding, x.dtype)  # (vocab, embedding_dim = hidden_dim)
         return ops.cast(ops.matmul(x, ops.transpose(embeddings)), "float32")
 
     def call(self, token_ids, training=False):

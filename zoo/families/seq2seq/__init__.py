@@ -72,6 +72,11 @@ class Seq2SeqFamily(Family):
 
         return format_scores(report, metrics)
 
+    def headline_scores(self, report, metrics=()):
+        from zoo.families.seq2seq.metrics import chosen
+
+        return [(f"{way}_{name}", report[way][name], True) for way in ("greedy", "beam") for name in chosen(metrics)]
+
     def bench_model(self, preset, vocabulary_size, seq_len, batch_size, prompt_tokens, new_tokens, decode_batches):
         from zoo.families.seq2seq.bench import bench_model
 

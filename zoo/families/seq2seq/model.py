@@ -38,6 +38,7 @@ import numpy as np
 from keras import ops
 
 from zoo.layers.attention import attend, cache_layout, cached_attention, kv_cache
+from zoo.layers.quantized import tied_logits
 from zoo.layers.seeding import normal as _normal
 from zoo.layers.seeding import seed_dropouts as _seed_dropouts
 from zoo.layers.seeding import seeded_dropout as _dropout
@@ -314,10 +315,9 @@ class Seq2Seq(keras.Model):
         cache = {**cache, "self": self_cache}
         if logits_at is None:
             return self._logits(x), cache
-        # One row of logits per sequence, as E·x (see GPT.call_with_cache).
+        # One row of logits per sequence (as E·x for a float embedding: see `tied_logits`).
         x = self._normed(self.decoder_norm, ops.take(x, logits_at, axis=1))
-        embeddings = ops.cast(self.target_embedding.embeddings, x.dtype)
-        logits = ops.cast(ops.transpose(ops.matmul(embeddings, ops.transpose(x))), "float32")
+        logits = ops.cast(tied_logits(self.target_embedding, x), "float32")
         return (logits if self.logits_bias is None else logits + ops.cast(self.logits_bias, "float32")), cache
 
     def get_config(self):

@@ -42,7 +42,7 @@ class TorchSeq2SeqEngine(DecodeEngine):
     def _read_weights(self):
         model, weights = self.model, blocks.Weights(self.model)
         self.weights = weights
-        self.embeddings = weights.tensor(model.target_embedding.embeddings)
+        self.embeddings = weights.embedding(model.target_embedding)
         # Row p is position p: the table's first position_offset rows (BART's 2) are never read.
         self.positions = weights.tensor(model.target_positions.position_embeddings)[model.position_offset:]
         self.layers = []

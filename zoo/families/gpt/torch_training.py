@@ -1,0 +1,147 @@
+"""The GPT's training step on torch: the forward pass in plain torch over the model's own variables.
+
+Why: on the torch backend Keras runs the model through `Layer.__call__` for every layer at every
+step (name scopes, dtype policies, argument binding: tens of microseconds each, ~50 calls a
+forward pass) and through Keras ops that each convert their inputs; for the 4-layer, width-128
+GPT of nanoGPT's CPU recipe that overhead made the forward pass 1.5x nanoGPT's and the step 1.3x.
+Here the same maths is spelled in torch (`zoo.layers.torch_blocks`, the building blocks the decode
+engine uses), on the variables' own tensors, so autograd reaches the Keras variables and Keras's
+optimizer applies the update (AdamW, clipping, weight decay, its schedule, its state in
+checkpoints): the run, its checkpoints and its resume are the same as with `train_on_batch`.
+
+Used only where it computes what the model computes: torch, float32, no dropout (Keras's seeded
+dropout masks cannot be reproduced here), no LoRA adapters, Keras's eager step (not
+`--jit-compile on`). Anything else trains through `train_on_batch`. Its logits equal the model's
+forward pass (tests/test_training.py checks the logits, the loss and the update). Validation
+batches go through it too (`batch_loss`), instead of `model.evaluate`.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from zoo.layers import torch_blocks as blocks
+
+
+def eligible(model, training=True):
+    """Whether the plain-torch forward pass computes exactly what the model does: in a training step
+    (`model.train_on_batch`), or with `training=False` in evaluation (no dropout there)."""
+    import keras
+
+    if keras.backend.backend() != "torch" or model.jit_compile or model.dtype_policy.name != "float32":
+        return False
+    layers = model._flatten_layers()
+    if any(getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None) for layer in layers):
+        return False
+    if not training:
+        return True
+    return (not model.dropout and model.optimizer is not None
+            and not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer))
+
+
+class TorchForward:
+    """The GPT's training forward pass, (batch, length) token ids -> (batch, length, vocab) logits."""
+
+    def __init__(self, model):
+        self.model = model
+        self.num_heads, self.hidden_dim = model.num_heads, model.hidden_dim
+        self.head_dim = model.hidden_dim // model.num_heads
+        self.rotary = None
+        if model.position_embedding == "rotary":
+            self.rotary = blocks.rotary_tables(model.blocks[0].attn.rotary_embedding, self.head_dim, model.max_length,
+                                               torch.float32, model.token_embedding.embeddings.value.device)
+
+    @staticmethod
+    def _dense(layer):
+        return layer.kernel.value, layer.bias.value
+
+    @staticmethod
+    def _norm(layer):
+        return layer.gamma.value, layer.beta.value, layer.epsilon
+
+    def __call__(self, token_ids):
+        model = self.model
+        batch, length = token_ids.shape
+        embeddings = model.token_embedding.embeddings.value
+        x = embeddings[token_ids]
+        if model.learned_positions is not None:
+            x = x + model.learned_positions.position_embeddings.value[:length]
+        x = x.reshape(batch * length, self.hidden_dim)
+        for block in model.blocks:
+            x = self._block(x, block, batch, length)
+        x = blocks.layer_norm(x, self._norm(model.final_norm))
+        return (x @ embeddings.T).view(batch, length, -1)
+
+    def _block(self, x, block, batch, length):
+        """One pre-LayerNorm block on x (batch * length, hidden)."""
+        qkv = blocks.linear(blocks.layer_norm(x, self._norm(block.attn_norm)), self._dense(block.attn.qkv))
+        # (batch, length, 3, heads, head_dim) -> three (batch, heads, length, head_dim)
+        q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.rotary is not None:
+            cos, sin = (table[:length] for table in self.rotary)  # (length, head_dim), broadcast over heads
+            q, k = blocks.rotate(q, cos, sin), blocks.rotate(k, cos, sin)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + blocks.linear(attended.transpose(1, 2).reshape(batch * length, self.hidden_dim),
+                              self._dense(block.attn.out))
+        h = F.gelu(blocks.linear(blocks.layer_norm(x, self._norm(block.mlp_norm)), self._dense(block.mlp_in)),
+                   approximate="tanh")
+        return x + blocks.linear(h, self._dense(block.mlp_out))
+
+
+def batch_loss(model):
+    """`loss(inputs, targets)`: the mean next-token cross-entropy of a validation batch through the
+    plain-torch forward pass (a 0-d tensor), where it applies (`eligible(model, training=False)`);
+    else None."""
+    if not eligible(model, training=False):
+        return None
+    forward = TorchForward(model)
+
+    @torch.no_grad()
+    def loss(inputs, targets):
+        logits = forward(torch.as_tensor(inputs).long())
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.as_tensor(targets).long().reshape(-1))
+
+    return loss
+
+
+def clip_by_global_norm(gradients, clip_norm):
+    """Keras's `clip_by_global_norm` (keras.src.optimizers.base_optimizer), in torch's multi-tensor
+    ops: every gradient times clip_norm * min(1 / norm, 1 / clip_norm), NaN for a non-finite norm."""
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)))
+    scale = clip_norm * torch.minimum(1.0 / norm, torch.tensor(1.0 / clip_norm)) + (norm - norm)
+    return torch._foreach_mul(gradients, scale)
+
+
+def train_step(model):
+    """The step `zoo.training.loop.train` runs, `step(inputs, targets) -> loss` (a 0-d tensor), for
+    a compiled GPT on torch where the plain-torch forward applies (`eligible`); else None."""
+    if not eligible(model):
+        return None
+    forward = TorchForward(model)
+    variables = model.trainable_weights
+    parameters = [variable.value for variable in variables]
+    optimizer = model.optimizer
+    # Keras clips by the global norm with two Keras ops per variable (~3 ms a step here, as much as
+    # the update itself); the same clipping in three torch calls, then Keras's update unclipped.
+    # With gradient accumulation Keras clips the accumulated mean instead, so it keeps the clipping.
+    clip = optimizer.global_clipnorm if not optimizer.gradient_accumulation_steps else None
+
+    def step(inputs, targets):
+        for parameter in parameters:
+            parameter.grad = None
+        logits = forward(torch.as_tensor(inputs).long())
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.as_tensor(targets).long().reshape(-1))
+        loss.backward()
+        with torch.no_grad():
+            gradients = [parameter.grad for parameter in parameters]
+            if clip:
+                gradients = clip_by_global_norm(gradients, clip)
+                optimizer.global_clipnorm = None
+            try:
+                optimizer.apply(gradients, variables)
+            finally:
+                if clip:
+                    optimizer.global_clipnorm = clip
+        return loss.detach()
+
+    step.description = "plain-torch forward pass (zoo.families.gpt.torch_training) and Keras's AdamW, eager"
+    return step

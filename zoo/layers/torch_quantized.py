@@ -1,0 +1,171 @@
+"""The torch engines' twins of Keras's quantized layers (`zoo quantize`, zoo.quantize): a quantized
+Dense or EinsumDense for `torch_blocks.linear`, and a quantized embedding table for lookups and
+`torch_blocks.tied_logits`, read from the layer's own integer weights and scales.
+
+They compute what Keras's quantized layers compute (keras/src/layers/core/dense.py,
+einsum_dense.py, embedding.py, reversible_embedding.py, with `Model.quantize`'s default settings),
+so that a quantized bundle gives the same greedy text on torch as its Keras model, as on JAX and
+TensorFlow, where the engines run Keras's layers themselves:
+
+- int8 (Dense, EinsumDense and the tied output projection): the input is quantized per row to
+  integers in [-127, 127] (Keras's AbsMaxQuantizer), multiplied by the int8 kernel, and the sums
+  divided by both scales: y = (x_q W_q) / (s_x s_W) + b. Embedding rows: W_q / s_W.
+- int4 (groups of 128 inputs with a scale and a zero point each): weight-only, y = x W + b with
+  the kernel Keras dequantizes, W = (W_q - z) s, read off the layer's own call on the identity
+  (and an embedding's table off its call on every token id), so that any scheme Keras uses is
+  reproduced rather than re-derived.
+
+The integer kernels are held as float32 tensors of their integer values and multiplied by MKL's
+float GEMM: the products and their sums are integers well inside float32's exact range (2^24), so
+this is Keras's int8 x int8 -> int32 matmul exactly, at the float engine's speed, and the engine
+holds float32 copies (4 bytes a weight, beside the model's own 1). torch's integer kernels were
+slower here: `torch.ops.aten._weight_int8pack_mm` (weight-only int8) 4-10x and
+`_weight_int4pack_mm_for_cpu` 5-8x slower than float32 `addmm` at batch 1 on the 2-core AMD EPYC
+CPU. fbgemm's dynamically quantized linear (`torch.ops.quantized.linear_dynamic`) was 2-5x faster
+than float32 there, but it quantizes its input with its own per-call asymmetric scheme (not
+Keras's, and one scale for all the rows stepped together, so a batched request's numbers would
+depend on its batchmates): benchmarks/quantized_decode.py measures it as an experiment.
+"""
+
+import math
+
+import torch
+
+EPSILON = 1e-7  # keras.backend.epsilon(), AbsMaxQuantizer's default
+
+
+def _tensor(value, dtype=None):
+    value = value.value if hasattr(value, "value") else value
+    value = torch.as_tensor(value).detach()
+    return value if dtype is None else value.to(dtype)
+
+
+def quantize_rows(x, quantizer):
+    """Keras's AbsMaxQuantizer `quantizer` (value range, epsilon) on the last axis of x: (its
+    integers as float32, scale (rows, 1))."""
+    low, high = quantizer
+    x = x.float()
+    scale = high / (x.abs().amax(dim=-1, keepdim=True) + EPSILON)
+    return (x * scale).round_().clamp_(low, high), scale
+
+
+def _input_quantizer(layer):
+    """(low, high) of the layer's input quantizer (Keras's per-row AbsMaxQuantizer), or None when
+    the layer does not quantize its input (weight-only)."""
+    quantizer = getattr(layer, "inputs_quantizer", None)
+    if quantizer is None:
+        return None
+    if type(quantizer).__name__ != "AbsMaxQuantizer" or quantizer.epsilon != EPSILON:
+        raise ValueError(f"{layer.name}: input quantizer {quantizer!r} has no torch twin")
+    return tuple(float(v) for v in quantizer.value_range)
+
+
+class QuantizedLinear:
+    """A quantized Dense or EinsumDense layer, called on (rows, inputs) -> (rows, outputs)."""
+
+    def __init__(self, kernel, scale, bias, activations, dtype):
+        self.kernel = kernel  # (inputs, outputs) float32: integer values, or dequantized when scale is None
+        self.scale = scale  # (outputs,) float32 or None
+        self.bias = bias  # (outputs,) or None
+        self.activations = activations  # the input quantizer's (low, high), or None: weight-only
+        self.dtype = dtype
+
+    def __call__(self, x):
+        if self.activations:
+            x_q, x_scale = quantize_rows(x, self.activations)
+            y = (x_q @ self.kernel) / (x_scale * self.scale)
+        elif self.scale is None:
+            y = x.float() @ self.kernel
+        else:
+            y = (x.float() @ self.kernel) / self.scale
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(self.dtype)
+
+    @classmethod
+    def of(cls, layer, input_axes, dtype):
+        """The twin of a quantized keras Dense or EinsumDense; `input_axes` as Weights.dense."""
+        mode = layer.quantization_mode
+        bias = None if layer.bias is None else _tensor(layer.bias, torch.float32).reshape(-1)
+        if mode == "int8":
+            kernel = _tensor(layer._kernel, torch.float32)
+            scale = layer.kernel_scale
+            if hasattr(layer, "equation"):  # kept in the output's layout: back to the kernel's
+                scale = layer._adjust_scale_for_dequant(scale)
+            kernel = kernel.reshape(math.prod(kernel.shape[:input_axes]), -1)
+            scale, quantizer = _tensor(scale, torch.float32).reshape(-1), _input_quantizer(layer)
+            if quantizer is None and hasattr(layer, "equation"):  # weight-only: Keras dequantizes first on torch
+                return cls((kernel / scale).contiguous(), None, bias, None, dtype)
+            return cls(kernel.contiguous(), scale, bias, quantizer, dtype)
+        if mode == "int4":  # weight-only: the float kernel Keras dequantizes, read off its own call
+            return cls(_probed_kernel(layer, input_axes, bias), None, bias, None, dtype)
+        raise ValueError(f"{layer.name}: quantization {mode!r} has no torch twin")
+
+
+def _probed_kernel(layer, input_axes, bias):
+    """The float (inputs, outputs) kernel a weight-only quantized layer multiplies its input by,
+    as Keras's own call dequantizes it (its int4 scheme: groups of 128 inputs, scales and zero
+    points), read by calling it on the identity: row i of the output is the kernel's row i."""
+    if hasattr(layer, "equation"):  # (1, inputs, *input axes): a batch of one sequence of `inputs` tokens
+        input_shape = tuple(layer.original_kernel_shape)[:input_axes]
+        inputs = math.prod(input_shape)
+        eye = torch.eye(inputs).reshape(1, inputs, *input_shape)
+    else:
+        inputs = layer._orig_input_dim
+        eye = torch.eye(inputs)
+    with torch.no_grad():
+        kernel = _tensor(layer(eye), torch.float32).reshape(inputs, -1)
+    return (kernel if bias is None else kernel - bias).contiguous()
+
+
+class QuantizedTable:
+    """A quantized (Reversible)Embedding's table: rows looked up as Keras's quantized call gives
+    them, and tied logits as its quantized `reverse` call (`logits`). Has `device` and `dtype`, as
+    the table tensor of a float model.
+
+    int8: the integers and a scale per row: lookups are integers over their row's scale, logits
+    (x_q E_qᵀ) / (s_x s_E). int4 (groups of 128 with zero points): the table Keras dequantizes,
+    read off its own call on every token id, and logits (x_q Eᵀ) / s_x."""
+
+    def __init__(self, values, scale, table, reversible, quantize_inputs, dtype):
+        self.values, self.scale = values, scale  # int8: (vocab, dim) integer values and (vocab,) scales
+        self.table = table  # int4: (vocab, dim) the dequantized table
+        self.reversible = reversible  # a ReversibleEmbedding (its own quantized reverse call)
+        self.quantize_inputs = quantize_inputs  # its reverse call's input quantizer (low, high), or None
+        self.dtype, self.device = dtype, (values if table is None else table).device
+
+    def __getitem__(self, tokens):
+        if self.table is not None:
+            return self.table[tokens].to(self.dtype)
+        return (self.values[tokens] / self.scale[tokens, None]).to(self.dtype)
+
+    def logits(self, x):
+        """Float32 NumPy logits (rows, vocab) of hidden states x (rows, dim), computed as
+        table @ x.T (see torch_blocks.tied_logits)."""
+        if self.quantize_inputs is None:
+            x_q, x_scale = x.float(), 1.0
+        else:
+            x_q, x_scale = quantize_rows(x, self.quantize_inputs)
+        if self.table is not None:
+            logits = (self.table @ x_q.T).T / x_scale
+        elif self.reversible:
+            logits = (self.values @ x_q.T).T / (x_scale * self.scale)
+        else:  # a plain Embedding has no quantized reverse: its table dequantized (zoo.layers.quantized)
+            logits = ((self.values / self.scale[:, None]) @ x_q.T).T
+        return logits.float().cpu().numpy()
+
+    @classmethod
+    def of(cls, layer, dtype):
+        mode, reversible = layer.quantization_mode, hasattr(layer, "tie_weights")
+        if reversible and not layer.tie_weights:
+            raise ValueError(f"{layer.name}: an untied quantized ReversibleEmbedding has no torch twin")
+        quantizer = _input_quantizer(layer) if reversible else None
+        if mode == "int8":
+            values = _tensor(layer._embeddings, torch.float32).contiguous()
+            scale = _tensor(layer.embeddings_scale, torch.float32).reshape(-1)
+            return cls(values, scale, None, reversible, quantizer, dtype)
+        if mode == "int4":
+            with torch.no_grad():
+                table = _tensor(layer(torch.arange(layer.input_dim, dtype=torch.int32)), torch.float32)
+            return cls(None, None, table.contiguous(), reversible, quantizer, dtype)
+        raise ValueError(f"{layer.name}: quantization {mode!r} has no torch twin")
