@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 from decode_speed import SHAPE, best_time  # noqa: E402
 from zoo.engine import new_engine  # noqa: E402
 from zoo.families.gpt.model import GPT  # noqa: E402
-from zoo.quantize import quantize_model  # noqa: E402
+from zoo.layers.quantized import quantize_model  # noqa: E402
 
 
 def weights_bytes(model):

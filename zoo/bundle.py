@@ -154,7 +154,7 @@ def load_bundle(path):
     model = keras.saving.deserialize_keras_object(read_json(path / "config.json"), safe_mode=True)
     model.build()
     if info.quantization:  # Keras's way for a quantized model's weights: quantize the same way, then load
-        from zoo.quantize import quantize_model
+        from zoo.layers.quantized import quantize_model
 
         quantize_model(model, info.quantization)
     model.load_weights(path / "model.weights.h5")

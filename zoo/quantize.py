@@ -1,6 +1,6 @@
 """`zoo quantize`: a bundle whose weights are 8-bit or 4-bit integers, by Keras's own quantization.
 
-`quantize_model(model, mode)` is Keras's `Model.quantize(mode)` with its default settings for
+`quantize_model(model, mode)` (zoo.layers.quantized) is Keras's `Model.quantize(mode)` with its default settings for
 the mode, on every Dense, EinsumDense and Embedding layer of any family's model (keras-hub's
 ReversibleEmbedding, a subclass Keras's type check would skip, included; LayerNorms, position
 tables and an LSTM's recurrent kernels keep their float weights):
@@ -23,31 +23,11 @@ a quantized model slower than a float one; torch's engine runs at the float spee
 import dataclasses
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 from zoo.configs import QUANTIZATION_MODES
 from zoo.errors import ZooError
-
-
-def _quantized_layer_types():
-    import keras
-
-    return (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding)
-
-
-def quantize_model(model, mode):
-    """Quantizes `model` (built) in place with Keras's `Model.quantize(mode)`; returns the number
-    of layers quantized."""
-    if mode not in QUANTIZATION_MODES:
-        raise ZooError(f"--mode {mode}: choose one of {', '.join(QUANTIZATION_MODES)}")
-    types = _quantized_layer_types()
-    with warnings.catch_warnings():
-        # Keras warns about every layer without a quantize method (norms, dropout) and, on JAX,
-        # about NumPy's copy keyword while it reads the float kernels.
-        warnings.simplefilter("ignore")
-        model.quantize(mode, filters=lambda layer: isinstance(layer, types), type_check=False)
-    return sum(1 for layer in model._flatten_layers() if getattr(layer, "quantization_mode", None) == mode)
+from zoo.layers.quantized import quantize_model
 
 
 def bundle_bytes(path):

@@ -1,4 +1,5 @@
-"""Tied output projections (logits = hidden states times the token embedding's transpose) that
+"""Keras's quantization of a model's layers (`quantize_model`, for `zoo quantize` and for loading
+a quantized bundle), and tied output projections (logits = hidden states times the token embedding's transpose) that
 work on float and on quantized embeddings alike (`zoo quantize`, zoo.quantize), in keras.ops only.
 
 A quantized Embedding's `embeddings` property is its integers (int8, or int4 unpacked), not the
@@ -6,7 +7,13 @@ table. Keras's ReversibleEmbedding computes the quantized projection itself (`re
 plain Embedding (the LSTM's) has no reverse call, so its table is dequantized by its own call.
 """
 
+import warnings
+
+import keras
 from keras import ops
+
+from zoo.configs import QUANTIZATION_MODES
+from zoo.errors import ZooError
 
 
 def embedding_table(embedding, dtype):
@@ -29,3 +36,17 @@ def tied_logits(embedding, x):
     if getattr(embedding, "quantization_mode", None) and hasattr(embedding, "tie_weights"):
         return ops.cast(embedding(x, reverse=True), x.dtype)
     return ops.transpose(ops.matmul(embedding_table(embedding, x.dtype), ops.transpose(x)))
+
+
+def quantize_model(model, mode):
+    """Quantizes `model` (built) in place with Keras's `Model.quantize(mode)`; returns the number
+    of layers quantized."""
+    if mode not in QUANTIZATION_MODES:
+        raise ZooError(f"--mode {mode}: choose one of {', '.join(QUANTIZATION_MODES)}")
+    types = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding)
+    with warnings.catch_warnings():
+        # Keras warns about every layer without a quantize method (norms, dropout) and, on JAX,
+        # about NumPy's copy keyword while it reads the float kernels.
+        warnings.simplefilter("ignore")
+        model.quantize(mode, filters=lambda layer: isinstance(layer, types), type_check=False)
+    return sum(1 for layer in model._flatten_layers() if getattr(layer, "quantization_mode", None) == mode)
