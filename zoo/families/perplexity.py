@@ -70,3 +70,16 @@ def format_report(report):
 
 def headline(report):
     return [("perplexity", report["perplexity"], False), ("loss", report["loss"], False)]
+
+
+class LanguageModelEvaluation:
+    """The `zoo eval` methods of a language-model family (gpt, lstm), mixed into its Family."""
+
+    def evaluate(self, model, tokenizer, info, path, data=None, beam_width=4):
+        return evaluate_language_model(model, tokenizer, info, data)
+
+    def format_report(self, report, metrics=()):
+        return format_report(report)
+
+    def headline_scores(self, report, metrics=()):
+        return headline(report)

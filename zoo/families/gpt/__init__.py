@@ -7,9 +7,10 @@ huggingface.py (GPT-2 checkpoints in and out) and keras_hub.py (KerasHub GPT-2 p
 
 from zoo.families import Family, Imported
 from zoo.families.gpt.presets import PRESETS
+from zoo.families.perplexity import LanguageModelEvaluation
 
 
-class GPTFamily(Family):
+class GPTFamily(LanguageModelEvaluation, Family):
     name = "gpt"
     description = "GPT-style decoder-only language model"
     presets = PRESETS
@@ -52,21 +53,6 @@ class GPTFamily(Family):
         from zoo.families.gpt.generator import Generator
 
         return Generator(model, tokenizer)
-
-    def evaluate(self, model, tokenizer, info, path, data=None, beam_width=4):
-        from zoo.families.perplexity import evaluate_language_model
-
-        return evaluate_language_model(model, tokenizer, info, data)
-
-    def format_report(self, report, metrics=()):
-        from zoo.families.perplexity import format_report
-
-        return format_report(report)
-
-    def headline_scores(self, report, metrics=()):
-        from zoo.families.perplexity import headline
-
-        return headline(report)
 
     def bench_model(self, preset, vocabulary_size, seq_len, batch_size, prompt_tokens, new_tokens, decode_batches):
         from zoo.families.gpt.bench import bench_model

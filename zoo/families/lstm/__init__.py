@@ -7,9 +7,10 @@ streamed continuation, the recurrent state as the cache).
 
 from zoo.families import Family
 from zoo.families.lstm.presets import PRESETS
+from zoo.families.perplexity import LanguageModelEvaluation
 
 
-class LSTMFamily(Family):
+class LSTMFamily(LanguageModelEvaluation, Family):
     name = "lstm"
     description = "LSTM language model (stacked recurrent layers)"
     presets = PRESETS
@@ -38,21 +39,6 @@ class LSTMFamily(Family):
         from zoo.families.lstm.generator import Generator
 
         return Generator(model, tokenizer)
-
-    def evaluate(self, model, tokenizer, info, path, data=None, beam_width=4):
-        from zoo.families.perplexity import evaluate_language_model
-
-        return evaluate_language_model(model, tokenizer, info, data)
-
-    def format_report(self, report, metrics=()):
-        from zoo.families.perplexity import format_report
-
-        return format_report(report)
-
-    def headline_scores(self, report, metrics=()):
-        from zoo.families.perplexity import headline
-
-        return headline(report)
 
     def bench_model(self, preset, vocabulary_size, seq_len, batch_size, prompt_tokens, new_tokens, decode_batches):
         from zoo.families.lstm.bench import bench_model
