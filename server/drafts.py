@@ -7,8 +7,6 @@ speculation spends spare compute for batch-1 latency. The acceptance counts are 
 Prometheus gauges.
 """
 
-import threading
-
 from prometheus_client import Gauge
 
 from zoo.engine.speculative import SpeculativeGenerator
@@ -26,7 +24,7 @@ class Drafts:
 
     def __init__(self, paths, draft_tokens=4):
         self.paths, self.draft_tokens = dict(paths), draft_tokens
-        self._generators, self._lock = {}, threading.Lock()
+        self._generators = {}
 
     def load(self):
         """Loads every draft now: a ZooError naming the flag if one cannot serve as a draft."""
@@ -49,10 +47,8 @@ class Drafts:
         """Model `name`'s generator, decoding speculatively if it has a draft."""
         if name not in self.paths:
             return generator
-        with self._lock:  # one draft, shared by the model's versions: its engine compiles under its own lock
-            draft = self._generators[name]
-        try:
-            speculative = SpeculativeGenerator(generator, draft, self.draft_tokens)
+        try:  # one draft, shared by the model's versions (its engine compiles under its own lock)
+            speculative = SpeculativeGenerator(generator, self._generators[name], self.draft_tokens)
         except ZooError as e:
             raise ZooError(f"--draft {name}={self.paths[name]}: {e}") from None
         labels = (name, str(version))

@@ -132,6 +132,9 @@ def test_resume_refuses_changed_settings(straight_run, small_corpus):
     result = run_zoo("train", "gpt", "--data", small_corpus, "--out", straight_run, "--resume", "--lr", "0.5")
     assert result.returncode != 0
     assert "--lr 0.5 differs from the run's 0.003" in result.stderr
+    result = run_zoo("train", "gpt", "--data", small_corpus, "--out", straight_run, "--resume", "--beta2", "0.95")
+    assert result.returncode != 0
+    assert "--beta2 0.95 differs from the run's 0.99" in result.stderr
 
 
 def test_the_schedule_is_keras_cosine_decay_with_warmup():
