@@ -161,9 +161,8 @@ def test_the_schedule_is_keras_cosine_decay_with_warmup():
 def test_the_gpts_torch_step_is_train_on_batch(backend, position_embedding):
     """On torch the GPT trains through a plain-torch forward pass over its own variables
     (zoo.families.gpt.torch_training): the model's logits exactly, and the same losses and weights
-    step after step as Keras's train_on_batch, the optimizer's state included."""
-    if backend != "torch":
-        pytest.skip("the plain-torch step is torch's")
+    step after step as Keras's train_on_batch, the optimizer's state included. On the other
+    backends it declines (the model trains through train_on_batch)."""
     import keras
     import torch
 
@@ -181,6 +180,9 @@ def test_the_gpts_torch_step_is_train_on_batch(backend, position_embedding):
         compile_for_training(model, TrainConfig(max_steps=10, warmup_steps=2, grad_clip=0.05))  # clipping every step
         models.append(model)
     keras_model, torch_model = models
+    if backend != "torch":
+        assert train_step(torch_model) is None and batch_loss(torch_model) is None
+        return
     tokens = np.random.default_rng(0).integers(0, 70, (4, 17)).astype(np.int32)
     x, y = tokens[:, :-1], tokens[:, 1:]
     with torch.no_grad():
