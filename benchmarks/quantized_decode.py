@@ -15,9 +15,6 @@ best of --repeats after a warm-up run that compiles. Also printed: the weights f
 Rows marked "(experiment)" are not what zoo runs; they measure alternatives:
 - "int8 weight-only": Keras's int8 layers with their input quantizer off (x @ W_int8 / scale,
   the float input multiplied by the int8 kernel), on JAX and TensorFlow;
-- "int8 fbgemm": on torch, the engine's int8 layers replaced by fbgemm's dynamically quantized
-  linear (`torch.ops.quantized.linear_dynamic`, its own per-call asymmetric 8-bit input) over the
-  same int8 weights;
 - "int8pack weight-only": on torch, `torch.ops.aten._weight_int8pack_mm` (float input, int8
   weight, a scale per output), the weight-only int8 kernel of torch.
 """
@@ -67,31 +64,17 @@ def weight_only(model):
     return model
 
 
-class FbgemmLinear:
-    """(experiment) fbgemm's dynamically quantized linear over a QuantizedLinear's int8 weights."""
-
-    def __init__(self, twin):
-        import torch
-
-        weight = twin.kernel.T.round().to(torch.int8).contiguous()  # (outputs, inputs)
-        quantized = torch._make_per_channel_quantized_tensor(
-            weight, (1.0 / twin.scale).double(), torch.zeros(len(twin.scale), dtype=torch.long), 0)
-        self.packed = torch.ops.quantized.linear_prepack(quantized, twin.bias)
-        self.dtype = twin.dtype
-
-    def __call__(self, x):
-        import torch
-
-        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, False).to(self.dtype)
-
-
 class Int8PackLinear:
     """(experiment) torch's weight-only int8 kernel over a QuantizedLinear's int8 weights."""
 
     def __init__(self, twin):
         import torch
 
-        self.weight = twin.kernel.T.round().to(torch.int8).contiguous()  # (outputs, inputs)
+        integers = twin.kernel  # zoo.layers.torch_quantized.IntegerMatmul: fbgemm's packed kernel, or floats
+        if integers.packed is not None:
+            self.weight = torch.ops.quantized.linear_unpack(integers.packed)[0].int_repr()  # (outputs, inputs)
+        else:
+            self.weight = integers.kernel.T.round().to(torch.int8).contiguous()
         self.scales, self.bias, self.dtype = (1.0 / twin.scale).contiguous(), twin.bias, twin.dtype
 
     def __call__(self, x):
@@ -144,10 +127,8 @@ def main():
             engines["int8 weight-only (experiment)"] = new_engine(weight_only(model))
             sizes["int8 weight-only (experiment)"] = sizes["int8"]
         elif backend == "torch":
-            for name, cls in (("int8 fbgemm (experiment)", FbgemmLinear),
-                              ("int8pack weight-only (experiment)", Int8PackLinear)):
-                engines[name] = swapped(engines["int8"], cls)
-                sizes[name] = sizes["int8"]
+            engines["int8pack weight-only (experiment)"] = swapped(engines["int8"], Int8PackLinear)
+            sizes["int8pack weight-only (experiment)"] = sizes["int8"]
     print(f"backend {backend}, keras {keras.__version__}, {reference.count_params() / 1e6:.2f}M parameters, "
           f"batch 1, prompt {args.prompt_tokens}, {args.new_tokens} new tokens, greedy, best of {args.repeats}")
     results = {}

@@ -166,43 +166,57 @@ def test_eval_baseline_prints_both_models_and_the_change(gpt_bundles):
 def small_bundles(tmp_path_factory, tiny_classifier, tiny_copier, small_corpus):
     """int8 bundles of the session's bert classifier and seq2seq copier (conftest) and of an lstm
     trained here for a few steps: {kind: (float32 bundle, int8 bundle)}."""
+    from zoo.quantize import quantize_bundle
+
     base = tmp_path_factory.mktemp("quantize-families")
     run_zoo("train", "lstm", "--data", small_corpus, "--out", base / "lstm", *TINY_LSTM, "--max-steps", "3",
             "--eval-every", "3", check=True)
     run_zoo("export", base / "lstm", "--out", base / "lstm-float32", check=True)
     made = {"bert": tiny_classifier[1], "seq2seq": tiny_copier[1], "lstm": base / "lstm-float32"}
-    for kind, bundle in made.items():
-        run_zoo("quantize", bundle, "--mode", "int8", "--out", base / f"{kind}-int8", check=True)
+    for kind, bundle in made.items():  # in this process: `zoo quantize` itself is tested on the GPT
+        quantize_bundle(bundle, base / f"{kind}-int8", "int8")
         made[kind] = (bundle, base / f"{kind}-int8")
     return made
 
 
-def test_int8_classifier_classifies_and_translator_translates(small_bundles):
+TEXTS = ["Mot de passe oublié", "Show all results", "Passwort zurücksetzen", "Guardar cambios"]
+SENTENCES = ["red cat big dog", "one two three", "old moon star tree rock"]
+
+
+def _translations(bundle):
     from zoo.bundle import load_runtime
     from zoo.engine import SamplingConfig
 
-    texts = ["Mot de passe oublié", "Show all results", "Passwort zurücksetzen", "Guardar cambios"]
-    expected, _ = load_runtime(small_bundles["bert"][0])[0].probabilities(texts)
-    records = [json.loads(line) for line in run_zoo("classify", small_bundles["bert"][1], *texts, "--json",
+    translator, _ = load_runtime(bundle)
+    return [(translator.generate(s, SamplingConfig(temperature=0)).text, translator.beam_search(s, 2).text)
+            for s in SENTENCES]
+
+
+def test_int8_classifier_classifies_and_translator_translates(small_bundles):
+    from zoo.bundle import load_runtime
+
+    (expected, _), (got, _) = (load_runtime(bundle)[0].probabilities(TEXTS) for bundle in small_bundles["bert"])
+    assert np.abs(np.asarray(got) - np.asarray(expected)).max() < 0.03, (expected, got)
+    outputs = {name: _translations(bundle) for name, bundle in zip(("float32", "int8"), small_bundles["seq2seq"])}
+    assert any(greedy == s for (greedy, _), s in zip(outputs["float32"], SENTENCES))  # it learned to copy
+    assert outputs["int8"] == outputs["float32"]
+
+
+@pytest.mark.backend_independent  # the commands run what the test above checks on every backend
+def test_int8_classify_eval_and_translate_commands(small_bundles):
+    from zoo.bundle import load_runtime
+
+    expected, _ = load_runtime(small_bundles["bert"][1])[0].probabilities(TEXTS)
+    records = [json.loads(line) for line in run_zoo("classify", small_bundles["bert"][1], *TEXTS, "--json",
                                                     check=True).stdout.splitlines()]
-    assert len(records) == len(texts)
+    assert len(records) == len(TEXTS)
     for probabilities, record in zip(expected, records):
-        got = np.asarray(list(record["classes"].values()))
-        assert np.abs(got - probabilities).max() < 0.03, (probabilities, record)
+        assert np.abs(np.asarray(list(record["classes"].values())) - probabilities).max() < 1e-5, record
     comparison = zoo_json("eval", small_bundles["bert"][1], "--baseline", small_bundles["bert"][0])
     assert {s["name"] for s in comparison["scores"]} == {"accuracy", "macro_f1"}
     assert abs(comparison["model"]["accuracy"] - comparison["baseline"]["accuracy"]) <= 0.05
-
-    sentences = ["red cat big dog", "one two three", "old moon star tree rock"]
-    outputs = {}
-    for name, bundle in zip(("float32", "int8"), small_bundles["seq2seq"]):
-        translator, _ = load_runtime(bundle)
-        outputs[name] = [(translator.generate(s, SamplingConfig(temperature=0)).text, translator.beam_search(s, 2).text)
-                         for s in sentences]
-    assert any(greedy == s for (greedy, _), s in zip(outputs["float32"], sentences))  # it learned to copy
-    assert outputs["int8"] == outputs["float32"]
-    lines = run_zoo("translate", small_bundles["seq2seq"][1], *sentences, "--beam-width", "2", check=True).stdout
-    assert lines.splitlines() == [beam for _, beam in outputs["int8"]]
+    lines = run_zoo("translate", small_bundles["seq2seq"][1], *SENTENCES, "--beam-width", "2", check=True).stdout
+    assert lines.splitlines() == [beam for _, beam in _translations(small_bundles["seq2seq"][1])]
 
 
 def test_int8_seq2seq_and_lstm_engines_give_their_models_greedy_tokens(small_bundles, backend):
@@ -224,6 +238,28 @@ def test_int8_seq2seq_and_lstm_engines_give_their_models_greedy_tokens(small_bun
             assert type(engine_for(runtime.model)).__name__ == ("TorchSeq2SeqEngine" if kind == "seq2seq"
                                                                  else "EagerEngine")
             assert tokens == EagerEngine(runtime.model).generate_batch([prompt], 6)[0], kind
+
+
+@pytest.mark.backend_independent  # plain torch, whichever backend Keras runs
+def test_the_integer_matmul_is_exact():
+    """zoo.layers.torch_quantized.IntegerMatmul (fbgemm's int8 GEMM where it is exact, as on this
+    CPU; the float GEMM elsewhere) gives the integer sums of Keras's int8 x int8 matmul exactly,
+    at the extremes of both ranges too, for one row and many."""
+    import torch
+
+    from zoo.layers.torch_quantized import IntegerMatmul
+
+    rng = np.random.default_rng(0)
+    kernel = torch.from_numpy(rng.integers(-127, 128, (384, 200)).astype("float32"))
+    kernel[:, :3] = torch.tensor([127.0, -127.0, 0.0])  # whole columns at the extremes
+    matmul = IntegerMatmul(kernel)
+    if IntegerMatmul.usable():
+        assert matmul.packed is not None
+    for rows in (1, 8):
+        x_q = torch.from_numpy(rng.integers(-127, 128, (rows, 384)).astype("float32"))
+        x_q[0] = 127.0
+        assert torch.equal(matmul(x_q), x_q.double().matmul(kernel.double()).float())
+    assert not torch.equal(IntegerMatmul(kernel + torch.eye(384, 200))(x_q), x_q @ kernel)  # it reads its kernel
 
 
 @pytest.mark.backend_independent

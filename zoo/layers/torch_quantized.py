@@ -15,19 +15,22 @@ TensorFlow, where the engines run Keras's layers themselves:
   (and an embedding's table off its call on every token id), so that any scheme Keras uses is
   reproduced rather than re-derived.
 
-The integer kernels are held as float32 tensors of their integer values and multiplied by MKL's
-float GEMM: the products and their sums are integers well inside float32's exact range (2^24), so
-this is Keras's int8 x int8 -> int32 matmul exactly, at the float engine's speed, and the engine
-holds float32 copies (4 bytes a weight, beside the model's own 1). torch's integer kernels were
-slower here: `torch.ops.aten._weight_int8pack_mm` (weight-only int8) 4-10x and
-`_weight_int4pack_mm_for_cpu` 5-8x slower than float32 `addmm` at batch 1 on the 2-core AMD EPYC
-CPU. fbgemm's dynamically quantized linear (`torch.ops.quantized.linear_dynamic`) was 2-5x faster
-than float32 there, but it quantizes its input with its own per-call asymmetric scheme (not
-Keras's, and one scale for all the rows stepped together, so a batched request's numbers would
-depend on its batchmates): benchmarks/quantized_decode.py measures it as an experiment.
+The int8 products x_q W_q are fbgemm's int8 GEMM (`IntegerMatmul`), which reads the one-byte
+weights directly: the integer sums are exact, so this is Keras's int8 x int8 -> int32 matmul
+exactly, at batch 1 3.1x faster than float32 `addmm` over all the GPT-2-shaped model's layers, and
+3.7x at batch 8, on the 2-core AMD EPYC CPU (MKL's float GEMV is slow there). Where fbgemm is not
+there or not exact (another device, a CPU whose int8 instructions saturate, see IntegerMatmul.usable),
+the integers are held as float32 and multiplied by the float GEMM: the products and their sums are
+integers well inside float32's exact range (2^24), so the result is the same, at float speed.
+torch's weight-only kernels were slower here: `torch.ops.aten._weight_int8pack_mm` 4-10x and
+`_weight_int4pack_mm_for_cpu` 5-8x slower than float32 `addmm` at batch 1; fbgemm's dynamically
+quantized linear (`linear_dynamic`) quantizes its input its own way (asymmetric, one scale for all
+the rows stepped together), not Keras's.
 """
 
+import functools
 import math
+import warnings
 
 import torch
 
@@ -60,11 +63,57 @@ def _input_quantizer(layer):
     return tuple(float(v) for v in quantizer.value_range)
 
 
+class IntegerMatmul:
+    """x_q @ W_q for integer-valued float32 x_q (rows, inputs) in [-127, 127] and an int8 kernel
+    W_q (inputs, outputs), returned as float32 sums. On a CPU with fbgemm, its int8 GEMM over the
+    packed one-byte kernel: the input is quantized with scale 1 and zero point 128 (so its integers
+    are kept as they are, in [1, 255]) and the kernel per output with scale 1, so the op's "dequantized"
+    output is the integer sums themselves. Elsewhere the float GEMM over the integers as float32."""
+
+    def __init__(self, kernel):
+        self.packed = None
+        if kernel.device.type == "cpu" and self.usable():
+            self.packed = self._pack(kernel)
+        else:
+            self.kernel = kernel.float().contiguous()
+
+    @staticmethod
+    def _pack(kernel):
+        outputs = kernel.shape[1]
+        with warnings.catch_warnings():  # quantized tensors are deprecated; their kernels are what runs
+            warnings.simplefilter("ignore")
+            weight = torch.quantize_per_channel(kernel.T.float().contiguous(), torch.ones(outputs, dtype=torch.double),
+                                                torch.zeros(outputs, dtype=torch.long), 0, torch.qint8)
+            return torch.ops.quantized.linear_prepack(weight, None)
+
+    def __call__(self, x_q):
+        if self.packed is None:
+            return x_q @ self.kernel
+        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x_q.contiguous(), 1.0, 128, self.packed)
+
+    @staticmethod
+    @functools.cache
+    def usable():
+        """Whether fbgemm's int8 GEMM gives exact integer sums here: it has to exist, and on CPUs
+        without AVX512-VNNI its u8 x s8 pair products saturate at 16 bits (which is why PyTorch
+        quantizes activations to 7 bits there), which inputs and weights at their extremes show."""
+        try:
+            inputs, kernel = torch.full((2, 256), 127.0), torch.full((256, 16), 127.0)
+            inputs[1, ::2], kernel[::3] = -127.0, -127.0
+            got = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+                inputs, 1.0, 128, IntegerMatmul._pack(kernel))
+        except (RuntimeError, AttributeError, NotImplementedError):
+            return False
+        return bool(torch.equal(got, inputs @ kernel))
+
+
 class QuantizedLinear:
     """A quantized Dense or EinsumDense layer, called on (rows, inputs) -> (rows, outputs)."""
 
     def __init__(self, kernel, scale, bias, activations, dtype):
-        self.kernel = kernel  # (inputs, outputs) float32: integer values, or dequantized when scale is None
+        # (inputs, outputs): the integer kernel as an IntegerMatmul when the input is quantized too,
+        # else float32: the integers (a scale to divide by), or dequantized (scale None)
+        self.kernel = IntegerMatmul(kernel) if activations else kernel
         self.scale = scale  # (outputs,) float32 or None
         self.bias = bias  # (outputs,) or None
         self.activations = activations  # the input quantizer's (low, high), or None: weight-only
@@ -73,7 +122,7 @@ class QuantizedLinear:
     def __call__(self, x):
         if self.activations:
             x_q, x_scale = quantize_rows(x, self.activations)
-            y = (x_q @ self.kernel) / (x_scale * self.scale)
+            y = self.kernel(x_q) / (x_scale * self.scale)
         elif self.scale is None:
             y = x.float() @ self.kernel
         else:
@@ -133,6 +182,8 @@ class QuantizedTable:
         self.reversible = reversible  # a ReversibleEmbedding (its own quantized reverse call)
         self.quantize_inputs = quantize_inputs  # its reverse call's input quantizer (low, high), or None
         self.dtype, self.device = dtype, (values if table is None else table).device
+        # int8 logits of a quantized input: x_q E_qᵀ by the integer GEMM (vocab outputs)
+        self.integer_logits = IntegerMatmul(values.T) if values is not None and reversible and quantize_inputs else None
 
     def __getitem__(self, tokens):
         if self.table is not None:
@@ -148,6 +199,8 @@ class QuantizedTable:
             x_q, x_scale = quantize_rows(x, self.quantize_inputs)
         if self.table is not None:
             logits = (self.table @ x_q.T).T / x_scale
+        elif self.integer_logits is not None:
+            logits = self.integer_logits(x_q) / (x_scale * self.scale)
         elif self.reversible:
             logits = (self.values @ x_q.T).T / (x_scale * self.scale)
         else:  # a plain Embedding has no quantized reverse: its table dequantized (zoo.layers.quantized)
