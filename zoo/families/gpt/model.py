@@ -49,14 +49,14 @@ class CausalSelfAttention(keras.layers.Layer):
         self.qkv.build(input_shape)
         self.out.build(input_shape)
 
-    def call(self, x, cache=None, positions=None, reach=None):
-        """x: (batch, length, hidden). Without a cache, causal attention over x alone. With one (this
-        layer's (keys, values), laid out as `GPT.init_cache` says), `positions` (batch, length) gives
+    def call(self, x, length, cache=None, positions=None, reach=None):
+        """x: the rows (batch * length, hidden) of sequences of `length` tokens; returns rows. Without
+        a cache, causal attention over x alone. With one (this layer's (keys, values), laid out as
+        `GPT.init_cache` says), `positions` (batch, length) gives
         each token's absolute position: its key/value is written there and it attends to the cache
         up to its own position. `reach` (a Python int, at least every position + 1) limits what is
         read of the cache to its first `reach` positions. Returns (output, cache)."""
-        batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        qkv = ops.reshape(self.qkv(x), (batch, length, 3, self.num_heads, self.head_dim))
+        qkv = ops.reshape(self.qkv(x), (-1, length, 3, self.num_heads, self.head_dim))  # (batch, length, 3, heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.rotary_embedding is not None:
             q = self.rotary_embedding(q, positions=positions)
@@ -65,8 +65,7 @@ class CausalSelfAttention(keras.layers.Layer):
             out = ops.dot_product_attention(q, k, v, is_causal=True)
         else:
             out, cache = cached_attention(q, k, v, cache, positions, reach)
-        out = ops.reshape(out, (batch, length, self.hidden_dim))
-        return self.out(out), cache
+        return self.out(ops.reshape(out, (-1, self.hidden_dim))), cache
 
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads, "hidden_dim": self.hidden_dim,
@@ -97,10 +96,15 @@ class GPTBlock(keras.layers.Layer):
         self.mlp_out.build((*input_shape[:-1], self.intermediate_dim))
 
     def call(self, x, cache=None, positions=None, reach=None, training=False):
-        h, cache = self.attn(self.attn_norm(x), cache=cache, positions=positions, reach=reach)
+        # The block works on rows (batch * length, hidden): XLA's CPU backward pass of a Dense over
+        # a 3-D input took 1.7x the time of the same product over 2-D rows (a GPT's training step on
+        # JAX, benchmarks/vs_nanogpt.py); attention alone sees (batch, length).
+        shape = ops.shape(x)
+        x = ops.reshape(x, (-1, shape[-1]))
+        h, cache = self.attn(self.attn_norm(x), length=shape[1], cache=cache, positions=positions, reach=reach)
         x = x + self.drop(h, training=training)
         h = self.mlp_out(ops.gelu(self.mlp_in(self.mlp_norm(x)), approximate=True))
-        return x + self.drop(h, training=training), cache
+        return ops.reshape(x + self.drop(h, training=training), shape), cache
 
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads, "hidden_dim": self.hidden_dim,
