@@ -50,12 +50,12 @@ class CausalSelfAttention(keras.layers.Layer):
         self.out.build(input_shape)
 
     def call(self, x, length, cache=None, positions=None, reach=None):
-        """x: the rows (batch * length, hidden) of sequences of `length` tokens; returns rows. Without
-        a cache, causal attention over x alone. With one (this layer's (keys, values), laid out as
-        `GPT.init_cache` says), `positions` (batch, length) gives
-        each token's absolute position: its key/value is written there and it attends to the cache
-        up to its own position. `reach` (a Python int, at least every position + 1) limits what is
-        read of the cache to its first `reach` positions. Returns (output, cache)."""
+        """x: the rows (batch * length, hidden) of sequences of `length` tokens. Without a cache,
+        causal attention over x alone. With one (this layer's (keys, values), laid out as
+        `GPT.init_cache` says), `positions` (batch, length) gives each token's absolute position:
+        its key/value is written there and it attends to the cache up to its own position. `reach`
+        (a Python int, at least every position + 1) limits what is read of the cache to its first
+        `reach` positions. Returns (output rows, cache)."""
         qkv = ops.reshape(self.qkv(x), (-1, length, 3, self.num_heads, self.head_dim))  # (batch, length, 3, heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.rotary_embedding is not None:
