@@ -4,7 +4,7 @@
 torch with `--jit-compile on`) while the loop keeps what `fit` makes awkward: a step counter that
 is the number of optimizer updates (so the schedule and the data position resume exactly),
 evaluation and checkpoints at any step, and Ctrl-C handled between updates, never half-way
-through one. A family may give its own step instead (`train(step=...)`: the GPT's plain-torch
+through one. A family may give its own step instead (`train(train_step=...)`: the GPT's plain-torch
 forward pass on torch, zoo.families.gpt.torch_training), which must update the model exactly as
 `train_on_batch` would.
 
@@ -222,7 +222,8 @@ def _keras_step(model):
     return step
 
 
-def train(model, schedule, batches, validation, evaluate, config, run_dir, resume=False, throughput=None, step=None):
+def train(model, schedule, batches, validation, evaluate, config, run_dir, resume=False, throughput=None,
+          train_step=None):
     """Trains `model` (compiled by `compile_for_training`) until `config.max_steps` updates.
 
     `batches.batch(i)` gives the (inputs, targets[, sample_weight]) of batch i, a pure function of
@@ -230,15 +231,16 @@ def train(model, schedule, batches, validation, evaluate, config, run_dir, resum
     for `config.grad_accum` N); `batches.tokens_per_batch` counts the tokens of one batch, for
     tokens/s; `batches.epoch_of(i)` the epochs done after i batches. `evaluate(model)` returns the
     validation metrics ({"val_loss": ..., ...}). `throughput` (a `zoo.training.flops.Throughput`)
-    adds MFU to the log. `step(*batch)` trains on one batch and returns its loss (anything `float`
-    takes; read only at logged steps); default `model.train_on_batch`. Writes `run_dir/metrics.jsonl` and `run_dir/checkpoints/` (process 0 of a
-    multi-process group; every process trains and reads the checkpoint it resumes). With `resume`,
+    adds MFU to the log. `train_step(*batch)` trains on one batch and returns its loss (anything
+    `float` takes; read only at logged steps); default `model.train_on_batch`. Writes
+    `run_dir/metrics.jsonl` and `run_dir/checkpoints/` (process 0 of a multi-process group; every
+    process trains and reads the checkpoint it resumes). With `resume`,
     continues from the newest checkpoint. Returns a summary dict; `summary["stopped"]` names the
     signal when one ended the run early.
     """
     run_dir = Path(run_dir)
     checkpoints = run_dir / "checkpoints"
-    train_step = step or _keras_step(model)
+    train_step = train_step or _keras_step(model)
     chief = cluster.is_chief()  # process 0 of a multi-process run writes the files; the others only train
     step = 0
     if resume and (path := latest_checkpoint(checkpoints)) is not None:

@@ -237,7 +237,7 @@ def fit(out, config, train_config, build_model, batches, validation, evaluate, r
     `config["lora"]` entry ({"rank", "alpha"}, and "head": the paths of new layers that train whole)
     fine-tunes with LoRA adapters instead of every weight (`zoo.training.lora`). `train_step(model)`
     gives the family's own training step for the compiled model (`zoo.training.loop.train`'s
-    `step`), or None for `train_on_batch`.
+    `train_step`), or None for `train_on_batch`.
     """
     import contextlib
 
@@ -280,7 +280,7 @@ def fit(out, config, train_config, build_model, batches, validation, evaluate, r
                   f"{step_kind}; attention: {attention}", file=sys.stderr)
             print(f"throughput: {throughput.describe()}", file=sys.stderr)
             summary = train(model, schedule, batches, validation, evaluate, train_config, out, resume=resume,
-                            throughput=throughput, step=step)
+                            throughput=throughput, train_step=step)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     summary.update(parameters=params, trainable_parameters=trainable, precision=precision, attention=attention,

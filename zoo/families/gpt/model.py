@@ -56,7 +56,8 @@ class CausalSelfAttention(keras.layers.Layer):
         its key/value is written there and it attends to the cache up to its own position. `reach`
         (a Python int, at least every position + 1) limits what is read of the cache to its first
         `reach` positions. Returns (output rows, cache)."""
-        qkv = ops.reshape(self.qkv(x), (-1, length, 3, self.num_heads, self.head_dim))  # (batch, length, 3, heads, head_dim)
+        # (batch, length, 3, heads, head_dim)
+        qkv = ops.reshape(self.qkv(x), (-1, length, 3, self.num_heads, self.head_dim))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.rotary_embedding is not None:
             q = self.rotary_embedding(q, positions=positions)
