@@ -41,8 +41,8 @@ test: install
 	  echo "=== tests on $$backend"; \
 	  KERAS_BACKEND=$$backend $(BIN)/pytest -q --durations=10 $(XDIST) -m "not cross_backend and not backend_independent" || exit 1; \
 	done
-	@echo "=== cross-backend tests (test by test: test_cross_backend.py shares its bundles between workers)"
-	$(BIN)/pytest -q --durations=10 -n 2 -m cross_backend
+	@echo "=== cross-backend tests"
+	$(BIN)/pytest -q --durations=10 $(XDIST) -m cross_backend
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py

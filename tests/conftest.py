@@ -1,9 +1,11 @@
 """Shared fixtures. The suite runs once per backend (KERAS_BACKEND, set by `make test`); tests
 marked cross_backend start their own process per backend."""
 
+import fcntl
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,6 +16,11 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on two cores (`make test`): one OpenMP thread each, for the processes they start
+    # too. With a thread per core in each, torch's OpenMP threads spin-wait on cores the other
+    # worker holds: the torch part of the suite took 295 s with them and 136 s without.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # JAX's persistent compilation cache, for this session and the processes it starts: the suite
 # compiles the same tiny programs in many processes (each `zoo generate` of one bundle compiles the
 # same decode steps), and a program compiled once is then read back by its HLO's hash: a `zoo`
@@ -103,6 +110,23 @@ def zoo_json(*args, **kwargs):
     return json.loads(run_zoo(*args, "--json", check=True, **kwargs).stdout)
 
 
+def made_once(tmp_path_factory, name, make):
+    """What `make(directory)` returns (JSON data), made once per test session: under pytest-xdist
+    (`make test` runs two workers) the first worker to ask makes it, under a lock in the directory
+    the workers share, and the others read it back (pytest-xdist's recipe for a fixture made once):
+    a model trained once, not once per worker."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    saved, directory = shared / f"{name}.json", shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not saved.is_file():
+            shutil.rmtree(directory, ignore_errors=True)  # what a worker that failed here left
+            directory.mkdir()
+            saved.write_text(json.dumps(make(directory)))
+    return json.loads(saved.read_text())
+
+
 @pytest.fixture(scope="session")
 def backend():
     return os.environ["KERAS_BACKEND"]
@@ -119,12 +143,14 @@ def small_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, small_corpus, backend):
     """A tiny GPT trained for 30 steps through the real CLI on this backend, and its bundle."""
-    run = tmp_path_factory.mktemp("runs") / "tiny"
-    run_zoo("train", "gpt", "--data", small_corpus, "--out", run, *TINY_MODEL, "--max-steps", "30",
-            "--eval-every", "15", "--lr", "3e-3", check=True)
-    bundle = run.parent / "tiny-bundle"
-    run_zoo("export", run, "--out", bundle, check=True)
-    return run, bundle
+    def make(directory):
+        run, bundle = directory / "tiny", directory / "tiny-bundle"
+        run_zoo("train", "gpt", "--data", small_corpus, "--out", run, *TINY_MODEL, "--max-steps", "30",
+                "--eval-every", "15", "--lr", "3e-3", check=True)
+        run_zoo("export", run, "--out", bundle, check=True)
+        return [str(run), str(bundle)]
+
+    return tuple(map(Path, made_once(tmp_path_factory, "tiny_run", make)))
 
 
 # An LSTM language model of TINY_MODEL's size.
@@ -141,14 +167,17 @@ TINY_BERT = ["--num-layers", "2", "--num-heads", "2", "--hidden-dim", "32", "--i
 def tiny_classifier(tmp_path_factory, backend):
     """A tiny BERT language-identification classifier trained from scratch on the shipped data through
     the real CLI on this backend (150 steps, width 64), its bundle, and the training summary."""
-    run = tmp_path_factory.mktemp("bert") / "classifier"
-    # Twice TINY_BERT's width: enough to beat the majority class by a wide margin in 150 steps.
-    summary = zoo_json("train", "bert", "--task", "classify", "--out", run, *TINY_BERT, "--hidden-dim", "64",
-                       "--intermediate-dim", "128", "--vocab-size", "1000", "--cased", "--max-steps", "150",
-                       "--eval-every", "75", "--lr", "3e-3")
-    bundle = run.parent / "classifier-bundle"
-    run_zoo("export", run, "--out", bundle, check=True)
-    return run, bundle, summary
+    def make(directory):
+        run, bundle = directory / "classifier", directory / "classifier-bundle"
+        # Twice TINY_BERT's width: enough to beat the majority class by a wide margin in 150 steps.
+        summary = zoo_json("train", "bert", "--task", "classify", "--out", run, *TINY_BERT, "--hidden-dim", "64",
+                           "--intermediate-dim", "128", "--vocab-size", "1000", "--cased", "--max-steps", "150",
+                           "--eval-every", "75", "--lr", "3e-3")
+        run_zoo("export", run, "--out", bundle, check=True)
+        return [str(run), str(bundle), summary]
+
+    run, bundle, summary = made_once(tmp_path_factory, "tiny_classifier", make)
+    return Path(run), Path(bundle), summary
 
 
 # A seq2seq model small enough to train in seconds.
@@ -172,13 +201,14 @@ def tiny_copier(tmp_path_factory, backend):
     """A tiny seq2seq model trained through the real CLI on this backend to copy sentences (2,000
     pairs written as a .tsv here; 150 steps, BLEU scored on 20 validation pairs), its bundle, and
     the training summary. A task it learns: its BLEU is far from 0 (100 on jax and torch when written)."""
-    base = tmp_path_factory.mktemp("copier")
-    data = base / "copy.tsv"
-    data.write_text("".join(f"{s}\t{s}\n" for s in copy_sentences(2000, seed=0)), encoding="utf-8")
-    run = base / "copier"
-    summary = zoo_json("train", "seq2seq", "--data", data, "--out", run, *TINY_SEQ2SEQ, "--max-source-length", "16",
-                       "--max-target-length", "16", "--vocab-size", "300", "--max-steps", "150", "--eval-every", "75",
-                       "--lr", "3e-3", "--bleu-pairs", "20")
-    bundle = base / "copier-bundle"
-    run_zoo("export", run, "--out", bundle, check=True)
-    return run, bundle, summary
+    def make(directory):
+        data, run, bundle = directory / "copy.tsv", directory / "copier", directory / "copier-bundle"
+        data.write_text("".join(f"{s}\t{s}\n" for s in copy_sentences(2000, seed=0)), encoding="utf-8")
+        summary = zoo_json("train", "seq2seq", "--data", data, "--out", run, *TINY_SEQ2SEQ, "--max-source-length",
+                           "16", "--max-target-length", "16", "--vocab-size", "300", "--max-steps", "150",
+                           "--eval-every", "75", "--lr", "3e-3", "--bleu-pairs", "20")
+        run_zoo("export", run, "--out", bundle, check=True)
+        return [str(run), str(bundle), summary]
+
+    run, bundle, summary = made_once(tmp_path_factory, "tiny_copier", make)
+    return Path(run), Path(bundle), summary

@@ -1,7 +1,6 @@
 """A bundle trained on any backend loads on every other with the same logits and greedy text; the
 JAX and torch paths work with TensorFlow absent. Each backend runs in its own process."""
 
-import fcntl
 import json
 import os
 import subprocess
@@ -10,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_BERT, TINY_LSTM, TINY_MODEL, TINY_SEQ2SEQ, run_zoo
+from conftest import ROOT, TINY_BERT, TINY_LSTM, TINY_MODEL, TINY_SEQ2SEQ, made_once, run_zoo
 
 pytestmark = pytest.mark.cross_backend
 BACKENDS = ["jax", "tensorflow", "torch"]
@@ -71,21 +70,11 @@ def _train_and_probe(kinds, directory, corpus):
 
 @pytest.fixture(scope="module")
 def probed(request, tmp_path_factory, small_corpus):
-    """`_train_and_probe` of the kinds this session checks, made once per session: under
-    pytest-xdist (`make test` runs two workers) the first worker to get here makes it, under a lock
-    in the directory the workers share, and the other reads it back (pytest-xdist's recipe for a
-    fixture made once), so the kinds' cases may run on either worker."""
+    """`_train_and_probe` of the kinds this session checks, made once per session (conftest's
+    `made_once`)."""
     kinds = _selected_kinds(request)
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    saved = shared / f"cross-backend-{'-'.join(kinds)}.json"
-    with open(shared / "cross-backend.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not saved.is_file():
-            directory = shared / "cross-backend-bundles"
-            directory.mkdir(exist_ok=True)
-            saved.write_text(json.dumps(_train_and_probe(kinds, directory, small_corpus)))
-    return json.loads(saved.read_text())
+    return made_once(tmp_path_factory, f"cross-backend-{'-'.join(kinds)}",
+                     lambda directory: _train_and_probe(kinds, directory, small_corpus))
 
 
 @pytest.mark.parametrize("kind", list(TRAIN))

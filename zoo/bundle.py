@@ -17,8 +17,8 @@ altered or unlisted file is refused with its name. Bundles of format 1 (before c
 unverified, with a warning.
 
 A quantized bundle (`zoo quantize`, zoo.quantize) records its mode in zoo.json ("quantization");
-loading builds the model, quantizes it the same way (Keras's `Model.quantize`), then loads the
-weights, as Keras loads the weights of a quantized model.
+loading builds the model with those layers already in the mode's integer layout (their quantized
+dtype policy, as Keras loads a quantized model), then loads the weights.
 
 Loading deserializes with Keras `safe_mode=True` (no code from the bundle runs) and works on any
 backend, whatever backend trained the model. The model's family (`zoo.families`) names its class.
@@ -151,12 +151,16 @@ def load_bundle(path):
     else:
         verify(path, info.files, BUNDLE_INFO)
     families.get(info.kind).model_class(info.task)  # imported: registered for deserialization
-    model = keras.saving.deserialize_keras_object(read_json(path / "config.json"), safe_mode=True)
-    model.build()
-    if info.quantization:  # Keras's way for a quantized model's weights: quantize the same way, then load
-        from zoo.layers.quantized import quantize_model
+    config = read_json(path / "config.json")
+    if info.quantization:  # built below, with its quantized layers' integer variables
+        config.pop("build_config", None)
+    model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    if info.quantization:
+        from zoo.layers.quantized import build_quantized
 
-        quantize_model(model, info.quantization)
+        build_quantized(model, info.quantization)
+    else:
+        model.build()
     model.load_weights(path / "model.weights.h5")
     return model, load_tokenizer(path), info
 

@@ -7,6 +7,7 @@ table. Keras's ReversibleEmbedding computes the quantized projection itself (`re
 plain Embedding (the LSTM's) has no reverse call, so its table is dequantized by its own call.
 """
 
+import gc
 import warnings
 
 import keras
@@ -38,15 +39,57 @@ def tied_logits(embedding, x):
     return ops.transpose(ops.matmul(embedding_table(embedding, x.dtype), ops.transpose(x)))
 
 
-def quantize_model(model, mode):
-    """Quantizes `model` (built) in place with Keras's `Model.quantize(mode)`; returns the number
-    of layers quantized."""
+# The layer types Keras's Model.quantize quantizes here (the others: norms, position tables, stay float).
+QUANTIZABLE = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding)
+# int4 in groups of this many input rows, each with its scale and zero point: Keras's default,
+# named here because loading must build the same layout (zoo.bundle: `build_quantized`).
+INT4_BLOCK_SIZE = 128
+
+
+def _config(mode):
+    """Keras's default configuration of `mode` (what `Model.quantize(mode)` resolves), made here so
+    that quantizing and loading build the same layers: int8 weights and inputs; int4 weights only,
+    in groups of INT4_BLOCK_SIZE."""
     if mode not in QUANTIZATION_MODES:
         raise ZooError(f"--mode {mode}: choose one of {', '.join(QUANTIZATION_MODES)}")
-    types = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding)
-    with warnings.catch_warnings():
-        # Keras warns about every layer without a quantize method (norms, dropout) and, on JAX,
-        # about NumPy's copy keyword while it reads the float kernels.
-        warnings.simplefilter("ignore")
-        model.quantize(mode, filters=lambda layer: isinstance(layer, types), type_check=False)
+    if mode == "int4":
+        return keras.quantizers.Int4QuantizationConfig(block_size=INT4_BLOCK_SIZE)
+    return keras.quantizers.Int8QuantizationConfig()
+
+
+def quantize_model(model, mode):
+    """Quantizes `model` (built) in place with Keras's `Model.quantize(mode)`, the layers not yet
+    quantized; returns the number of layers quantized."""
+    # Keras runs a full gc.collect() for every float variable it replaces (to free its buffer at
+    # once): over a whole process's heap that was most of the time quantizing took (0.26 s per
+    # layer in the test process). With the heap frozen, each collection looks at new objects only;
+    # one full collection at the end frees what the float weights left in cycles.
+    gc.freeze()
+    try:
+        with warnings.catch_warnings():
+            # Keras warns about every layer without a quantize method (norms, dropout) and, on JAX,
+            # about NumPy's copy keyword while it reads the float kernels.
+            warnings.simplefilter("ignore")
+            model.quantize(mode, config=_config(mode), type_check=False,
+                           filters=lambda layer: isinstance(layer, QUANTIZABLE) and not layer.quantization_mode)
+    finally:
+        gc.unfreeze()
+        gc.collect()
     return sum(1 for layer in model._flatten_layers() if getattr(layer, "quantization_mode", None) == mode)
+
+
+def build_quantized(model, mode):
+    """Builds `model` (not yet built) with the layers `quantize_model` quantizes in `mode`'s integer
+    layout, for `load_weights`. The layers that exist before the build get a quantized dtype
+    policy, with which their build makes integer variables: Keras's own way to load a quantized
+    model, where quantizing freshly initialized float weights would compute a quantization only to
+    overwrite it. Layers made inside their parent's build (keras-hub's transformer blocks) are
+    quantized after it, as `quantize_model` does."""
+    config = _config(mode)
+    name = f"int4/{INT4_BLOCK_SIZE}" if mode == "int4" else mode
+    for layer in model._flatten_layers():
+        if isinstance(layer, QUANTIZABLE) and not layer.built:
+            layer.dtype_policy = f"{name}_from_{layer.dtype_policy.name}"
+            layer.quantization_config = config  # its build reads it (the int4 embedding's weight-only reverse)
+    model.build()
+    quantize_model(model, mode)
