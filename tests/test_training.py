@@ -205,3 +205,43 @@ def test_the_gpts_torch_step_is_train_on_batch(backend, position_embedding):
     validation = batch_loss(torch_model)
     expected = torch_model.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)["loss"]
     assert float(validation(x, y)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.backend_independent
+def test_a_stop_arriving_after_the_groups_agreement_ends_the_loop_only_at_the_next_one(tmp_path, monkeypatch):
+    """The loop ends on the group's agreed stop, not on the process's own flag: a SIGTERM landing after
+    a step's agreement (here during its evaluation) runs one more step, whose agreement stops every
+    process. Ending at once would leave the other processes of a group in that step's collectives."""
+    import os
+
+    import keras
+
+    from zoo.training import cluster, loop
+    from zoo.training.config import TrainConfig
+
+    agreements = []
+    monkeypatch.setattr(cluster, "any_process", lambda flag: agreements.append(bool(flag)) or bool(flag))
+
+    def evaluate(model):
+        if len(agreements) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {"val_loss": 1.0}
+
+    class Batches:
+        tokens_per_batch = 4
+
+        def batch(self, i):
+            return np.zeros((1, 4), "float32"), np.zeros((1, 1), "float32")
+
+        def epoch_of(self, i):
+            return i / 100
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    config = TrainConfig(max_steps=100, eval_every=3, save_every=50, log_every=1)
+    summary = loop.train(model, keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9), Batches(), None, evaluate,
+                         config, tmp_path, train_step=lambda *data: 0.0)
+    assert agreements == [False, False, False, True]
+    assert summary["step"] == 4 and summary["stopped"] == "SIGTERM"
+    assert (tmp_path / "checkpoints" / "step-00000004.npz").is_file()

@@ -263,19 +263,23 @@ def train(model, schedule, batches, validation, evaluate, config, run_dir, resum
             _StopRequests() as stop, ThreadPoolExecutor(1, thread_name_prefix="zoo-batches") as prefetch:
         progress = _Progress(config.max_steps, step, stream=sys.stderr if chief else metrics)
         upcoming = prefetch.submit(batches.batch, step * accum)
-        while step < config.max_steps and not stop.requested:
+        # The loop ends on the stop the group agreed on, never on this process's own flag: a signal
+        # landing after the agreement would otherwise leave the other processes waiting in the next
+        # step's collectives for one that has gone.
+        stopping = None
+        while step < config.max_steps and not stopping:
             losses = []
             for micro in range(accum):
                 data = upcoming.result()
                 upcoming = prefetch.submit(batches.batch, step * accum + micro + 1)
                 losses.append(train_step(*data))
             step += 1
-            if cluster.any_process(stop.requested) and not stop.requested:  # every process stops at this step
-                stop.requested = "a stop in another process"
+            if cluster.any_process(stop.requested):  # every process stops at this step
+                stopping = stop.requested or "a stop in another process"
             is_last = step == config.max_steps
             record = {}
             evaluating = step % config.eval_every == 0 or is_last
-            if step % config.log_every == 0 or evaluating or stop.requested:
+            if step % config.log_every == 0 or evaluating or stopping:
                 tokens_per_s = progress.rate(step, tokens_per_step)
                 record = {"step": step, "loss": sum(map(float, losses)) / accum, "lr": _learning_rate(schedule, step - 1),
                           "tokens_per_s": round(tokens_per_s, 1), "epoch": round(batches.epoch_of(step * accum), 3)}
@@ -296,11 +300,11 @@ def train(model, schedule, batches, validation, evaluate, config, run_dir, resum
                     text += " | " + " ".join(f"{k} {v:.4f}" for k, v in record.items()
                                              if k.startswith("val_") and isinstance(v, float))
                 progress.show(step, text, final=evaluating)
-            if chief and (step % config.save_every == 0 or is_last or stop.requested):
+            if chief and (step % config.save_every == 0 or is_last or stopping):
                 save_checkpoint(checkpoints, model, step)
-    if chief and stop.requested and step < config.max_steps:
+    if chief and stopping and step < config.max_steps:
         print(f"saved a checkpoint at step {step}; continue with --resume", file=sys.stderr)
-    summary.update(step=step, stopped=stop.requested if step < config.max_steps else None,
+    summary.update(step=step, stopped=stopping if step < config.max_steps else None,
                    wall_s=round(time.time() - started, 1),
                    **{k: v for k, v in last.items() if k in ("loss", "tokens_per_s", "mfu") or k.startswith("val_")})
     return summary
