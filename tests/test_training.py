@@ -245,3 +245,15 @@ def test_a_stop_arriving_after_the_groups_agreement_ends_the_loop_only_at_the_ne
     assert agreements == [False, False, False, True]
     assert summary["step"] == 4 and summary["stopped"] == "SIGTERM"
     assert (tmp_path / "checkpoints" / "step-00000004.npz").is_file()
+
+
+@pytest.mark.backend_independent
+def test_blocks_shorter_than_the_context_are_noted(tmp_path, small_corpus, capsys):
+    short = run_zoo("train", "gpt", "--data", small_corpus, *TINY_MODEL, "--tokenizer", "char", "--max-steps", "1",
+                    "--eval-every", "1", "--seq-len", "16", "--out", tmp_path / "run", check=True)
+    assert "note: --seq-len 16 trains 16 of the context's 32 learned positions" in short.stderr
+    from zoo.families.gpt.training import _note_untrained_positions
+
+    for model, seq_len in (({"max_length": 32}, 32), ({"max_length": 32, "position_embedding": "rotary"}, 16)):
+        _note_untrained_positions({"model": model, "seq_len": seq_len})
+        assert capsys.readouterr().err == ""

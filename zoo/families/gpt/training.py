@@ -11,6 +11,8 @@ Keras's AdamW still updates them), TensorFlow with XLA even on a CPU (`--jit-com
 with Keras's XLA-compiled `train_on_batch`.
 """
 
+import sys
+
 from zoo.data import DEFAULT_CORPUS
 from zoo.data.prepared import is_prepared
 from zoo.errors import ZooError
@@ -34,6 +36,16 @@ def _init_run(init, data, model_overrides, seq_len, val_fraction, text_field, tr
     return config, tokenizer, documents
 
 
+def _note_untrained_positions(config):
+    """Says when blocks shorter than the context leave learned position embeddings untrained: text
+    generated past them degrades into noise (a new run only; --init's positions come trained)."""
+    context, seq_len = config["model"]["max_length"], config["seq_len"]
+    if seq_len < context and config["model"].get("position_embedding", "learned") == "learned":
+        print(f"note: --seq-len {seq_len} trains {seq_len} of the context's {context} learned positions; text "
+              f"past position {seq_len} will be poor (train with --seq-len {context}, or keep prompt and output "
+              f"within {seq_len} tokens)", file=sys.stderr)
+
+
 def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kind="bpe", vocabulary_size=2048,
               seq_len=None, val_fraction=0.1, text_field="text", train_config=None, resume=False,
               explicit_train_changes=None, command=None, init=None, lora=None):
@@ -51,8 +63,11 @@ def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kin
     def start(train_config):
         if init is not None and not is_prepared(data):
             return _init_run(init, data, overrides, seq_len, val_fraction, text_field, train_config, lora)
-        return language_model.new_run("gpt", data, PRESETS, preset, overrides, seq_len, tokenizer_kind,
-                                      vocabulary_size, val_fraction, text_field, train_config)
+        config, tokenizer, corpus = language_model.new_run("gpt", data, PRESETS, preset, overrides, seq_len,
+                                                           tokenizer_kind, vocabulary_size, val_fraction,
+                                                           text_field, train_config)
+        _note_untrained_positions(config)
+        return config, tokenizer, corpus
 
     def build_model(config):
         from zoo.families.gpt.model import GPT
