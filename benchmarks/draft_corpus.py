@@ -54,10 +54,10 @@ def main():
     starts = line_starts(text, args.prompt_chars)
     written, tokens, started, batch_index = 0, 0, time.time(), 0
     partial = Path(args.out).with_suffix(".partial")
+    config = SamplingConfig(temperature=args.temperature, max_new_tokens=args.new_tokens)  # checks prompt lengths
     with open(partial, "w", encoding="utf-8") as out:
         while written < args.chars:
             batch = [text[s:s + args.prompt_chars] for s in rng.choice(starts, args.batch)]
-            config = SamplingConfig(temperature=args.temperature, max_new_tokens=args.new_tokens)
             ids = [generator.prompt_ids(p, config) for p in batch]
             seeds = [SamplingConfig(temperature=args.temperature, seed=args.seed * 1_000_003 + batch_index * args.batch + r)
                      for r in range(len(batch))]
