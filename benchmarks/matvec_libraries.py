@@ -66,6 +66,11 @@ def runners(kernels, rows):
     runs["torch oneDNN linear"] = lambda: [torch.ops.mkldnn._linear_pointwise(torch_inputs[k.shape[1]], k, b, "none",
                                                                              [], "")
                                            for k, b in zip(transposed, biases)]
+    # The same, over kernels reordered once into oneDNN's blocked layout for this many rows.
+    packed = [torch.ops.mkldnn._reorder_linear_weight(k, rows) for k in transposed]
+    runs["torch oneDNN linear, packed"] = lambda: [
+        torch.ops.mkldnn._linear_pointwise(torch_inputs[k.shape[1]], p, b, "none", [], "")
+        for k, p, b in zip(transposed, packed, biases)]
     integers = [IntegerMatmul(torch.from_numpy(np.round(k * 127 / np.abs(k).max(0)))) for k in kernels]
 
     def int8():

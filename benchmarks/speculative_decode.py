@@ -11,9 +11,11 @@ draft trained on the same prepared corpus:
     zoo train gpt --data prepared/shakespeare-char --preset small --dropout 0 --out runs/small
     zoo train gpt --data prepared/shakespeare-char --preset nano --out runs/nano
 
-Each figure is the best of --repeats runs over the prompts (after a warm-up that compiles);
-tokens/s counts generated tokens over the wall time of whole generations, prefill included. The
-greedy outputs are checked equal to the target's own.
+Each figure is the best of --repeats runs over the prompts (after a warm-up that compiles), the
+target alone and with its draft taking turns run by run, so that both see the same machine (this
+2-core machine's speed drifted by 10-15% between minutes, enough to move a ratio measured apart
+by as much); tokens/s counts generated tokens over the wall time of whole generations, prefill
+included. The greedy outputs are checked equal to the target's own.
 """
 
 import argparse
@@ -35,17 +37,26 @@ from zoo.engine.speculative import SpeculativeGenerator, SpeculationStats  # noq
 PROMPTS = ["ROMEO.\n", "KING HENRY.\nNow, lords,", "To be, or not to be, that is", "First Citizen:\n"]
 
 
-def timed(generator, config, repeats):
-    """(best tokens/s over `repeats` passes over the prompts, the outputs' token ids)."""
-    best, outputs = 0.0, None
+def timed(generator, config):
+    """(tokens/s of one pass over the prompts, the outputs' token ids)."""
+    start, tokens, outputs = time.perf_counter(), 0, []
+    for prompt in PROMPTS:
+        result = generator.generate(prompt, config)
+        tokens += len(result.token_ids)
+        outputs.append(result.token_ids)
+    return tokens / (time.perf_counter() - start), outputs
+
+
+def side_by_side(target, speculative, config, repeats):
+    """(best tokens/s of the target alone, best with speculation, the outputs of each), the two
+    taking turns for `repeats` rounds."""
+    alone = with_draft = 0.0
     for _ in range(repeats):
-        start, tokens, outputs = time.perf_counter(), 0, []
-        for prompt in PROMPTS:
-            result = generator.generate(prompt, config)
-            tokens += len(result.token_ids)
-            outputs.append(result.token_ids)
-        best = max(best, tokens / (time.perf_counter() - start))
-    return best, outputs
+        rate, expected = timed(target, config)
+        alone = max(alone, rate)
+        rate, outputs = timed(speculative, config)
+        with_draft = max(with_draft, rate)
+    return alone, with_draft, expected, outputs
 
 
 def main():
@@ -67,13 +78,12 @@ def main():
     for name, config in (("greedy", SamplingConfig(temperature=0, max_new_tokens=args.new_tokens)),
                          (f"T={args.temperature}", SamplingConfig(temperature=args.temperature, seed=0,
                                                                   max_new_tokens=args.new_tokens))):
-        timed(target, config, 1)  # warm-up: compiles
-        alone, expected = timed(target, config, args.repeats)
+        timed(target, config)  # warm-up: compiles
         for k in args.draft_tokens:
             speculative = SpeculativeGenerator(target, draft, k)
-            timed(speculative, config, 1)
+            timed(speculative, config)
             speculative.stats = SpeculationStats()
-            rate, outputs = timed(speculative, config, args.repeats)
+            alone, rate, expected, outputs = side_by_side(target, speculative, config, args.repeats)
             stats = speculative.stats
             same = outputs == expected if config.temperature == 0 else "-"
             rows.append((name, k, alone, rate, stats.acceptance_rate, stats.tokens_per_pass, same))

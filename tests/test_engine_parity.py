@@ -120,3 +120,22 @@ def test_prefill_and_decode_logits_equal_the_uncached_model(case):
         for position, row in rows.items():
             np.testing.assert_allclose(row, expected[position], atol=2e-5 * scale, rtol=0,
                                        err_msg=f"slot {slot} position {position}")
+
+
+def test_an_engine_sees_weights_changed_after_it_was_made(case):
+    """Training after an engine was made (or a LoRA merge) changes the model's variables in place:
+    the next request's logits are the changed model's, on every backend (the torch engine keeps
+    packed copies of its float32 weights, and must notice)."""
+    model, rng = case.model, np.random.default_rng(7)
+    engine, prompt = new_engine(model), case.prompt(rng, 4)
+    engine.prefill(prompt)
+    original = [keras.ops.convert_to_numpy(variable) for variable in model.weights]
+    try:
+        for variable, value in zip(model.weights, original):
+            variable.assign(value * 0.5 if value.ndim >= 2 else value)
+        logits, _ = engine.prefill(prompt)
+        expected = case.reference(prompt, [])[engine.first_position(prompt) - 1]
+        np.testing.assert_allclose(logits, expected, atol=2e-5 * np.abs(expected).max(), rtol=0)
+    finally:
+        for variable, value in zip(model.weights, original):
+            variable.assign(value)

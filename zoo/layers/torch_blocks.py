@@ -51,7 +51,8 @@ class Weights:
 
             return QuantizedLinear.of(layer, input_axes, self.dtype)
         kernel = self.tensor(layer.kernel)
-        return kernel.reshape(math.prod(kernel.shape[:input_axes]), -1), self.tensor(layer.bias).reshape(-1)
+        kernel, bias = kernel.reshape(math.prod(kernel.shape[:input_axes]), -1), self.tensor(layer.bias).reshape(-1)
+        return self._packed(kernel.T, bias) or (kernel, bias)
 
     def embedding(self, layer):
         """An Embedding's table (vocab, dim), for lookups (`table[tokens]`) and `tied_logits`; of a
@@ -62,6 +63,22 @@ class Weights:
             return QuantizedTable.of(layer, self.dtype)
         return self.tensor(layer.embeddings)
 
+    def tied_output(self, layer):
+        """An Embedding's output projection (x @ table.T), for `tied_logits`: the table packed for
+        oneDNN where it can be (see PackedLinear), else what `embedding` gives."""
+        table = self.embedding(layer)
+        return (isinstance(table, torch.Tensor) and self._packed(table, None)) or table
+
+    def _packed(self, weight, bias):
+        """A PackedLinear of a float32 CPU weight (outputs, inputs), remembered as a copy (so that
+        `stale()` sees training change it); None where oneDNN cannot take it."""
+        if weight.dtype != torch.float32 or weight.device.type != "cpu" or not PackedLinear.available():
+            return None
+        for variable_tensor in (weight, bias):
+            if variable_tensor is not None:
+                self._copies.append((variable_tensor, variable_tensor._version))
+        return PackedLinear(weight, bias)
+
     def norm(self, layer):
         """A LayerNormalization as (gamma, beta, epsilon), in float32 as Keras computes it."""
         return self.tensor(layer.gamma, torch.float32), self.tensor(layer.beta, torch.float32), layer.epsilon
@@ -71,9 +88,47 @@ class Weights:
         return any(value._version != version for value, version in self._copies)
 
 
+class PackedLinear:
+    """Dense's x @ weight.T + bias on the CPU through oneDNN, over a copy of the weight reordered
+    once into oneDNN's blocked layout (`torch.ops.mkldnn._reorder_linear_weight`, what inductor's
+    CPU linear fusion uses; private, so its absence falls back to `addmm`).
+
+    Why: a batch-1 decode step is a chain of matrix-vector products bound by reading the weights,
+    and on the 2-core AMD CPU MKL's float32 `addmm` read them at 15 GB/s where XLA reached 30; the
+    packed oneDNN products of decode_speed.py's model took 1.97 ms against addmm's 3.61 at 1 row
+    and 1.96 against 6.98 at 4 (benchmarks/matvec_libraries.py). The packing is laid out for 8
+    rows, the best all-round choice measured from 1 to 256 rows. It costs a copy of the float32
+    weights beside the model's own.
+    """
+
+    ROWS = 8  # the rows the blocked layout is chosen for
+    _available = None
+
+    def __init__(self, weight, bias):
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), self.ROWS)
+        self.bias = bias
+
+    @classmethod
+    def available(cls):
+        if cls._available is None:
+            try:
+                probe = cls(torch.ones(2, 3), torch.zeros(2))
+                cls._available = bool(torch.equal(probe(torch.ones(1, 3)), torch.full((1, 2), 3.0)))
+            except (AttributeError, RuntimeError):  # no oneDNN in this build, or not this CPU
+                cls._available = False
+        return cls._available
+
+    def __call__(self, x):
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def logits(self, x):
+        """As a tied output projection: float32 NumPy logits (see tied_logits)."""
+        return self(x).float().cpu().numpy()
+
+
 def linear(x, weights):
-    """Dense's x @ kernel + bias, in one call (`weights` from Weights.dense; a quantized layer's
-    twin is called instead)."""
+    """Dense's x @ kernel + bias, in one call (`weights` from Weights.dense; a PackedLinear, or a
+    quantized layer's twin, is called instead)."""
     if weights.__class__ is not tuple:
         return weights(x)
     kernel, bias = weights
@@ -205,8 +260,8 @@ def tied_logits(x, embeddings):
     """Float32 NumPy logits (rows, vocab) of final hidden states x (rows, hidden) through a tied
     embedding (vocab, hidden), computed as embeddings @ x.T rather than x @ embeddings.T: the same
     products, but MKL streams the table row by row: 2.3x faster at batch 8 on the 2-core CPU, the
-    same at 1 (GPT batch-8 steps: 11.0 ms -> 8.4 ms). A quantized table (Weights.embedding)
-    computes its own."""
+    same at 1 (GPT batch-8 steps: 11.0 ms -> 8.4 ms). A packed or quantized table
+    (Weights.tied_output) computes its own."""
     if not isinstance(embeddings, torch.Tensor):
         return embeddings.logits(x)
     return (embeddings @ x.T).T.float().cpu().numpy()

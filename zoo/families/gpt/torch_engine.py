@@ -45,6 +45,7 @@ class TorchEngine(DecodeEngine):
                             mlp_in=weights.dense(block.mlp_in), mlp_out=weights.dense(block.mlp_out))
                        for block in model.blocks]
         self.final_norm = weights.norm(model.final_norm)
+        self.output = weights.tied_output(model.token_embedding)
 
     # --- the model, token by token: hidden states are (tokens, hidden) --------------------------
 
@@ -68,7 +69,7 @@ class TorchEngine(DecodeEngine):
         return x + blocks.linear(h, block["mlp_out"])
 
     def _logits(self, x):
-        return blocks.tied_logits(blocks.layer_norm(x, self.final_norm), self.embeddings)
+        return blocks.tied_logits(blocks.layer_norm(x, self.final_norm), self.output)
 
     # --- the engine interface -------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ class TorchSeq2SeqEngine(DecodeEngine):
         model, weights = self.model, blocks.Weights(self.model)
         self.weights = weights
         self.embeddings = weights.embedding(model.target_embedding)
+        self.output = weights.tied_output(model.target_embedding)
         # Row p is position p: the table's first position_offset rows (BART's 2) are never read.
         self.positions = weights.tensor(model.target_positions.position_embeddings)[model.position_offset:]
         self.layers = []
@@ -103,7 +104,7 @@ class TorchSeq2SeqEngine(DecodeEngine):
                                                                        layer["ff_out"]))
         if self.final_norm is not None:
             x = blocks.layer_norm(x, self.final_norm)
-        logits = blocks.tied_logits(x, self.embeddings)
+        logits = blocks.tied_logits(x, self.output)
         return logits if self.logits_bias is None else logits + self.logits_bias
 
     # --- the engine interface -------------------------------------------------------------------
