@@ -2,6 +2,10 @@
 random weights) on each backend's compiled engine, one warm process per backend, taking turns.
 
     python benchmarks/decode_backends.py [--backends jax tensorflow torch] [--batches 1 8] [--rounds 5]
+    python benchmarks/decode_backends.py --backends jax torch torch:int8 --batches 1   # zoo quantize's int8
+
+A backend written BACKEND:MODE runs the same weights quantized (`int8` or `int4`, as `zoo quantize`
+does), to set a quantized engine beside the float32 ones.
 
 decode_speed.py (and `zoo bench`, which measures a family's whole row per backend) measure one
 backend per process, minutes apart; on a small shared machine the speed drifts by more than the
@@ -26,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def worker(args):
-    """One backend: builds the model with seeded NumPy weights, warms every batch up, then answers
-    each line `BATCH` on stdin with one line of JSON: tokens/s of one greedy generation and its
-    tokens."""
+    """One backend: builds the model with seeded NumPy weights (quantized if --mode), warms every
+    batch up, then answers each line `BATCH` on stdin with one line of JSON: tokens/s of one
+    greedy generation and its tokens."""
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import keras
@@ -37,6 +41,7 @@ def worker(args):
     from decode_speed import SHAPE
     from zoo.engine import engine_for
     from zoo.families.gpt.model import GPT
+    from zoo.layers.quantized import quantize_model
 
     model = GPT(**SHAPE)
     model.build()
@@ -45,6 +50,8 @@ def worker(args):
         scale = 0.02 if len(variable.shape) >= 2 else 0.0
         value = rng.normal(0, scale, variable.shape) + (1.0 if "gamma" in variable.path else 0.0)
         variable.assign(value.astype("float32"))
+    if args.mode:
+        quantize_model(model, args.mode)
     engine = engine_for(model)
     prompts = {batch: np.random.default_rng(batch).integers(1, SHAPE["vocabulary_size"],
                                                             (batch, args.prompt_tokens)).tolist()
@@ -60,9 +67,12 @@ def worker(args):
         print(json.dumps({"rate": batch * args.new_tokens / seconds, "tokens": tokens}), flush=True)
 
 
-def start_worker(backend, args):
+def start_worker(name, args):
+    backend, _, mode = name.partition(":")
     command = [sys.executable, __file__, "--worker", "--batches", *map(str, args.batches),
                "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens)]
+    if mode:
+        command += ["--mode", mode]
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True, bufsize=1)
@@ -85,9 +95,14 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=112)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=["int8", "int4"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    for name in args.backends:
+        backend, _, mode = name.partition(":")
+        if backend not in ("jax", "tensorflow", "torch") or mode not in ("", "int8", "int4"):
+            parser.error(f"--backends: {name!r} is not BACKEND or BACKEND:MODE (jax, tensorflow, torch; int8, int4)")
 
     # Started one after another: two compiling at once on a small machine slows both.
     workers = {}
