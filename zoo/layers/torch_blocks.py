@@ -24,8 +24,8 @@ class Weights:
 
     A variable already in that dtype is read as its own tensor (no copy, so training's in-place
     updates are seen); under mixed precision (float32 variables, a 16-bit compute dtype) a cast
-    copy is taken, and `stale()` tells when a variable has changed since (the engine then reads
-    its weights again).
+    copy is taken, and so is a packed copy of a float32 kernel on the CPU (PackedLinear): `stale()`
+    tells when a variable copied has changed since (the engine then reads its weights again).
     """
 
     def __init__(self, model):
@@ -94,11 +94,11 @@ class PackedLinear:
     CPU linear fusion uses; private, so its absence falls back to `addmm`).
 
     Why: a batch-1 decode step is a chain of matrix-vector products bound by reading the weights,
-    and on the 2-core AMD CPU MKL's float32 `addmm` read them at 15 GB/s where XLA reached 30; the
-    packed oneDNN products of decode_speed.py's model took 1.97 ms against addmm's 3.61 at 1 row
-    and 1.96 against 6.98 at 4 (benchmarks/matvec_libraries.py). The packing is laid out for 8
-    rows, the best all-round choice measured from 1 to 256 rows. It costs a copy of the float32
-    weights beside the model's own.
+    and on the 2-core AMD CPU MKL's float32 `addmm` read them at 15 GB/s where XLA reached 30: the
+    products of one step of decode_speed.py's model took 2.38 ms packed against addmm's 3.62 at 1
+    row, 2.56 against 6.78 at 8 (benchmarks/matvec_libraries.py; oneDNN unpacked: 2.61 and 4.55).
+    The layout is chosen for 8 rows, within 10% of the best layout measured at every row count
+    from 1 to 256. It costs a copy of the float32 weights beside the model's own.
     """
 
     ROWS = 8  # the rows the blocked layout is chosen for
