@@ -72,7 +72,8 @@ class Weights:
     def _packed(self, weight, bias):
         """A PackedLinear of a float32 CPU weight (outputs, inputs), remembered as a copy (so that
         `stale()` sees training change it); None where oneDNN cannot take it."""
-        if weight.dtype != torch.float32 or weight.device.type != "cpu" or not PackedLinear.available():
+        if (weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.numel() < PackedLinear.MIN_SIZE
+                or not PackedLinear.available()):
             return None
         for variable_tensor in (weight, bias):
             if variable_tensor is not None:
@@ -99,9 +100,14 @@ class PackedLinear:
     row, 2.56 against 6.78 at 8 (benchmarks/matvec_libraries.py; oneDNN unpacked: 2.61 and 4.55).
     The layout is chosen for 8 rows, within 10% of the best layout measured at every row count
     from 1 to 256. It costs a copy of the float32 weights beside the model's own.
+
+    A oneDNN call costs about 15 us more than `addmm`, which is more than a small product takes:
+    a kernel below MIN_SIZE weights (1 MiB of float32: a width of 128, a nano draft's, is 6.6 us
+    with addmm against 18.7 packed at 1 row) stays with addmm.
     """
 
     ROWS = 8  # the rows the blocked layout is chosen for
+    MIN_SIZE = 1 << 18  # weights; at 1 row 384 x 1152 was 37 us with addmm, 34 packed; 256 x 1024: 23 and 26
     _available = None
 
     def __init__(self, weight, bias):
