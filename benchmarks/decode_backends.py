@@ -68,6 +68,7 @@ def worker(args):
 
 
 def start_worker(name, args):
+    """The worker of `name`, BACKEND or BACKEND:MODE (checked by main)."""
     backend, _, mode = name.partition(":")
     command = [sys.executable, __file__, "--worker", "--batches", *map(str, args.batches),
                "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens)]

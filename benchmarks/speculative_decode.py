@@ -13,7 +13,7 @@ draft trained on the same prepared corpus:
 
 Each figure is the best of --repeats runs over the prompts (after a warm-up that compiles), the
 target alone and with its draft taking turns run by run, so that both see the same machine (this
-2-core machine's speed drifted by 10-15% between minutes, enough to move a ratio measured apart
+2-core machine's speed drifted by 10-40% between minutes, enough to move a ratio measured apart
 by as much); tokens/s counts generated tokens over the wall time of whole generations, prefill
 included. The greedy outputs are checked equal to the target's own.
 """

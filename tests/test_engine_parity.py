@@ -134,12 +134,12 @@ def test_an_engine_sees_weights_changed_after_it_was_made(case):
     """Training after an engine was made (or a LoRA merge) changes the model's variables in place:
     the next request's logits are the changed model's, on every backend (the torch engine keeps
     packed copies of its float32 weights, and must notice)."""
+    model, rng = case.model, np.random.default_rng(7)
+    engine, prompt = new_engine(model), case.prompt(rng, 4)
     if keras.backend.backend() == "torch":  # the products really are packed ones here
         from zoo.layers.torch_blocks import PackedLinear
 
-        assert isinstance(new_engine(case.model).output, PackedLinear) == PackedLinear.available()
-    model, rng = case.model, np.random.default_rng(7)
-    engine, prompt = new_engine(model), case.prompt(rng, 4)
+        assert isinstance(engine.output, PackedLinear) == PackedLinear.available()
     engine.prefill(prompt)
     original = [keras.ops.convert_to_numpy(variable) for variable in model.weights]
     try:
