@@ -29,6 +29,25 @@ def test_changing_a_token_leaves_earlier_logits_unchanged(position_embedding):
     assert np.abs(before[:, 11:] - after[:, 11:]).max() > 1e-3  # the change is seen from position 11 on
 
 
+@pytest.mark.parametrize("spelled_out", [False, True])
+def test_causal_attention_is_keras_dot_product_attention(monkeypatch, spelled_out):
+    """zoo.layers.attention.causal_attention, both ways it may run on this backend (Keras's
+    dot_product_attention, or the batched matmuls it uses under XLA on a CPU), against Keras's
+    causal dot_product_attention, and causal."""
+    from zoo.layers import attention
+
+    monkeypatch.setattr(attention, "xla_on_cpu", lambda: spelled_out)
+    inputs = np.random.default_rng(0).standard_normal((3, 2, 12, 4, 8)).astype("float32")
+    q, k, v = (keras.ops.convert_to_tensor(x) for x in inputs)
+    np.testing.assert_allclose(_numpy(attention.causal_attention(q, k, v)),
+                               _numpy(keras.ops.dot_product_attention(q, k, v, is_causal=True)), atol=2e-6)
+    # Each query sees itself and what precedes it only: the last key changes the last position alone.
+    changed = keras.ops.concatenate([k[:, :-1], k[:, -1:] + 1.0], axis=1)
+    before, after = _numpy(attention.causal_attention(q, k, v)), _numpy(attention.causal_attention(q, changed, v))
+    np.testing.assert_array_equal(before[:, :-1], after[:, :-1])
+    assert np.abs(before[:, -1] - after[:, -1]).max() > 1e-4
+
+
 # Each position embedding once, each with its own prefill length (one token; several at once).
 @pytest.mark.parametrize("position_embedding, prefill", [("learned", 9), ("rotary", 1)])
 def test_cached_decoding_equals_full_recomputation(position_embedding, prefill):

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -157,8 +158,9 @@ def test_the_schedule_is_keras_cosine_decay_with_warmup():
         np.testing.assert_allclose([ours.value(step) for step in steps], got, rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("position_embedding", ["learned", "rotary"])
-def test_the_gpts_torch_step_is_train_on_batch(backend, position_embedding):
+# zoo's schedule; and a rate set between updates (compile_for_training's learning_rate)
+@pytest.mark.parametrize("position_embedding, learning_rate", [("learned", None), ("rotary", 3e-3)])
+def test_the_gpts_torch_step_is_train_on_batch(backend, position_embedding, learning_rate):
     """On torch the GPT trains through a plain-torch forward pass over its own variables
     (zoo.families.gpt.torch_training): the model's logits exactly, and the same losses and weights
     step after step as Keras's train_on_batch, the optimizer's state included. On the other
@@ -177,7 +179,8 @@ def test_the_gpts_torch_step_is_train_on_batch(backend, position_embedding):
         model = GPT(vocabulary_size=70, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64, max_length=16,
                     position_embedding=position_embedding)
         model.build()
-        compile_for_training(model, TrainConfig(max_steps=10, warmup_steps=2, grad_clip=0.05))  # clipping every step
+        compile_for_training(model, TrainConfig(max_steps=10, warmup_steps=2, grad_clip=0.05),  # clipping every step
+                             learning_rate=learning_rate)
         models.append(model)
     keras_model, torch_model = models
     if backend != "torch":
@@ -188,8 +191,11 @@ def test_the_gpts_torch_step_is_train_on_batch(backend, position_embedding):
     with torch.no_grad():
         assert torch.equal(TorchForward(torch_model)(torch.as_tensor(x).long()), torch_model(torch.as_tensor(x)))
     step = train_step(torch_model)
-    assert step is not None
-    for _ in range(4):
+    assert "fused" in step.description  # the update through torch's fused AdamW kernel, checked below
+    for update in range(4):
+        if learning_rate is not None:
+            for model in models:
+                model.optimizer.learning_rate = learning_rate / (update + 1)
         expected = keras_model.train_on_batch(x, y, return_dict=True)["loss"]
         assert float(step(x, y)) == pytest.approx(expected, rel=1e-6)
     for a, b in zip(keras_model.variables + keras_model.optimizer.variables,
@@ -257,3 +263,17 @@ def test_blocks_shorter_than_the_context_are_noted(tmp_path, small_corpus, capsy
     for model, seq_len in (({"max_length": 32}, 32), ({"max_length": 32, "position_embedding": "rotary"}, 16)):
         _note_untrained_positions({"model": model, "seq_len": seq_len})
         assert capsys.readouterr().err == ""
+
+
+@pytest.mark.backend_independent  # one torch process, whatever the suite's backend
+def test_training_imports_keras_without_the_integrations_it_never_uses():
+    """zoo.training.run.import_keras keeps scikit-learn, rouge-score and (on another backend) JAX
+    out of keras's import, seconds of every `zoo train` start, and leaves them importable after."""
+    code = ("import sys; from zoo.training.run import import_keras; import_keras(); "
+            "print(sorted(m for m in ('jax', 'sklearn', 'rouge_score', 'keras_hub') if m in sys.modules)); "
+            "import jax, sklearn; print('importable')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "KERAS_BACKEND": "torch"}, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[:2] == ["['keras_hub']", "importable"]
+

@@ -2,6 +2,7 @@
 TensorFlow's start-up log lines out of the terminal."""
 
 import contextlib
+import functools
 import importlib.abc
 import importlib.util
 import os
@@ -51,6 +52,17 @@ def load_tensorflow_only_for_its_backend(backend):
                 del sys.modules[name]
         elif name not in sys.modules:
             sys.modules[name] = None
+
+
+@functools.cache
+def xla_on_cpu():
+    """Whether this process's Keras maths compiles with XLA for a CPU: JAX or TensorFlow, no GPU or
+    TPU visible. (Keras has no distribution API on torch, hence the backend test first.)"""
+    import keras
+
+    if keras.config.backend() not in ("jax", "tensorflow"):
+        return False
+    return all(device.lower().startswith("cpu") for device in keras.distribution.list_devices())
 
 
 def describe():

@@ -134,7 +134,7 @@ def _jax_attention(shape, seq_len, dtype):
     if device.platform == "tpu":
         return "flash (Splash kernel on TPU)"
     if device.platform != "gpu":
-        return f"XLA (fallback: fused flash attention needs a CUDA GPU or TPU; this is {device.platform})"
+        return _XLA_CPU_ATTENTION
     heads, head_dim = shape
     q = jnp.zeros((1, seq_len, heads, head_dim), dtype)
     try:  # Keras's own test, the one dot_product_attention runs (private, so guarded)
@@ -178,7 +178,15 @@ def _torch_attention(shape, seq_len, dtype):
 
 
 def _tf_attention(shape, seq_len, dtype):
+    from zoo.backend import xla_on_cpu
+
+    if xla_on_cpu():
+        return _XLA_CPU_ATTENTION
     return "TensorFlow's attention ops in the step's graph (fallback: Keras has no fused flash attention on TensorFlow)"
+
+
+_XLA_CPU_ATTENTION = ("batched matmuls (zoo.layers.attention.causal_attention; fused flash attention needs a CUDA "
+                      "GPU or TPU, and XLA on a CPU runs these faster than its dot_product_attention)")
 
 
 def _first_line(error):

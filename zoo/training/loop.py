@@ -193,8 +193,9 @@ class _Progress:
         self.stream.flush()
 
 
-def _learning_rate(schedule, update):
-    """The rate of update `update` (from 0), for the log: in Python for zoo's own schedule."""
+def learning_rate_at(schedule, update):
+    """The rate of update `update` (from 0) as a Python float: in Python for zoo's own schedule (no
+    eager ops), else as the schedule computes it."""
     if isinstance(schedule, WarmupCosineDecay):
         return schedule.value(update)
     return float(schedule(update))
@@ -281,8 +282,9 @@ def train(model, schedule, batches, validation, evaluate, config, run_dir, resum
             evaluating = step % config.eval_every == 0 or is_last
             if step % config.log_every == 0 or evaluating or stopping:
                 tokens_per_s = progress.rate(step, tokens_per_step)
-                record = {"step": step, "loss": sum(map(float, losses)) / accum, "lr": _learning_rate(schedule, step - 1),
-                          "tokens_per_s": round(tokens_per_s, 1), "epoch": round(batches.epoch_of(step * accum), 3)}
+                record = {"step": step, "loss": sum(map(float, losses)) / accum,
+                          "lr": learning_rate_at(schedule, step - 1), "tokens_per_s": round(tokens_per_s, 1),
+                          "epoch": round(batches.epoch_of(step * accum), 3)}
                 if throughput is not None and (mfu := throughput.mfu(tokens_per_s)) is not None:
                     record["mfu"] = round(mfu, 4)
             if evaluating:

@@ -16,6 +16,7 @@ from pathlib import Path
 from zoo.configs import RUN_CONFIG, RunConfig, read_run_config, write_run_config
 from zoo.data import data_checksum
 from zoo.errors import ZooError
+from zoo.training import accelerator
 
 # Settings a resumed run may change; every other setting comes from the run's config.json. The
 # device settings change where the maths runs, not what it is (a checkpoint is plain arrays).
@@ -36,6 +37,8 @@ def flag(setting):
 # never uses: scikit-learn (keras.wrappers' scikit-learn estimators) and rouge-score, with NLTK
 # (keras_hub.metrics' ROUGE metrics; zoo's seq2seq scores ROUGE with rouge-score directly, importing
 # it when it scores). Importing them cost 1.2-1.8 s of every `zoo train` start on the 2-core CPU.
+# Likewise JAX on the other backends: keras imports it, where installed, only to patch a function
+# for its Orbax checkpoint callback (0.5-0.9 s of a torch start).
 _UNUSED_OPTIONAL_IMPORTS = ("sklearn", "rouge_score")
 
 
@@ -45,7 +48,8 @@ def import_keras():
     ImportError` reads as "not installed"), then present again for anything that imports them later."""
     if "keras_hub" in sys.modules:
         return
-    absent = [name for name in _UNUSED_OPTIONAL_IMPORTS if name not in sys.modules]
+    unused = _UNUSED_OPTIONAL_IMPORTS + (("jax",) if accelerator.active_backend() != "jax" else ())
+    absent = [name for name in unused if name not in sys.modules]
     for name in absent:
         sys.modules[name] = None
     try:
@@ -243,7 +247,7 @@ def fit(out, config, train_config, build_model, batches, validation, evaluate, r
 
     import keras
 
-    from zoo.training import accelerator, cluster, distribution, flops
+    from zoo.training import cluster, distribution, flops
     from zoo.training.loop import compile_for_training, train
 
     accelerator.use_compilation_cache()

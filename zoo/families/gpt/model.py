@@ -1,9 +1,9 @@
 """GPT-style decoder-only transformer, in Keras 3 ops and keras-hub layers only.
 
 Read top to bottom: attention, block, model, presets. Like GPT-2 / nanoGPT: token + position
-embedding, pre-LayerNorm blocks, causal multi-head self-attention via
-`keras.ops.dot_product_attention`, GELU MLP, dropout, and an output projection tied to the token
-embedding (keras-hub's `ReversibleEmbedding`).
+embedding, pre-LayerNorm blocks, causal multi-head self-attention (`keras.ops.dot_product_attention`,
+or batched matmuls under XLA on a CPU: zoo.layers.attention), GELU MLP, dropout, and an output
+projection tied to the token embedding (keras-hub's `ReversibleEmbedding`).
 
 Decoding uses a static-shape KV cache in the layout of zoo.layers.attention: `init_cache` returns,
 per layer, a (keys, values) pair of zeros for `max_length` positions per row, and `call_with_cache`
@@ -23,7 +23,7 @@ import keras
 import keras_hub
 from keras import ops
 
-from zoo.layers.attention import cached_attention, kv_cache
+from zoo.layers.attention import cached_attention, causal_attention, kv_cache
 from zoo.layers.quantized import tied_logits
 from zoo.layers.seeding import normal as _normal
 from zoo.layers.seeding import seeded_dropout as _dropout
@@ -63,7 +63,7 @@ class CausalSelfAttention(keras.layers.Layer):
             q = self.rotary_embedding(q, positions=positions)
             k = self.rotary_embedding(k, positions=positions)
         if cache is None:
-            out = ops.dot_product_attention(q, k, v, is_causal=True)
+            out = causal_attention(q, k, v)
         else:
             out, cache = cached_attention(q, k, v, cache, positions, reach)
         return self.out(ops.reshape(out, (-1, self.hidden_dim))), cache

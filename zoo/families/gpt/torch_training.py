@@ -5,16 +5,20 @@ step (name scopes, dtype policies, argument binding: tens of microseconds each, 
 forward pass) and through Keras ops that each convert their inputs; for the 4-layer, width-128
 GPT of nanoGPT's CPU recipe that overhead made the forward pass 1.5x nanoGPT's and the step 1.3x.
 Here the same maths is spelled in torch (`zoo.layers.torch_blocks`, the building blocks the decode
-engine uses), on the variables' own tensors, so autograd reaches the Keras variables and Keras's
-optimizer applies the update (AdamW, clipping, weight decay, its schedule, its state in
-checkpoints): the run, its checkpoints and its resume are the same as with `train_on_batch`.
+engine uses), on the variables' own tensors, so autograd reaches the Keras variables, and Keras's
+AdamW update (clipping, weight decay, its schedule) runs in torch's fused AdamW kernel on the
+optimizer's own state (`fused_adamw`): the run, its checkpoints and its resume are the same as
+with `train_on_batch`.
 
 Used only where it computes what the model computes: torch, float32, no dropout (Keras's seeded
 dropout masks cannot be reproduced here), no LoRA adapters, Keras's eager step (not
 `--jit-compile on`). Anything else trains through `train_on_batch`. Its logits equal the model's
-forward pass (tests/test_training.py checks the logits, the loss and the update). Validation
-batches go through it too (`batch_loss`), instead of `model.evaluate`.
+forward pass (tests/test_training.py checks the logits, the losses, the weights and the optimizer's
+state after several updates). Validation batches go through it too (`batch_loss`), instead of
+`model.evaluate`.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -103,12 +107,66 @@ def batch_loss(model):
     return loss
 
 
-def clip_by_global_norm(gradients, clip_norm):
-    """Keras's `clip_by_global_norm` (keras.src.optimizers.base_optimizer), in torch's multi-tensor
-    ops: every gradient times clip_norm * min(1 / norm, 1 / clip_norm), NaN for a non-finite norm."""
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)))
-    scale = clip_norm * torch.minimum(1.0 / norm, torch.tensor(1.0 / clip_norm)) + (norm - norm)
-    return torch._foreach_mul(gradients, scale)
+def fused_adamw(optimizer, variables):
+    """`update(gradients, clip)`: Keras's AdamW update of `variables`, global-norm clipping at
+    `clip` (or None) and decoupled weight decay included, through torch's fused AdamW kernel
+    (`torch._fused_adamw_`, one pass over each tensor) on Keras's own optimizer state (momentums,
+    velocities, iterations), so checkpoints and a resume are as with `optimizer.apply`. None where
+    the optimizer is other than that (amsgrad, EMA, gradient accumulation, loss scaling,
+    constraints, another optimizer): use `optimizer.apply` there.
+
+    Why: Keras's update is seven multi-tensor passes over the weights and its state, plus its
+    bookkeeping per variable, ~4 ms a step for nanoGPT's CPU configuration (a tenth of the step).
+
+    The same maths: Keras's var -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps) is torch's
+    var -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps') with eps' = eps / sqrt(1 - b2^t);
+    the decay var *= 1 - lr * wd is the kernel's; clipping divides the gradients by
+    max(norm / clip, 1), Keras's clip * min(1 / norm, 1 / clip), NaN for a non-finite norm as there.
+    """
+    import keras
+
+    from zoo.training.loop import learning_rate_at
+
+    if (not isinstance(optimizer, keras.optimizers.AdamW) or not hasattr(torch, "_fused_adamw_")
+            or optimizer.amsgrad or optimizer.use_ema or optimizer.gradient_accumulation_steps
+            or optimizer.clipnorm or optimizer.clipvalue or optimizer.loss_scale_factor is not None
+            or any(v.dtype != "float32" or v.constraint is not None or v.overwrite_with_gradient for v in variables)):
+        return None
+    # (indices into the gradients, parameters, momentums, velocities) of the decayed and the others
+    groups = {True: ([], [], [], []), False: ([], [], [], [])}
+    for index, variable in enumerate(variables):
+        slot = optimizer._get_variable_index(variable)
+        group = groups[bool(optimizer.weight_decay) and optimizer._use_weight_decay(variable)]
+        for members, item in zip(group, (index, variable.value, optimizer._momentums[slot].value,
+                                         optimizer._velocities[slot].value)):
+            members.append(item)
+    groups = [(decay, group) for decay, group in groups.items() if group[0]]
+    iterations = optimizer.iterations.value
+    step = torch.zeros((), dtype=torch.float32, device=iterations.device)  # the kernel reads t from a tensor
+    beta_1, beta_2, epsilon = float(optimizer.beta_1), float(optimizer.beta_2), float(optimizer.epsilon)
+
+    schedule = optimizer._learning_rate  # a schedule, or a variable its caller sets between updates
+
+    def update(gradients, clip=None):
+        scale = None
+        if clip:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)))
+            scale = torch.clamp(norm / clip, min=1.0)  # the kernel divides the gradients by it
+        t = int(iterations) + 1  # Keras's step count; the kernel's bias correction and eps' need it on the host
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            rate = learning_rate_at(schedule, t - 1)
+        else:
+            rate = float(optimizer.learning_rate)
+        step.fill_(t)
+        for decay, (indices, parameters, momentums, velocities) in groups:
+            torch._fused_adamw_(parameters, [gradients[i] for i in indices], momentums, velocities, [],
+                                [step] * len(parameters), lr=rate, beta1=beta_1, beta2=beta_2,
+                                weight_decay=float(optimizer.weight_decay) if decay else 0.0,
+                                eps=epsilon / math.sqrt(1 - beta_2 ** t), amsgrad=False, maximize=False,
+                                grad_scale=scale)
+        iterations.add_(1)
+
+    return update
 
 
 def train_step(model):
@@ -120,10 +178,7 @@ def train_step(model):
     variables = model.trainable_weights
     parameters = [variable.value for variable in variables]
     optimizer = model.optimizer
-    # Keras clips by the global norm with two Keras ops per variable (~3 ms a step here, as much as
-    # the update itself); the same clipping in three torch calls, then Keras's update unclipped.
-    # With gradient accumulation Keras clips the accumulated mean instead, so it keeps the clipping.
-    clip = optimizer.global_clipnorm if not optimizer.gradient_accumulation_steps else None
+    update = fused_adamw(optimizer, variables)
 
     def step(inputs, targets):
         for parameter in parameters:
@@ -133,15 +188,13 @@ def train_step(model):
         loss.backward()
         with torch.no_grad():
             gradients = [parameter.grad for parameter in parameters]
-            if clip:
-                gradients = clip_by_global_norm(gradients, clip)
-                optimizer.global_clipnorm = None
-            try:
+            if update is not None:
+                update(gradients, optimizer.global_clipnorm)
+            else:  # Keras's update, its clipping included
                 optimizer.apply(gradients, variables)
-            finally:
-                if clip:
-                    optimizer.global_clipnorm = clip
         return loss.detach()
 
-    step.description = "plain-torch forward pass (zoo.families.gpt.torch_training) and Keras's AdamW, eager"
+    step.description = ("plain-torch forward pass (zoo.families.gpt.torch_training) and "
+                        + ("Keras's AdamW in torch's fused kernel" if update is not None else "Keras's optimizer")
+                        + ", eager")
     return step
