@@ -36,7 +36,7 @@ def test_causal_attention_is_keras_dot_product_attention(monkeypatch, spelled_ou
     causal dot_product_attention, and causal."""
     from zoo.layers import attention
 
-    monkeypatch.setattr(attention, "xla_on_cpu", lambda: spelled_out)
+    monkeypatch.setattr(attention, "jax_or_tensorflow_on_cpu", lambda: spelled_out)
     inputs = np.random.default_rng(0).standard_normal((3, 2, 12, 4, 8)).astype("float32")
     q, k, v = (keras.ops.convert_to_tensor(x) for x in inputs)
     np.testing.assert_allclose(_numpy(attention.causal_attention(q, k, v)),

@@ -312,8 +312,10 @@ def _probe(backend, paths):
 def test_quantized_bundles_give_the_same_greedy_tokens_on_every_backend(gpt_bundles):
     """Made on this session's backend, loaded on each (a process each): the same greedy tokens,
     and logits for fixed tokens within 1e-3 (int8 and int4 sums are exact integers on every backend;
-    the float steps around them round differently, and a value on a rounding boundary of the
-    input quantizer may land on the other integer)."""
+    the float steps around them round differently). Except: a value on a rounding boundary of a
+    Dense's input quantizer may land on the other integer on another backend, which moves that one
+    token's logits by about one quantization step (4e-3 for this model; int8 against float32 is
+    up to 3e-2): at most one position in 20 may differ so, and by less than 1e-2."""
     bundles, _ = gpt_bundles
     paths = [bundles["int8"], bundles["int4"]]
     seen = {backend: _probe(backend, paths) for backend in ("jax", "tensorflow", "torch")}
@@ -321,6 +323,7 @@ def test_quantized_bundles_give_the_same_greedy_tokens_on_every_backend(gpt_bund
         reference = seen["jax"][path]
         assert len(set(reference["answer"])) > 2
         for backend, results in seen.items():
-            np.testing.assert_allclose(results[path]["outputs"], reference["outputs"], atol=1e-3, rtol=0,
-                                       err_msg=f"{path} on {backend}")
+            # the largest difference at each (row, position)
+            off = np.abs(np.asarray(results[path]["outputs"]) - np.asarray(reference["outputs"])).max(axis=-1)
+            assert (off > 1e-3).sum() <= off.size // 20 and off.max() < 1e-2, (path, backend, off.round(4))
             assert results[path]["answer"] == reference["answer"], f"{path} on {backend}"

@@ -55,9 +55,10 @@ def load_tensorflow_only_for_its_backend(backend):
 
 
 @functools.cache
-def xla_on_cpu():
-    """Whether this process's Keras maths compiles with XLA for a CPU: JAX or TensorFlow, no GPU or
-    TPU visible. (Keras has no distribution API on torch, hence the backend test first.)"""
+def jax_or_tensorflow_on_cpu():
+    """Whether this process's Keras maths runs on a CPU through JAX or TensorFlow (no GPU or TPU
+    visible): XLA's generic lowering of every op, or TensorFlow's graph ops, with no fused attention
+    kernel either way. (Keras has no distribution API on torch, hence the backend test first.)"""
     import keras
 
     if keras.config.backend() not in ("jax", "tensorflow"):

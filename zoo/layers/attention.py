@@ -15,7 +15,7 @@ zoo.layers.torch_blocks instead.
 
 from keras import ops
 
-from zoo.backend import xla_on_cpu
+from zoo.backend import jax_or_tensorflow_on_cpu
 
 
 def kv_cache(batch_size, num_layers, num_heads, head_dim, length, dtype):
@@ -51,7 +51,7 @@ def causal_attention(q, k, v):
     GPU or TPU); under XLA on a CPU, where it is generic einsums, the same maths as `attend`'s
     batched matrix products, whose backward pass XLA compiles to about half the time (a GPT's
     training step on JAX: 5-7% faster at nanoGPT's CPU size, benchmarks/RESULTS.md)."""
-    if not xla_on_cpu():
+    if not jax_or_tensorflow_on_cpu():
         return ops.dot_product_attention(q, k, v, is_causal=True)
     length = q.shape[1]
     keys, values = cache_layout(k, v)

@@ -178,9 +178,9 @@ def _torch_attention(shape, seq_len, dtype):
 
 
 def _tf_attention(shape, seq_len, dtype):
-    from zoo.backend import xla_on_cpu
+    from zoo.backend import jax_or_tensorflow_on_cpu
 
-    if xla_on_cpu():
+    if jax_or_tensorflow_on_cpu():
         return _XLA_CPU_ATTENTION
     return "TensorFlow's attention ops in the step's graph (fallback: Keras has no fused flash attention on TensorFlow)"
 

@@ -115,7 +115,7 @@ def fused_adamw(optimizer, variables):
     the optimizer is other than that (amsgrad, EMA, gradient accumulation, loss scaling,
     constraints, another optimizer): use `optimizer.apply` there.
 
-    Why: Keras's update is seven multi-tensor passes over the weights and its state, plus its
+    Why: Keras's update is eleven multi-tensor calls over the weights and its state, plus its
     bookkeeping per variable, ~4 ms a step for nanoGPT's CPU configuration (a tenth of the step).
 
     The same maths: Keras's var -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps) is torch's
