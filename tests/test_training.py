@@ -267,11 +267,13 @@ def test_blocks_shorter_than_the_context_are_noted(tmp_path, small_corpus, capsy
 
 @pytest.mark.backend_independent  # one torch process, whatever the suite's backend
 def test_training_imports_keras_without_the_integrations_it_never_uses():
-    """zoo.training.run.import_keras keeps scikit-learn, rouge-score and (on another backend) JAX
-    out of keras's import, seconds of every `zoo train` start, and leaves them importable after."""
+    """zoo.training.run.import_keras keeps scikit-learn, rouge-score, matplotlib and (on another
+    backend) JAX out of keras's import, seconds of every `zoo train` start, and leaves them
+    importable after."""
     code = ("import sys; from zoo.training.run import import_keras; import_keras(); "
-            "print(sorted(m for m in ('jax', 'sklearn', 'rouge_score', 'keras_hub') if m in sys.modules)); "
-            "import jax, sklearn; print('importable')")
+            "print(sorted(m for m in ('jax', 'sklearn', 'rouge_score', 'matplotlib', 'keras_hub') "
+            "if m in sys.modules)); "
+            "import jax, sklearn, matplotlib.pyplot; print('importable')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "KERAS_BACKEND": "torch"}, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]

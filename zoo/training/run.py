@@ -37,9 +37,10 @@ def flag(setting):
 # never uses: scikit-learn (keras.wrappers' scikit-learn estimators) and rouge-score, with NLTK
 # (keras_hub.metrics' ROUGE metrics; zoo's seq2seq scores ROUGE with rouge-score directly, importing
 # it when it scores). Importing them cost 1.2-1.8 s of every `zoo train` start on the 2-core CPU.
-# Likewise JAX on the other backends: keras imports it, where installed, only to patch a function
-# for its Orbax checkpoint callback (0.5-0.9 s of a torch start).
-_UNUSED_OPTIONAL_IMPORTS = ("sklearn", "rouge_score")
+# Likewise matplotlib (keras.visualization's image galleries; `zoo bench` imports it itself when it
+# draws), 0.5 s, and JAX on the other backends: keras imports it, where installed, only to patch a
+# function for its Orbax checkpoint callback (0.5-0.9 s of a torch start).
+_UNUSED_OPTIONAL_IMPORTS = ("sklearn", "rouge_score", "matplotlib")
 
 
 def import_keras():
