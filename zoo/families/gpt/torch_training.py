@@ -140,11 +140,11 @@ def fused_adamw(optimizer, variables):
         for members, item in zip(group, (index, variable.value, optimizer._momentums[slot].value,
                                          optimizer._velocities[slot].value)):
             members.append(item)
-    groups = [(decay, group) for decay, group in groups.items() if group[0]]
+    weight_decay = float(optimizer.weight_decay or 0.0)
+    groups = [(weight_decay if decay else 0.0, group) for decay, group in groups.items() if group[0]]
     iterations = optimizer.iterations.value
     step = torch.zeros((), dtype=torch.float32, device=iterations.device)  # the kernel reads t from a tensor
     beta_1, beta_2, epsilon = float(optimizer.beta_1), float(optimizer.beta_2), float(optimizer.epsilon)
-
     schedule = optimizer._learning_rate  # a schedule, or a variable its caller sets between updates
 
     def update(gradients, clip=None):
@@ -158,10 +158,10 @@ def fused_adamw(optimizer, variables):
         else:
             rate = float(optimizer.learning_rate)
         step.fill_(t)
-        for decay, (indices, parameters, momentums, velocities) in groups:
+        for decay, (indices, parameters, momentums, velocities) in groups:  # decay: the group's weight decay
             torch._fused_adamw_(parameters, [gradients[i] for i in indices], momentums, velocities, [],
                                 [step] * len(parameters), lr=rate, beta1=beta_1, beta2=beta_2,
-                                weight_decay=float(optimizer.weight_decay) if decay else 0.0,
+                                weight_decay=decay,
                                 eps=epsilon / math.sqrt(1 - beta_2 ** t), amsgrad=False, maximize=False,
                                 grad_scale=scale)
         iterations.add_(1)
