@@ -6,14 +6,16 @@ from pathlib import Path
 
 import click
 
-from zoo.backend import BACKENDS, load_tensorflow_only_for_its_backend, select_backend
+from zoo.backend import BACKENDS, keep_freed_heap_memory, load_tensorflow_only_for_its_backend, select_backend
 from zoo.errors import ZooError
 
 
 def _set_backend(ctx, param, value):
     if value is not None or ctx.parent is None:
         try:
-            load_tensorflow_only_for_its_backend(select_backend(value))
+            backend = select_backend(value)
+            load_tensorflow_only_for_its_backend(backend)
+            keep_freed_heap_memory(backend)
         except ZooError as e:
             raise click.BadParameter(str(e), ctx=ctx, param=param) from None
     return value

@@ -209,3 +209,38 @@ def test_only_tensorflows_known_start_up_lines_are_dropped(tmp_path):
             assert result.stderr == expected
         else:
             assert len(result.stderr.splitlines()) == 4 and "cudart_stub.cc" in result.stderr
+
+
+@pytest.mark.backend_independent
+def test_zoo_on_jax_keeps_freed_heap_memory_instead_of_faulting_it_in_again():
+    """A thread that allocates, touches and frees 40 MB a round (as XLA's CPU runtime does with a
+    step's temporaries) gets its pages back from the OS page by page every round under glibc's
+    defaults; once a `zoo` command has chosen JAX in the process (zoo.backend.keep_freed_heap_memory)
+    it reuses them. Other backends, and a MALLOC_* variable in the environment, leave malloc as it was."""
+    code = (
+        "import ctypes, json, resource, sys, threading\n"
+        "from cli.main import cli\n"
+        "libc = ctypes.CDLL(None)\n"
+        "libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]\n"
+        "libc.free.argtypes = [ctypes.c_void_p]\n"
+        "def faults_a_round(rounds=6, size=100 << 10):\n"
+        "    counts = []\n"
+        "    def work():\n"
+        "        for _ in range(rounds):\n"
+        "            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "            chunks = [libc.malloc(size) for _ in range(400)]\n"
+        "            for chunk in chunks: ctypes.memset(chunk, 1, size)\n"
+        "            for chunk in chunks: libc.free(chunk)\n"
+        "            counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+        "    thread = threading.Thread(target=work); thread.start(); thread.join()\n"
+        "    return max(counts[1:])  # the first round faults its pages in either way\n"
+        "default = faults_a_round()\n"
+        "cli(['--backend', sys.argv[1], '--help'], standalone_mode=False)  # the backend, not keras\n"
+        "print(json.dumps({'default': default, 'after': faults_a_round()}))\n")
+    for backend, env, kept in [("jax", {}, True), ("torch", {}, False), ("jax", {"MALLOC_ARENA_MAX": "8"}, False)]:
+        result = subprocess.run([sys.executable, "-c", code, backend], cwd=ROOT, capture_output=True, text=True,
+                                timeout=60, env={**os.environ, **env})
+        assert result.returncode == 0, result.stderr
+        faults = json.loads(result.stdout.splitlines()[-1])
+        assert faults["default"] > 5000, faults  # 40 MB is ~10,000 pages
+        assert (faults["after"] < 200) == kept, (backend, env, faults)

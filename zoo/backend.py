@@ -2,10 +2,12 @@
 TensorFlow's start-up log lines out of the terminal."""
 
 import contextlib
+import ctypes
 import functools
 import importlib.abc
 import importlib.util
 import os
+import platform
 import re
 import sys
 import tempfile
@@ -52,6 +54,32 @@ def load_tensorflow_only_for_its_backend(backend):
                 del sys.modules[name]
         elif name not in sys.modules:
             sys.modules[name] = None
+
+
+# glibc's malloc gives each thread its own arena of 64 MiB heaps and hands a heap's pages back to
+# the OS (or drops the whole heap) as soon as what is free at its top passes M_TOP_PAD (default
+# 128 KiB). XLA's CPU runtime under JAX allocates a step's temporaries on its worker threads and
+# frees them all at the step's end, so each step's tens of MB were handed back and faulted in
+# again page by page: training nanoGPT's shakespeare_char configuration took ~13,000 page faults a
+# step, a third of its 60 ms (benchmarks/vs_nanogpt.py). A pad of a whole heap keeps the freed
+# pages for the next step; the cost is that the process keeps its peak heap memory. Only on JAX:
+# TensorFlow's allocator already keeps its memory (no faults a step), and torch's training ran
+# 4-12% slower with the pad (three side-by-side runs). glibc has no per-library setting and no
+# Python library tunes it, hence mallopt through ctypes.
+_GLIBC_ARENA_HEAP_BYTES = 64 << 20
+_M_TOP_PAD = -2  # glibc's malloc.h
+
+
+def keep_freed_heap_memory(backend):
+    """In a process the `zoo` command owns, on JAX: makes glibc's malloc keep freed memory for reuse
+    instead of returning it to the OS page by page (see above). Does nothing on another backend,
+    where the C library is not glibc, or where the environment already tunes malloc (MALLOC_*,
+    GLIBC_TUNABLES=glibc.malloc.*). Returns whether it changed the setting."""
+    if backend != "jax" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if any(name.startswith("MALLOC_") for name in os.environ) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    return bool(ctypes.CDLL(None).mallopt(_M_TOP_PAD, _GLIBC_ARENA_HEAP_BYTES))
 
 
 @functools.cache
