@@ -11,13 +11,14 @@ from zoo.errors import ZooError
 
 
 def _set_backend(ctx, param, value):
-    if value is not None or ctx.parent is None:
-        try:
-            backend = select_backend(value)
-            load_tensorflow_only_for_its_backend(backend)
-            keep_freed_heap_memory(backend)
-        except ZooError as e:
-            raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+    # `zoo --backend X CMD` or $KERAS_BACKEND picks the default; `zoo CMD --backend Y` overrides it.
+    try:
+        if value is not None or ctx.parent is None:
+            load_tensorflow_only_for_its_backend(select_backend(value))
+        if ctx.parent is not None:  # the command's own option, with or without a value: final now
+            keep_freed_heap_memory(select_backend())
+    except ZooError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
     return value
 
 
