@@ -43,13 +43,13 @@ class JaxEngine(DecodeEngine):
         self._traced()
         ids = tokens[:, None]
         if self._pair_single_rows and tokens.shape[0] == 1:
-            # XLA's CPU int8 product of one row takes a slow loop (4x the float32 matrix-vector
+            # XLA's CPU int8 product of one row takes a slow loop (3-4x the float32 matrix-vector
             # product's time), and from two rows up a fast kernel; the row goes through twice, the
             # copy at the next position. Its key and value land where the next step writes before
             # it reads (and past the last position, nowhere: JAX drops out-of-range scatter
             # updates, and clamps the position table's gather), and only the first token's logits
             # are computed. Each row's input quantization is its own, so the logits are the
-            # single row's. GPT-2 shape: 53-58 -> 262-370 tokens/s (benchmarks/RESULTS.md).
+            # single row's. GPT-2 shape, batch 1: 68.7 -> 361.5 tokens/s (benchmarks/quantized_decode.py).
             ids = jnp.concatenate([ids, ids], axis=1)
         return self.model.call_with_cache(ids, cache, positions, logits_at=0, reach=reach)
 
