@@ -68,7 +68,8 @@ def keras_hub_runner(prompts, new_tokens):
 
 def transformers_runner(prompts, new_tokens):
     """Hugging Face's GPT2LMHeadModel of the same shape (gelu_new, as GPT-2), greedy generate() on
-    token ids with its default (dynamic) KV cache, under torch.inference_mode."""
+    token ids with its default (dynamic) KV cache, under torch.inference_mode, on the device Keras's
+    torch backend uses (the GPU where there is one)."""
     import torch
     import transformers
 
@@ -77,8 +78,9 @@ def transformers_runner(prompts, new_tokens):
         n_layer=SHAPE["num_layers"], n_head=SHAPE["num_heads"], n_inner=SHAPE["intermediate_dim"],
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=None, pad_token_id=0)
     torch.manual_seed(0)
-    lm = transformers.GPT2LMHeadModel(config).eval()
-    input_ids = torch.tensor(prompts)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where Keras's torch backend puts the model
+    lm = transformers.GPT2LMHeadModel(config).eval().to(device)
+    input_ids = torch.tensor(prompts, device=device)
 
     def run():
         with torch.inference_mode():

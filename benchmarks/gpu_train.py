@@ -12,6 +12,7 @@ fixed number of steps, each backend in its own process:
     python benchmarks/gpu_train.py --backend jax torch torch+compile --out results/gpu.json   # and gpu.md
     python benchmarks/gpu_train.py --backend jax --presets small --steps 3 --batch-size 4 --seq-len 32 \\
         --override num_layers=2 --out /tmp/smoke.json                                          # CPU smoke run
+    python benchmarks/gpu_train.py --prepare-only --cache .gpu/data    # tokenize first, off the GPU's clock
 
 `torch+compile` is torch with `--jit-compile on` (torch.compile). Needs no TensorFlow. The JSON
 holds one row per (preset, backend); the .md beside it a table with each backend's tokens/s
@@ -117,7 +118,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", nargs="+", default=["jax", "torch"], choices=list(BACKENDS))
     parser.add_argument("--presets", nargs="+", default=["small", "gpt2"], choices=list(SETUPS))
-    parser.add_argument("--out", required=True, help="Results JSON; a markdown table is written beside it (.md).")
+    parser.add_argument("--out", help="Results JSON; a markdown table is written beside it (.md).")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="Only tokenize the presets' corpora into --cache (before a short GPU lease), then exit.")
     parser.add_argument("--data", help="Corpus to prepare; default the shipped Shakespeare.")
     parser.add_argument("--cache", help="Where prepared corpora are kept; default OUT's name + .data/.")
     parser.add_argument("--steps", type=int)
@@ -144,6 +147,14 @@ def main():
         Path(row_path).write_text(json.dumps(row))
         return
 
+    if args.prepare_only:
+        if not args.cache:
+            parser.error("--prepare-only needs --cache")
+        for preset in args.presets:
+            print(prepare(args, preset, Path(args.cache)))
+        return
+    if not args.out:
+        parser.error("--out is required")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache) if args.cache else out.with_name(out.stem + ".data")

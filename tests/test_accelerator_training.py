@@ -234,15 +234,24 @@ def test_gpu_benchmark_runs_unchanged_on_the_cpu_without_tensorflow(tmp_path, sm
     steps, target = 40, 4.0
     vocabulary = len(set(small_corpus.read_text(encoding="utf-8")))
     assert target < math.log(vocabulary) - 0.05
+    # Tokenized first (`--prepare-only`, as before a short GPU lease), then reused from the cache.
+    cache = tmp_path / "prepared"
+    prepared = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_train.py"), "--prepare-only", "--presets", "small",
+         "--cache", str(cache), "--data", str(small_corpus)], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=300)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    assert prepared.stdout.split() == [str(cache / "char-256")] and (cache / "char-256" / "meta.json").is_file()
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_train.py"), "--backend", "jax", "torch", "--presets", "small",
-         "--steps", str(steps), "--batch-size", "4", "--seq-len", "32", "--eval-every", "10", "--eval-blocks", "4",
+         "--cache", str(cache), "--steps", str(steps), "--batch-size", "4", "--seq-len", "32", "--eval-every", "10", "--eval-blocks", "4",
          "--log-every", "1", "--lr", "3e-3", "--warmup", "3", "--target-loss", str(target), "--data", str(small_corpus),
          "--out", str(out),
          "--override", "num_layers=2", "--override", "hidden_dim=32", "--override", "num_heads=2",
          "--override", "intermediate_dim=64"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "preparing" not in result.stderr  # the prepared corpus was used as it was
     report = json.loads(out.read_text())
     assert [(r["preset"], r["backend"]) for r in report["rows"]] == [("small", "jax"), ("small", "torch")]
     for row in report["rows"]:
