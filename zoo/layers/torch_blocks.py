@@ -144,6 +144,8 @@ def linear(x, weights):
 def layer_norm(x, weights):
     """LayerNormalization in float32 as Keras does under mixed precision, then back to x's dtype."""
     gamma, beta, epsilon = weights
+    if x.dtype == torch.float32:  # two calls fewer at each of a step's norms
+        return F.layer_norm(x, (x.shape[-1],), gamma, beta, epsilon)
     return F.layer_norm(x.float(), (x.shape[-1],), gamma, beta, epsilon).to(x.dtype)
 
 
@@ -208,7 +210,9 @@ class StepRows:
         self.length = int(positions.max()) + 1
         self.positions = torch.from_numpy(positions).to(device, torch.long)
         self.rows = torch.arange(len(positions), device=device)
-        self.hidden = (key_positions[None, :self.length] > self.positions[:, None])[:, None, None]  # (rows, 1, 1, length)
+        # (rows, 1, 1, length); None for a single row, which sees every position read
+        self.hidden = (None if len(positions) == 1
+                       else (key_positions[None, :self.length] > self.positions[:, None])[:, None, None])
 
 
 def attend(q, keys, values, hidden=None):
@@ -216,9 +220,9 @@ def attend(q, keys, values, hidden=None):
     (rows, heads, length, head_dim), `hidden` (rows, 1, 1, length) True where a key is masked.
     Returns (rows, heads * head_dim). Spelled out rather than scaled_dot_product_attention, whose
     CPU kernel with a mask was ~10x slower."""
-    scores = (q[:, :, None] @ keys.transpose(2, 3)) * q.shape[-1] ** -0.5
+    scores = (q[:, :, None] @ keys.transpose(2, 3)).mul_(q.shape[-1] ** -0.5)
     if hidden is not None:
-        scores = scores.masked_fill(hidden, float("-inf"))
+        scores = scores.masked_fill_(hidden, float("-inf"))
     return (torch.softmax(scores, dim=-1) @ values).view(len(q), -1)
 
 
