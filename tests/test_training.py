@@ -207,10 +207,60 @@ def test_the_gpts_torch_step_is_train_on_batch(backend, position_embedding, lear
                   dropout=0.1)
     dropout.build()
     compile_for_training(dropout, TrainConfig(max_steps=10))
-    assert train_step(dropout) is None  # Keras's seeded dropout masks: train_on_batch
+    # Keras's seeded dropout masks: Keras's forward pass (the next test)
+    assert train_step(dropout).description.startswith("Keras's forward pass")
     validation = batch_loss(torch_model)
     expected = torch_model.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)["loss"]
     assert float(validation(x, y)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("precision, dropout", [("bf16", 0.0), ("fp32", 0.1)])
+def test_the_gpts_torch_step_keeps_keras_forward_pass_where_it_has_no_torch_twin(backend, precision, dropout):
+    """Under mixed_bfloat16, or with dropout, the torch step runs Keras's own forward pass and loss
+    and updates through torch's fused AdamW: the same losses and weights as train_on_batch, step
+    after step (dropout's seeded masks included). In bfloat16 the update's last-bit differences
+    (fused against Keras's eleven calls) move some weights across a bfloat16 rounding, so the
+    weights are compared after the first update and the later losses to bfloat16's precision.
+    Elsewhere the step declines."""
+    import keras
+
+    from zoo.families.gpt.model import GPT
+    from zoo.families.gpt.torch_training import train_step
+    from zoo.training import accelerator
+    from zoo.training.config import TrainConfig
+    from zoo.training.loop import compile_for_training
+
+    previous = keras.config.dtype_policy()
+    models = []
+    try:
+        for _ in range(2):
+            keras.utils.set_random_seed(0)
+            accelerator.set_precision(precision)
+            model = GPT(vocabulary_size=70, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
+                        max_length=16, dropout=dropout)
+            model.build()
+            compile_for_training(model, TrainConfig(max_steps=10, warmup_steps=2, grad_clip=0.05, precision=precision))
+            models.append(model)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    keras_model, torch_model = models
+    if backend != "torch":
+        assert train_step(torch_model) is None
+        return
+    step = train_step(torch_model)
+    assert step.description.startswith("Keras's forward pass and Keras's AdamW in torch's fused kernel")
+    tokens = np.random.default_rng(0).integers(0, 70, (4, 17)).astype(np.int32)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    compared_after = 1 if precision == "bf16" else 4
+    for update in range(4):
+        expected = keras_model.train_on_batch(x, y, return_dict=True)["loss"]
+        assert float(step(x, y)) == pytest.approx(expected, rel=1e-5 if update < compared_after else 1e-2)
+        if update + 1 != compared_after:
+            continue
+        for a, b in zip(keras_model.variables + keras_model.optimizer.variables,
+                        torch_model.variables + torch_model.optimizer.variables, strict=True):
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(b), keras.ops.convert_to_numpy(a), atol=1e-6,
+                                       rtol=1e-5, err_msg=a.path)
 
 
 @pytest.mark.backend_independent
