@@ -15,7 +15,7 @@
 # gpt2_jax ~60 s, gpt2_torch ~110 s, decode_jax ~70 s a batch size, decode_torch ~70 s: more than
 # one 10-minute call, so a session runs them as two calls (name the stages), the profiles
 # (benchmarks/step_profile.py) after the figures.
-START=$(date +%s); DEADLINE=$((START + ${BUDGET:-560}))
+START=$(date +%s); DEADLINE=$((START + ${BUDGET:-560} - 30))  # 30 s for the last stage's SIGKILL margin
 PY=${PY:-python3}; DATA=${DATA:-.gpu/data}; OUT=${OUT:?set OUT to a folder for the results}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
@@ -47,7 +47,8 @@ stage() {  # NAME CAP_SECONDS COMMAND...
   if [ $t -lt 30 ]; then echo "=== $name skipped: ${left}s left"; return; fi
   echo "=== $name (timeout ${t}s) at $(( $(date +%s) - START ))s"
   local s=$(date +%s)
-  timeout -k 5 $t "$@"; echo "=== $name exit $? after $(( $(date +%s) - s ))s"
+  # SIGTERM at the limit (a training run then stops after its step and writes its row), SIGKILL 30 s later
+  timeout -k 30 $t "$@"; echo "=== $name exit $? after $(( $(date +%s) - s ))s"
   cat "$RES"/*.md > "$OUT/tables.md" 2>/dev/null
   $PY -c "import json, glob, sys; json.dump([r for f in sorted(glob.glob(sys.argv[1] + '/*.json')) \
 for r in json.load(open(f))['rows']], open(sys.argv[2], 'w'), indent=1)" "$RES" "$OUT/rows.json"

@@ -23,6 +23,7 @@ holds compilation); time to target is wall-clock from the start of training, eva
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -87,7 +88,8 @@ def worker(args, preset, name, prepared, run_dir):
             "tokens_per_s": round(statistics.median(m["tokens_per_s"] for m in timed), 1),
             "mfu": round(statistics.median(mfus), 4) if mfus else None,
             "target_val_loss": target, "time_to_target_s": reached, "final_val_loss": vals[-1] if vals else None,
-            "best_val_loss": min(vals) if vals else None, "wall_s": summary["wall_s"], **peak_memory()}
+            "best_val_loss": min(vals) if vals else None, "wall_s": summary["wall_s"], "stopped": summary["stopped"],
+            **peak_memory()}
 
 
 def _device():
@@ -97,8 +99,8 @@ def _device():
 
 
 def markdown(rows):
-    lines = ["| preset | backend | device | precision | tokens/s | vs jax | MFU | peak memory | time to target | "
-             "best val loss | attention |", "|" + " --- |" * 11]
+    lines = ["| preset | backend | device | precision | steps | tokens/s | vs jax | MFU | peak memory | time to target | "
+             "best val loss | attention |", "|" + " --- |" * 12]
     for row in rows:
         jax_row = next((r for r in rows if r["preset"] == row["preset"] and r["backend"] == "jax"), None)
         ratio = f"{row['tokens_per_s'] / jax_row['tokens_per_s']:.2f}" if jax_row else "-"
@@ -108,7 +110,8 @@ def markdown(rows):
                   else f"not reached ({row['target_val_loss']})")
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a"
         best = f"{row['best_val_loss']:.4f}" if row["best_val_loss"] is not None else "-"
-        lines.append(f"| {row['preset']} | {row['backend']} | {row['device']} | {row['precision']} | "
+        steps = f"{row['steps']}" + (f" ({row['stopped']})" if row.get("stopped") else "")
+        lines.append(f"| {row['preset']} | {row['backend']} | {row['device']} | {row['precision']} | {steps} | "
                      f"{row['tokens_per_s']:,.0f} | {ratio} | {mfu} | {memory / 2**30:.2f} GiB {where} | {target} | "
                      f"{best} | {row['attention']} |")
     return "\n".join(lines) + "\n"
@@ -160,9 +163,17 @@ def main():
     cache = Path(args.cache) if args.cache else out.with_name(out.stem + ".data")
     rows, failed = [], []
     forwarded = [a for a in sys.argv[1:] if a != "--worker"]
+    # A SIGTERM (a time limit's, to the whole process group) stops the running worker after its
+    # step, as `zoo train` stops; this process waits for its row, runs no further worker, and
+    # writes what it has.
+    stop = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signal.Signals(signum).name))
     for preset in args.presets:
         prepared = prepare(args, preset, cache)
         for name in args.backend:
+            if stop:
+                failed.append(f"{preset} on {name} (not run: {stop[0]})")
+                continue
             print(f"=== {preset} on {name}", file=sys.stderr, flush=True)
             env = {**os.environ, "KERAS_BACKEND": BACKENDS[name][0]}
             with tempfile.TemporaryDirectory() as tmp:
