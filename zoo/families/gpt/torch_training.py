@@ -19,8 +19,8 @@ batches go through it too (`batch_loss`), instead of `model.evaluate`.
 Where only the forward pass is out of reach (mixed_bfloat16, dropout, LoRA adapters), the step
 keeps Keras's own forward pass and loss and still updates in the fused kernel: Keras's AdamW
 makes eleven calls over the weights and its bookkeeping per variable, each a kernel launch on a
-GPU (on the 2-core CPU, a bf16 step of nanoGPT's CPU configuration: 86 ms through
-`train_on_batch`, 74 ms so). Anything else (float16's loss scaling, another optimizer) trains
+GPU (on the 2-core CPU, a bf16 step of nanoGPT's CPU configuration: 56-68 ms through
+`train_on_batch`, 48-55 ms so; benchmarks/RESULTS.md). Anything else (float16's loss scaling, another optimizer) trains
 through `train_on_batch`.
 """
 
@@ -199,7 +199,8 @@ def train_step(model):
     parameters = [variable.value for variable in variables]
     optimizer = model.optimizer
     update = fused_adamw(optimizer, variables)
-    if eligible(model):
+    plain = eligible(model)
+    if plain:
         forward = TorchForward(model)
 
         def loss_of(inputs, targets):
@@ -223,7 +224,7 @@ def train_step(model):
                 optimizer.apply(gradients, variables)
         return loss.detach()
 
-    step.description = (("plain-torch forward pass (zoo.families.gpt.torch_training)" if eligible(model)
+    step.description = (("plain-torch forward pass (zoo.families.gpt.torch_training)" if plain
                           else "Keras's forward pass") + " and "
                          + ("Keras's AdamW in torch's fused kernel" if update is not None else "Keras's optimizer")
                          + ", eager")
