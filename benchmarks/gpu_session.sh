@@ -11,6 +11,10 @@
 #
 # Corpora are prepared once into $DATA (default .gpu/data; gpu_train.py's --cache): prepare them
 # before a short GPU lease with `python benchmarks/gpu_train.py --prepare-only --cache .gpu/data`.
+# A machine with CUDA jax and torch but no package index needs keras and keras-hub as wheels (and
+# what they import that such images lack); on 2026-12-04 an H200 image needed these, fetched with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#     --platform manylinux_2_17_x86_64 -d .whl keras==3.15.1 keras-hub==0.32.0 namex optree kagglehub kagglesdk
 # Stage times seen on one H200 (2026-12-04): small_jax ~190 s for 5000 steps, small_torch ~360 s,
 # gpt2_jax ~60 s, gpt2_torch ~110 s, decode_jax ~70 s a batch size, decode_torch ~70 s: more than
 # one 10-minute call, so a session runs them as two calls (name the stages), the profiles
