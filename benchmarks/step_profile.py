@@ -31,18 +31,16 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 if "xla_cpu_enable_xprof_traceme" not in os.environ.get("XLA_FLAGS", ""):  # XLA:CPU's thunks in the trace
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
-
-from zoo.engine import new_engine  # noqa: E402
-from zoo.families.gpt.model import gpt_from_preset  # noqa: E402
-from zoo.training import accelerator  # noqa: E402
-from zoo.training.config import TrainConfig  # noqa: E402
-from zoo.training.loop import compile_for_training  # noqa: E402
 
 
 def training_step(model, args):
     """`step()`: one update on a fixed random batch, through the step `zoo train` would use."""
+    import keras
+
+    from zoo.training.config import TrainConfig
+    from zoo.training.loop import compile_for_training
+
     compile_for_training(model, TrainConfig(max_steps=1000, batch_size=args.batch_size, precision=args.precision))
     step = None
     if keras.backend.backend() == "torch":
@@ -60,6 +58,8 @@ def training_step(model, args):
 def decode_step(model, args):
     """`step()`: one greedy decode step of --batch rows, through the engine (cache reused, so
     positions advance and wrap at the context's end)."""
+    from zoo.engine import new_engine
+
     engine = new_engine(model)
     rng = np.random.default_rng(0)
     prompts = rng.integers(1, args.vocabulary, (args.batch, 16)).tolist()
@@ -146,6 +146,11 @@ def main():
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--trace-dir", help="Where JAX's trace is written (default: a temporary folder).")
     args = parser.parse_args()
+
+    import keras  # after the arguments: --help needs no framework
+
+    from zoo.families.gpt.model import gpt_from_preset
+    from zoo.training import accelerator
 
     overrides = {key: (float(value) if key == "dropout" else int(value))
                  for key, value in (item.split("=", 1) for item in args.override)}
