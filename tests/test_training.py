@@ -308,6 +308,21 @@ def test_blocks_shorter_than_the_context_are_noted(tmp_path, small_corpus, capsy
     short = run_zoo("train", "gpt", "--data", small_corpus, *TINY_MODEL, "--tokenizer", "char", "--max-steps", "1",
                     "--eval-every", "1", "--seq-len", "16", "--out", tmp_path / "run", check=True)
     assert "note: --seq-len 16 trains 16 of the context's 32 learned positions" in short.stderr
+    # ... and generating past them says so too: from the run, and from its bundle (provenance)
+    past = run_zoo("generate", tmp_path / "run", "--max-new-tokens", "20", "--temperature", "0", check=True)
+    assert "note: this model was trained on blocks of 16 of its 32 positions; a prompt and output of 21" in past.stderr
+    from zoo.bundle import export_bundle, load_runtime
+    from zoo.configs import read_bundle_info
+    from zoo.engine import SamplingConfig
+
+    export_bundle(tmp_path / "run", tmp_path / "bundle")
+    assert read_bundle_info(tmp_path / "bundle").provenance["trained_positions"] == 16
+    generator, _ = load_runtime(tmp_path / "bundle", "generate")
+    capsys.readouterr()
+    generator.start("", SamplingConfig(max_new_tokens=15, temperature=0))  # 16 tokens with the start token
+    assert capsys.readouterr().err == ""
+    generator.start("", SamplingConfig(max_new_tokens=16, temperature=0))
+    assert "trained on blocks of 16 of its 32 positions" in capsys.readouterr().err
     from zoo.families.gpt.training import _note_untrained_positions
 
     for model, seq_len in (({"max_length": 32}, 32), ({"max_length": 32, "position_embedding": "rotary"}, 16)):

@@ -98,6 +98,9 @@ def _bundle_info(run_dir, config, step, tokenizer):
         provenance={"backend": config.backend, "versions": config.versions, "data": config.data, "steps": step,
                     "final_metrics": _final_metrics(run_dir, step), "train": config.train,
                     "command": config.command,
+                    # positions past which a family's run left its position embeddings untrained
+                    **({"trained_positions": config.settings["trained_positions"]}
+                       if config.settings.get("trained_positions") else {}),
                     **({"lora": {**config.settings["lora"], "merged": True}} if config.settings.get("lora") else {})})
 
 

@@ -52,7 +52,7 @@ class GPTFamily(LanguageModelEvaluation, Family):
             return None
         from zoo.families.gpt.generator import Generator
 
-        return Generator(model, tokenizer)
+        return Generator(model, tokenizer, trained_positions=info.provenance.get("trained_positions"))
 
     def bench_model(self, preset, vocabulary_size, seq_len, batch_size, prompt_tokens, new_tokens, decode_batches):
         from zoo.families.gpt.bench import bench_model

@@ -38,9 +38,12 @@ def _init_run(init, data, model_overrides, seq_len, val_fraction, text_field, tr
 
 def _note_untrained_positions(config):
     """Says when blocks shorter than the context leave learned position embeddings untrained: text
-    generated past them degrades into noise (a new run only; --init's positions come trained)."""
+    generated past them degrades into noise (a new run only; --init's positions come trained). The
+    run records it (`trained_positions`, carried into its bundle), so that `zoo generate` says so
+    too when it goes past them."""
     context, seq_len = config["model"]["max_length"], config["seq_len"]
     if seq_len < context and config["model"].get("position_embedding", "learned") == "learned":
+        config["trained_positions"] = seq_len
         print(f"note: --seq-len {seq_len} trains {seq_len} of the context's {context} learned positions; text "
               f"past position {seq_len} will be poor (train with --seq-len {context}, or keep prompt and output "
               f"within {seq_len} tokens)", file=sys.stderr)
