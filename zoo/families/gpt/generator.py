@@ -26,6 +26,6 @@ class Generator(LanguageModelGenerator):
             self._noted = True
             print(f"note: this model was trained on blocks of {self.trained_positions} of its {self.max_length} "
                   f"positions; a prompt and output of {reach} tokens goes past them, where text degrades (keep "
-                  f"them within {self.trained_positions} tokens, e.g. --max-new-tokens "
+                  f"them within {self.trained_positions} tokens, e.g. max new tokens "
                   f"{max(self.trained_positions - len(continuation.prompt_ids), 1)})", file=sys.stderr)
         return continuation

@@ -36,17 +36,14 @@ def _init_run(init, data, model_overrides, seq_len, val_fraction, text_field, tr
     return config, tokenizer, documents
 
 
-def _note_untrained_positions(config):
-    """Says when blocks shorter than the context leave learned position embeddings untrained: text
-    generated past them degrades into noise (a new run only; --init's positions come trained). The
-    run records it (`trained_positions`, carried into its bundle), so that `zoo generate` says so
-    too when it goes past them."""
+def _untrained_positions(config):
+    """The positions a new run's blocks train when that leaves some of the context's learned
+    position embeddings untrained (text generated past them degrades into noise), else None.
+    (--init's positions come trained.)"""
     context, seq_len = config["model"]["max_length"], config["seq_len"]
     if seq_len < context and config["model"].get("position_embedding", "learned") == "learned":
-        config["trained_positions"] = seq_len
-        print(f"note: --seq-len {seq_len} trains {seq_len} of the context's {context} learned positions; text "
-              f"past position {seq_len} will be poor (train with --seq-len {context}, or keep prompt and output "
-              f"within {seq_len} tokens)", file=sys.stderr)
+        return seq_len
+    return None
 
 
 def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kind="bpe", vocabulary_size=2048,
@@ -69,7 +66,13 @@ def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kin
         config, tokenizer, corpus = language_model.new_run("gpt", data, PRESETS, preset, overrides, seq_len,
                                                            tokenizer_kind, vocabulary_size, val_fraction,
                                                            text_field, train_config)
-        _note_untrained_positions(config)
+        if (trained := _untrained_positions(config)) is not None:
+            # Recorded in the run (and its bundle's provenance) for `zoo generate` to note too.
+            config["trained_positions"] = trained
+            context = config["model"]["max_length"]
+            print(f"note: --seq-len {trained} trains {trained} of the context's {context} learned positions; text "
+                  f"past position {trained} will be poor (train with --seq-len {context}, or keep prompt and output "
+                  f"within {trained} tokens)", file=sys.stderr)
         return config, tokenizer, corpus
 
     def build_model(config):
