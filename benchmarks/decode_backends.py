@@ -5,7 +5,14 @@ random weights) on each backend's compiled engine, one warm process per backend,
     python benchmarks/decode_backends.py --backends jax torch torch:int8 --batches 1   # zoo quantize's int8
 
 A backend written BACKEND:MODE runs the same weights quantized (`int8` or `int4`, as `zoo quantize`
-does), to set a quantized engine beside the float32 ones.
+does), to set a quantized engine beside the float32 ones; one written BACKEND@ROOT runs the zoo
+checkout at ROOT (another commit's tree, e.g. from `git worktree add`), to measure a change side by side:
+
+    python benchmarks/decode_backends.py --backends jax jax@/tmp/before --batches 1 8
+
+`--shape tiny` decodes a 1-layer, width-32 model of the same vocabulary instead, whose step costs
+next to nothing: what it measures is each engine's own cost per token (dispatch, the host's round
+trip), which is what a step costs on a GPU.
 
 decode_speed.py (and `zoo bench`, which measures a family's whole row per backend) measure one
 backend per process, minutes apart; on a small shared machine the speed drifts by more than the
@@ -33,12 +40,16 @@ def worker(args):
     """One backend: builds the model with seeded NumPy weights (quantized if --mode), warms every
     batch up, then answers each line `BATCH` on stdin with one line of JSON: tokens/s of one
     greedy generation and its tokens."""
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    root = Path(args.root) if args.root else ROOT
+    sys.path.insert(0, str(root))
+    sys.path.insert(0, str(root / "benchmarks"))
     import keras
     import numpy as np
 
     from decode_speed import SHAPE
+
+    if args.shape == "tiny":
+        SHAPE = dict(SHAPE, num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=128)
     from zoo.engine import engine_for
     from zoo.families.gpt.model import GPT
     from zoo.layers.quantized import quantize_model
@@ -68,12 +79,15 @@ def worker(args):
 
 
 def start_worker(name, args):
-    """The worker of `name`, BACKEND or BACKEND:MODE (checked by main)."""
+    """The worker of `name`, BACKEND[:MODE][@ROOT] (checked by main)."""
+    name, _, root = name.partition("@")
     backend, _, mode = name.partition(":")
     command = [sys.executable, __file__, "--worker", "--batches", *map(str, args.batches),
-               "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens)]
+               "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), "--shape", args.shape]
     if mode:
         command += ["--mode", mode]
+    if root:
+        command += ["--root", root]
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True, bufsize=1)
@@ -95,15 +109,21 @@ def main():
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=112)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--shape", choices=["gpt2", "tiny"], default="gpt2",
+                        help="gpt2: decode_speed.py's GPT-2 shape; tiny: 1 layer of width 32 (per-token overhead)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=["int8", "int4"], help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
     for name in args.backends:
-        backend, _, mode = name.partition(":")
+        spec, _, root = name.partition("@")
+        backend, _, mode = spec.partition(":")
         if backend not in ("jax", "tensorflow", "torch") or mode not in ("", "int8", "int4"):
-            parser.error(f"--backends: {name!r} is not BACKEND or BACKEND:MODE (jax, tensorflow, torch; int8, int4)")
+            parser.error(f"--backends: {name!r} is not BACKEND[:MODE][@ROOT] (jax, tensorflow, torch; int8, int4)")
+        if root and not (Path(root) / "zoo").is_dir():
+            parser.error(f"--backends: {name!r}: {root} holds no zoo checkout")
 
     # Started one after another: two compiling at once on a small machine slows both.
     workers = {}
@@ -126,7 +146,7 @@ def main():
         process.wait()
 
     first = args.backends[0]
-    print(f"\nGPT-2 shape, {args.prompt_tokens}-token prompts, {args.new_tokens} new tokens greedy, best of "
+    print(f"\n{'GPT-2' if args.shape == 'gpt2' else 'tiny (1 x 32)'} shape, {args.prompt_tokens}-token prompts, {args.new_tokens} new tokens greedy, best of "
           f"{args.rounds} rounds taken in turn\n")
     print("| batch | " + " | ".join(f"{backend} tok/s" for backend in args.backends) + " | slowest / fastest | "
           + " | ".join(f"{backend} tokens = {first}'s" for backend in args.backends[1:]) + " |")

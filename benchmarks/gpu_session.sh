@@ -30,11 +30,12 @@ fi
 if [ -n "$SMOKE" ]; then
   TRAIN=(--steps 3 --batch-size 2 --seq-len 32 --override num_layers=1 --eval-blocks 2)
   DECODE=(--batches 1 --new-tokens 4 --eager-tokens 2 --repeats 1 --no-keras-hub)
+  OVERHEAD=(--batches 1 --new-tokens 4 --rounds 1)
   PROFILE=(--steps 3 --warmup 1 --top 5 --override num_layers=1)
   PROFILE_TRAIN=(--override num_layers=1 --override hidden_dim=64 --override num_heads=2 --override intermediate_dim=128
                  --batch-size 2 --seq-len 32 --vocabulary 512 --steps 3 --warmup 1)
 else
-  TRAIN=(); DECODE=(--repeats 2); PROFILE=(); PROFILE_TRAIN=()
+  TRAIN=(); DECODE=(--repeats 2); OVERHEAD=(--rounds 3); PROFILE=(); PROFILE_TRAIN=()
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 fi
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
@@ -70,6 +71,8 @@ run_stage() {
     decode_jax) stage decode_jax 160 env KERAS_BACKEND=jax $PY benchmarks/decode_speed.py "${DECODE[@]}" ;;
     decode_torch) stage decode_torch 100 env KERAS_BACKEND=torch $PY benchmarks/decode_speed.py "${DECODE[@]}" ;;
     small_torch) train small_torch 420 torch small ;;
+    decode_overhead)  # each engine's own cost per token: a 1 x 32 model, whose step costs next to nothing
+      stage decode_overhead 150 $PY benchmarks/decode_backends.py --backends jax torch --shape tiny "${OVERHEAD[@]}" ;;
     profile_decode_jax|profile_decode_torch)  # where a decode step's time goes (batch 1, then 8)
       local backend=${1#profile_decode_}
       stage "$1" 120 env KERAS_BACKEND=$backend $PY benchmarks/step_profile.py decode --batch 1 --steps 50 "${PROFILE[@]}"
@@ -78,10 +81,10 @@ run_stage() {
       stage "$1" 150 env KERAS_BACKEND=${1#profile_train_} $PY benchmarks/step_profile.py train --preset gpt2 \
         --vocabulary 50257 --precision bf16 --batch-size 16 --seq-len 1024 --steps 10 "${PROFILE_TRAIN[@]}" ;;
     *) echo "unknown stage $1 (small_jax gpt2_jax gpt2_torch gpt2_torch_compile decode_jax decode_torch small_torch" \
-            "profile_decode_jax profile_decode_torch profile_train_jax profile_train_torch)"; exit 2 ;;
+            "decode_overhead profile_decode_jax profile_decode_torch profile_train_jax profile_train_torch)"; exit 2 ;;
   esac
 }
-for name in "${@:-small_jax gpt2_jax gpt2_torch decode_jax decode_torch profile_decode_jax profile_train_torch \
+for name in "${@:-small_jax gpt2_jax gpt2_torch decode_jax decode_torch decode_overhead profile_decode_jax profile_train_torch \
     profile_train_jax profile_decode_torch small_torch}"; do
   for one in $name; do run_stage "$one"; done
 done

@@ -32,6 +32,10 @@ from server.limits import Limits
               help="GPT generation: requests decoded together (continuous batching); more wait in the queue.")
 @click.option("--max-queue", type=click.IntRange(0), default=64, show_default=True,
               help="GPT generation: requests that may wait for a slot; beyond, RESOURCE_EXHAUSTED.")
+@click.option("--decode-steps", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="GPT generation: while every request decoding is greedy and none waits, run up to this many steps "
+                   "in one call (a loop on the device: the host's round trip once per chunk; pays where a step is "
+                   "short, as on a GPU); new requests wait for the chunk, tokens stream in bursts.")
 @click.option("--draft", "drafts", metavar="NAME=RUN_OR_BUNDLE", multiple=True, callback=lambda ctx, param, value:
               _drafts(value), help="Speculative decoding for model NAME (repeatable): a small gpt model with the same "
                                    "tokenizer proposes tokens it checks several at a time; its requests then run one "
@@ -74,7 +78,7 @@ from server.limits import Limits
               show_default=True, help="Close connections of clients that ping more often than this (gRPC's "
                                       "too_many_pings).")
 def serve(path, port, host, grace_period, metrics_port, http_port, step_delay, max_batch_size, max_batch_delay_ms,
-          dynamic_batching, decode_slots, max_queue, drafts, draft_tokens, torch_threads, warmup, version_policy, poll_seconds, tls_cert,
+          dynamic_batching, decode_slots, max_queue, decode_steps, drafts, draft_tokens, torch_threads, warmup, version_policy, poll_seconds, tls_cert,
           tls_key, tls_client_ca, auth_tokens, auth_health, max_request_bytes, max_texts, max_text_bytes,
           max_stop_sequences, max_stop_bytes, max_streams_per_connection, keepalive_seconds,
           keepalive_timeout_seconds, min_ping_interval_seconds):
@@ -96,6 +100,7 @@ def serve(path, port, host, grace_period, metrics_port, http_port, step_delay, m
       zoo serve models/ --http-port 8000      # and OpenAI's API on http://127.0.0.1:8000/v1
       zoo serve bundles/language-id --max-batch-size 64 --max-batch-delay-ms 2
       zoo serve bundles/shakespeare --decode-slots 16 --max-queue 256
+      zoo serve bundles/gpt2 --decode-steps 8     # on a GPU: greedy requests step 8 tokens per call
       zoo serve models/ --draft shakespeare=bundles/shakespeare-nano --draft-tokens 4
       zoo serve models/ --host 0.0.0.0 --tls-cert server.pem --tls-key server.key \\
           --auth-tokens tokens.txt --version-policy latest:2
@@ -104,7 +109,7 @@ def serve(path, port, host, grace_period, metrics_port, http_port, step_delay, m
 
     run(path, host=host, port=port, grace_period=grace_period, metrics_port=metrics_port, step_delay=step_delay,
         batching=dict(max_batch_size=max_batch_size, max_delay=max_batch_delay_ms / 1000, enabled=dynamic_batching),
-        generation=dict(slots=decode_slots, max_queue=max_queue), drafts=drafts, draft_tokens=draft_tokens, warmup=warmup,
+        generation=dict(slots=decode_slots, max_queue=max_queue, decode_steps=decode_steps), drafts=drafts, draft_tokens=draft_tokens, warmup=warmup,
         torch_threads=torch_threads, version_policy=version_policy, poll_seconds=poll_seconds, http_port=http_port,
         security=Security(tls_cert, tls_key, tls_client_ca, auth_tokens, auth_health),
         limits=Limits(max_request_bytes=max_request_bytes, max_texts=max_texts, max_text_bytes=max_text_bytes,

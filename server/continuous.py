@@ -13,6 +13,12 @@ One scheduler per model version owns a KV cache of `slots` rows and runs one loo
    seed, applies its stop strings and budget, and streams its Steps to the RPC. A finished
    request frees its slot for step 2 of the next turn.
 
+With `decode_steps` > 1 (vLLM's multi-step scheduling), a turn in which every busy request is
+greedy and none is waiting runs up to that many steps in one call (`engine.decode_greedy`, a loop
+on the device for the compiled engines): the host's round trip is paid once per chunk, which is
+what a step costs a small model or a GPU. The price: a request arriving meanwhile waits for the
+chunk to end, a cancelled one is freed after it, and tokens reach the RPC in bursts. Default 1.
+
 So a new request joins at the next step instead of waiting for the others to finish, and every
 request gets the tokens it would get alone (greedy; sampled too, with a seed). Requests beyond the
 free slots wait in a queue of at most `max_queue`; beyond that, `submit` raises QueueFull (the RPC
@@ -55,9 +61,11 @@ class ContinuousBatcher:
     lock); `on_token`: called once per generated token (metrics); `step_delay`: seconds to sleep
     before each step (tests of cancellation)."""
 
-    def __init__(self, engine, executor, lock, labels, slots=8, max_queue=64, on_token=None, step_delay=0.0):
+    def __init__(self, engine, executor, lock, labels, slots=8, max_queue=64, on_token=None, step_delay=0.0,
+                 decode_steps=1):
         self.engine, self.executor, self.lock, self.labels = engine, executor, lock, labels
         self.slots, self.max_queue, self.on_token, self.step_delay = slots, max_queue, on_token, step_delay
+        self.decode_steps = decode_steps
         self.busy = [None] * slots  # the _Request in each slot
         self.waiting = collections.deque()
         self.cache = None
@@ -122,15 +130,29 @@ class ContinuousBatcher:
                 continuation = self.busy[slot].continuation
                 tokens[slot], positions[slot] = continuation.last_token, continuation.position
             DECODE_ROWS.labels(*self.labels).observe(len(busy))
+            continuations = [self.busy[slot].continuation for slot in busy]
+            steps = min([self.decode_steps] + [c.budget - len(c.generated) for c in continuations])
+            greedy = steps > 1 and not self.waiting and all(c.config.temperature == 0 for c in continuations)
             try:
-                logits = await loop.run_in_executor(self.executor, self._decode, tokens, positions)
+                if greedy:
+                    finished = np.asarray([self.busy[slot] is None for slot in range(rows)])
+                    end = continuations[0].tokenizer.end_token_id
+                    chosen, logprobs = await loop.run_in_executor(
+                        self.executor, self._decode_greedy, tokens, positions, steps, end, finished)
+                else:
+                    logits = await loop.run_in_executor(self.executor, self._decode, tokens, positions)
             except Exception as error:  # noqa: BLE001 (a failed step fails every request in it)
                 for slot in busy:
                     self.busy[slot].out.put_nowait(error)
                     self.busy[slot] = None
                 continue
             for slot in busy:
-                if self.busy[slot] is not None:
+                if greedy:
+                    for token, token_logprob in zip(chosen[:, slot].tolist(), logprobs[:, slot].tolist()):
+                        if self.busy[slot] is None:
+                            break
+                        self._deliver(slot, scored=(token, token_logprob))
+                elif self.busy[slot] is not None:
                     self._deliver(slot, logits[slot])
 
     def _prefill(self, slot, request):
@@ -147,13 +169,20 @@ class ContinuousBatcher:
             logits, self.cache = self.engine.decode(tokens, self.cache, positions)
         return logits
 
-    def _deliver(self, slot, row):
-        """Feeds the request in `slot` its logits row and sends what it made; frees the slot when
-        the request is done."""
+    def _decode_greedy(self, tokens, positions, steps, end, finished):
+        if self.step_delay:
+            time.sleep(self.step_delay)
+        with self.lock:
+            chosen, logprobs, self.cache = self.engine.decode_greedy(tokens, self.cache, positions, steps, end, finished)
+        return chosen, logprobs
+
+    def _deliver(self, slot, row=None, scored=None):
+        """Feeds the request in `slot` its logits `row` (or `scored`: a (token, log-prob) picked on
+        the device) and sends what it made; frees the slot when the request is done."""
         request = self.busy[slot]
         continuation = request.continuation
         try:
-            for step in continuation.feed(row):
+            for step in continuation.feed(row) if scored is None else continuation.feed_scored(*scored):
                 if self.on_token is not None:
                     self.on_token()
                 request.out.put_nowait(step)

@@ -77,7 +77,7 @@ async def serve(path, host="127.0.0.1", port=8500, grace_period=10.0, metrics_po
     those in flight finish for up to `grace_period` seconds, and returns.
 
     `batching`: DynamicBatcher settings for Classify/Embed (max_batch_size, max_delay, enabled).
-    `generation`: ContinuousBatcher settings for continuously batched generation (slots, max_queue).
+    `generation`: ContinuousBatcher settings for continuously batched generation (slots, max_queue, decode_steps).
     `warmup`: compile every decode engine's functions before a version serves.
     `torch_threads`: torch's intra-op threads (default: all cores but one; see `cpu_threads_for_torch`).
     `security`: Security; `limits`: server.limits.Limits; `version_policy`: all, latest:N or

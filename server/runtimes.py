@@ -30,14 +30,14 @@ from server.continuous import ContinuousBatcher
 from zoo import families
 from zoo.engine.sampling import SamplingError
 
-DECODE_STEPS = Counter("zoo_decode_steps", "Generated tokens (one model call each).", ["model", "version"])
+DECODE_STEPS = Counter("zoo_decode_steps", "Generated tokens (one decode step each).", ["model", "version"])
 
 
 @dataclasses.dataclass
 class Settings:
     """How runtimes run: the thread pool for model calls, `step_delay` seconds of sleep before each
     decode step (tests of cancellation), DynamicBatcher settings for Classify/Embed (max_batch_size,
-    max_delay, enabled), ContinuousBatcher settings for generation (slots, max_queue), and the
+    max_delay, enabled), ContinuousBatcher settings for generation (slots, max_queue, decode_steps), and the
     models' drafts for speculative decoding (server.drafts.Drafts, or None)."""
 
     executor: object
@@ -148,7 +148,7 @@ class GenerationRuntime(ModelRuntime):
             # A generator that runs alone (speculative decoding's) may still have engines to compile.
             return self.generator.warmup() if hasattr(self.generator, "warmup") else None
         engine = self.scheduler.engine
-        seconds = engine.warmup(slots=(self.scheduler.slots,))
+        seconds = engine.warmup(slots=(self.scheduler.slots,), greedy=self.scheduler.decode_steps > 1)
         return seconds, engine.compile_count
 
     def close(self):

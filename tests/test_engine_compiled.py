@@ -176,7 +176,8 @@ def test_twenty_prompt_lengths_compile_each_bucket_once(engine):
     compiled = [(what, shape) for what, shape, _ in engine.compile_log]
     assert len(compiled) == len(set(compiled))  # nothing compiled twice
     if engine.compiled:
-        assert set(compiled) == before | {("decode", (1, 1, 32))} | {("prefill", b) for b in buckets_used}
+        # generate_batch greedy: its steps run as a compiled greedy chunk, not one decode at a time.
+        assert set(compiled) == before | {("greedy", (1, 1, 32))} | {("prefill", b) for b in buckets_used}
     else:  # torch runs eagerly: nothing to compile, nothing to recompile
         assert compiled == []
     # Every trace was a compilation we asked for: the backend never retraced on its own.
@@ -217,3 +218,69 @@ def test_lengths_and_positions_are_checked(engine):
         engine.generate_batch([_prompt(30)], 5)
     with pytest.raises(ValueError, match=r"decode positions must be in \[0, 32\)"):
         engine.decode([1], engine.new_cache(1), [32])
+
+
+def _prefilled(engine, prompts, slots):
+    """A cache of `slots` rows with prompts[i] in row i, and each row's first greedy token."""
+    cache, tokens = engine.new_cache(slots), []
+    for slot, ids in enumerate(prompts):
+        logits, cache = engine.prefill_slot(cache, slot, ids)
+        tokens.append(int(np.argmax(logits)))
+    return cache, np.asarray(tokens, "int32"), np.asarray([len(p) for p in prompts], "int32")
+
+
+@pytest.mark.parametrize("kind", ["learned", "rotary"])
+def test_greedy_steps_in_one_call_equal_decoding_step_by_step(engines, kind):
+    """decode_greedy (a compiled engine's chunk of greedy steps on the device) against decode and
+    the host's argmax, step by step: the same tokens, their log-probs, a row already finished,
+    the end token ending the call once every row has it, and a cache that carries on the same."""
+    from zoo.engine.sampling import logprob
+
+    engine = engines[kind]
+    prompts = [_prompt(3, 20), _prompt(9, 21), _prompt(5, 22)]
+    steps = engine.decode_chunk + 4  # two chunks
+    cache, tokens, positions = _prefilled(engine, prompts, 3)
+    expected, scores, step_tokens = [], [], tokens
+    for i in range(steps):
+        logits, cache = engine.decode(step_tokens, cache, positions + i)
+        step_tokens = logits.argmax(axis=-1).astype("int32")
+        expected.append(step_tokens)
+        scores.append([logprob(row, token) for row, token in zip(logits, step_tokens)])
+    expected, follow = np.stack(expected), engine.decode(step_tokens, cache, positions + steps)[0]
+
+    cache, *_ = _prefilled(engine, prompts, 3)
+    chosen, logprobs, cache = engine.decode_greedy(tokens, cache, positions, steps)
+    np.testing.assert_array_equal(chosen, expected)
+    np.testing.assert_allclose(logprobs, scores, atol=1e-5)
+    assert len({tuple(column) for column in chosen.T}) == 3 and len(set(chosen[:, 0])) > 3  # varied
+    # The cache holds every step's keys and values: the next step's logits are step by step's.
+    np.testing.assert_allclose(engine.decode(chosen[-1], cache, positions + steps)[0], follow, atol=1e-4)
+    if engine.compiled:  # the chunk ran on the device, one compiled loop, not decode after decode
+        assert ("greedy", (3, 3, engine.reach(positions + engine.decode_chunk - 1))) in {
+            (what, shape) for what, shape, _ in engine.compile_log}
+
+    # Ending: the call stops once every row has made the end token or was finished already.
+    def ended(end, finished):
+        cache, *_ = _prefilled(engine, prompts, 3)
+        chosen, logprobs, _ = engine.decode_greedy(tokens, cache, positions, steps, end_token_id=end,
+                                                   finished=finished)
+        assert chosen.shape == logprobs.shape
+        np.testing.assert_array_equal(chosen, expected[:len(chosen)])
+        return len(chosen)
+
+    end = int(expected[5, 0])
+    assert ended(end, [False, True, True]) == list(expected[:, 0]).index(end) + 1 <= 6
+    # Row 1 never makes row 0's end token: the call runs on to the last step.
+    end = next(int(t) for t in expected[:, 0] if t not in expected[:, 1])
+    assert ended(end, [False, False, True]) == steps
+
+
+def test_greedy_steps_are_checked(engine):
+    cache, tokens, positions = _prefilled(engine, [_prompt(20, 23)], 1)
+    with pytest.raises(ValueError, match=r"decode positions must be in \[0, 32\), got \[20\] and 12 more steps"):
+        engine.decode_greedy(tokens, cache, positions, 13)
+    with pytest.raises(ValueError, match="steps >= 1"):
+        engine.decode_greedy(tokens, cache, positions, 0)
+    with pytest.raises(ValueError, match="one finished flag per token"):
+        engine.decode_greedy(tokens, cache, positions, 2, finished=[False, False])
+    assert engine.decode_greedy(tokens, cache, positions, 12)[0].shape == (12, 1)  # to the context's end

@@ -520,3 +520,40 @@ def test_serving_a_bundle_on_another_backend(tiny_run):
         assert response.text == expected["text"] and list(response.token_ids) == expected["token_ids"]
     finally:
         process.stop()
+
+
+def test_decode_steps_run_greedy_requests_in_chunks_with_the_same_tokens(client, server, repository, backend):
+    """`--decode-steps 4`: while every request decoding is greedy, a turn runs 4 steps in one call
+    (fewer turns than tokens), with each request's own tokens, stop string and log-probs; a sampled
+    request goes back to a step per turn, as do greedy ones decoding beside it."""
+    requests = [dict(prompt="ROMEO.", temperature=0, max_new_tokens=13, return_logprobs=True),
+                dict(prompt="KING.", temperature=0, max_new_tokens=6),
+                dict(prompt="To be", temperature=0, max_new_tokens=12, stop=["e"]),
+                dict(prompt="First Citizen:", temperature=0.9, top_k=20, seed=5, max_new_tokens=10)]
+    alone = [client.generate(MODEL, **r) for r in requests]
+    chunked = ServerProcess(repository, "--decode-steps", "4", backend=backend)
+    try:
+        if backend != "torch":  # the warm-up compiled the greedy chunks besides the steps
+            functions = [int(re.search(r"\((\d+) functions\)", p.log).group(1)) for p in (server, chunked)]
+            assert functions[1] > functions[0], functions
+
+        def turns():
+            return chunked.metric("zoo_decode_batch_requests_count", model=MODEL, version="2")
+
+        with ZooClient(chunked.address, timeout=60) as own:
+            for request, expected in zip(requests, alone):
+                before = turns()
+                got = own.generate(MODEL, **request)
+                assert (list(got.token_ids), got.text, got.finish_reason) == (
+                    list(expected.token_ids), expected.text, expected.finish_reason)
+                # The first token comes from the prompt's pass; then greedy: ceil(rest / 4) turns.
+                rest = len(got.token_ids) - 1
+                assert turns() - before == (rest if request["temperature"] else -(-rest // 4)), request
+            assert [p.logprob for p in own.generate(MODEL, **requests[0]).logprobs] == pytest.approx(
+                [p.logprob for p in alone[0].logprobs], abs=1e-5)
+            with ThreadPoolExecutor(4) as pool:  # together: greedy chunks, then steps once the sampled one joins
+                together = list(pool.map(lambda r: own.generate(MODEL, **r), requests))
+        for got, expected in zip(together, alone):
+            assert (list(got.token_ids), got.text) == (list(expected.token_ids), expected.text)
+    finally:
+        chunked.stop()

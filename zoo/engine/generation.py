@@ -96,11 +96,16 @@ class Continuation:
     def feed_token(self, token, row):
         """`feed` of a token already picked from logits `row` (its log-prob is read there):
         speculative decoding picks its tokens itself."""
+        return self.feed_scored(token, None if token == self.tokenizer.end_token_id else logprob(row, token))
+
+    def feed_scored(self, token, token_logprob):
+        """`feed` of a token picked elsewhere with its log-prob: a chunk of greedy steps run on the
+        device (`engine.decode_greedy`) gives both."""
         if token == self.tokenizer.end_token_id:
             self.finish, self.done = FINISH_END, True
             return []
         self.generated.append(token)
-        self.logprobs.append(logprob(row, token))
+        self.logprobs.append(float(token_logprob))
         self.pending = self._decode_unsettled()
         if not self.pending.endswith("\ufffd"):
             self.settled, self.settled_tokens, self.pending = self.settled + self.pending, len(self.generated), ""
@@ -139,14 +144,24 @@ class Continuation:
 def stream(engine, continuation):
     """Runs one request alone on a decode engine (a 1-slot cache): yields its Steps, returns (as
     StopIteration.value) its Result. Every generator's `stream` is this; the server's continuous
-    batcher runs the same steps for many requests at once."""
+    batcher runs the same steps for many requests at once. A greedy request's steps run in chunks
+    (`engine.decode_greedy`), so its Steps come in bursts of up to `engine.decode_chunk`."""
     row, cache = engine.prefill(continuation.prompt_ids)
-    while True:
-        yield from continuation.feed(row)
-        if continuation.done:
-            break
-        logits, cache = engine.decode([continuation.last_token], cache, [continuation.position])
-        row = logits[0]
+    yield from continuation.feed(row)
+    greedy = continuation.config.temperature == 0
+    while not continuation.done:
+        last, position = [continuation.last_token], [continuation.position]
+        if greedy:
+            steps = min(engine.decode_chunk, continuation.budget - len(continuation.generated))
+            chosen, logprobs, cache = engine.decode_greedy(last, cache, position, steps,
+                                                           continuation.tokenizer.end_token_id)
+            for token, token_logprob in zip(chosen[:, 0].tolist(), logprobs[:, 0].tolist()):
+                yield from continuation.feed_scored(token, token_logprob)
+                if continuation.done:
+                    break
+        else:
+            logits, cache = engine.decode(last, cache, position)
+            yield from continuation.feed(logits[0])
     return (yield from continuation.close())
 
 

@@ -8,12 +8,18 @@ requests continuously (a new request is prefilled into a free slot and joins the
     cache = engine.new_cache(slots)                          # an empty cache of `slots` rows
     logits, cache = engine.prefill_slot(cache, slot, ids)    # run a prompt into one slot: (vocab,)
     logits, cache = engine.decode(tokens, cache, positions)  # one token per slot: (n, vocab)
+    chosen, logprobs, cache = engine.decode_greedy(tokens, cache, positions, steps)  # greedy steps at once
 
 `tokens` and `positions` are (n,) int vectors for the cache's first n rows (n <= slots; the rest
 are left alone): row r's token is written at positions[r] and attends to its own cache up to there
 (an idle slot among the first n simply computes garbage nobody reads). A server keeps its busy
 slots low and steps only as many rows as it needs (`slot_buckets`), so one request on an
 8-slot cache costs a 1-row step, not an 8-row one.
+`decode_greedy` runs several greedy steps in one call: a compiled engine loops on the device
+(up to `decode_chunk` steps a call), so the host's round trip per token (dispatch, copying the
+logits back, picking the token: ~0.1 ms on the CPU machine, the whole step of a small model; more on
+a GPU) is paid once per chunk. Greedy decoding needs nothing from the host between steps; sampling
+does (the request's seeded generator lives there), so it steps one token at a time.
 `prefill(ids)` is the one-request shortcut: (logits, a fresh 1-slot cache); `reorder(cache, rows)`
 copies rows into rows (beam search). Logits come back as float32 NumPy arrays, since sampling runs
 on the host. Caches are opaque and consumed: always use the returned one (the compiled engines
@@ -49,7 +55,7 @@ import time
 import keras
 import numpy as np
 
-from zoo.engine.sampling import SamplingConfig, sample
+from zoo.engine.sampling import SamplingConfig, logprob, sample
 
 
 def prompt_buckets(max_length, smallest=16):
@@ -73,10 +79,43 @@ def slot_buckets(slots):
     return prompt_buckets(slots, smallest=1)
 
 
+def greedy_loop(step, cache, tokens, positions, count, end_token_id, finished, chunk):
+    """The compiled engines' greedy steps, in Keras ops, traced inside their jit / tf.function:
+    `step(cache, tokens, positions) -> (logits (n, vocab), cache)` at positions, positions + 1, ...,
+    each step's argmax fed to the next, for `count` (<= chunk) steps or until every row is
+    `finished` or has produced `end_token_id`. Returns (chosen (chunk, n) int32, logprobs (chunk,
+    n) float32, steps taken, cache); rows past `steps taken` are zeros."""
+    from keras import ops  # the backend's own ops, inside its trace
+
+    rows = tokens.shape[0]
+
+    def more(i, cache, tokens, finished, chosen, logprobs):
+        return ops.logical_and(i < count, ops.logical_not(ops.all(finished)))
+
+    def one_step(i, cache, tokens, finished, chosen, logprobs):
+        logits, cache = step(cache, tokens, positions + i)
+        logits = ops.cast(logits, "float32")
+        tokens = ops.cast(ops.argmax(logits, axis=-1), "int32")
+        # log softmax at the argmax: the same figure `sampling.logprob` gives on the host, in float32.
+        best = ops.take_along_axis(logits, tokens[:, None], axis=1)[:, 0] - ops.logsumexp(logits, axis=-1)
+        chosen = ops.slice_update(chosen, (i, 0), tokens[None])
+        logprobs = ops.slice_update(logprobs, (i, 0), best[None])
+        return i + 1, cache, tokens, ops.logical_or(finished, ops.equal(tokens, end_token_id)), chosen, logprobs
+
+    start = (ops.zeros((), "int32"), cache, tokens, finished, ops.zeros((chunk, rows), "int32"),
+             ops.zeros((chunk, rows), "float32"))
+    taken, cache, _, _, chosen, logprobs = ops.while_loop(more, one_step, start, maximum_iterations=chunk)
+    return chosen, logprobs, taken, cache
+
+
 class DecodeEngine:
     """The interface and the bookkeeping shared by every engine; see the module docstring."""
 
     compiled = True
+    # The most greedy steps a compiled engine runs in one call: the host sees a chunk's tokens
+    # together, so a stream arrives in bursts of up to this many (~50 ms of a GPT-2-sized model on
+    # the CPU machine), and a chunk cut short by a stop string wastes at most this many steps less one.
+    decode_chunk = 16
 
     def __init__(self, model):
         self.model = model
@@ -140,14 +179,58 @@ class DecodeEngine:
     def decode(self, tokens, cache, positions):
         """One step for the cache's first len(tokens) slots: token r goes in at positions[r].
         (logits (len(tokens), vocab), cache)."""
+        tokens, positions = self._step_arguments(tokens, cache, positions)
+        return self._decode(tokens, cache, positions)
+
+    def _step_arguments(self, tokens, cache, positions, steps=1):
+        """(tokens, positions) as int32 vectors, checked for `steps` steps from `positions`."""
         tokens = np.asarray(tokens, dtype="int32").reshape(-1)
         positions = np.asarray(positions, dtype="int32").reshape(-1)
         if not 0 < tokens.size <= self._slots(cache) or positions.size != tokens.size:
             raise ValueError(f"decode takes one token and one position for each of the first n <= "
                              f"{self._slots(cache)} slots, got {tokens.size} tokens, {positions.size} positions")
-        if positions.size and (positions.min() < 0 or positions.max() >= self.max_length):
-            raise ValueError(f"decode positions must be in [0, {self.max_length}), got {positions.tolist()}")
-        return self._decode(tokens, cache, positions)
+        if positions.size and (positions.min() < 0 or positions.max() + steps > self.max_length):
+            raise ValueError(f"decode positions must be in [0, {self.max_length}), got {positions.tolist()}"
+                             + (f" and {steps - 1} more steps" if steps > 1 else ""))
+        return tokens, positions
+
+    def decode_greedy(self, tokens, cache, positions, steps, end_token_id=None, finished=None):
+        """Up to `steps` greedy steps at once for the cache's first len(tokens) slots: token r
+        goes in at positions[r], its argmax at positions[r] + 1, and so on. Stops early once every
+        row has produced `end_token_id` (or was `finished` already: a bool per row). Returns
+        (chosen (taken, n) int32: each step's argmax per row, logprobs (taken, n) float32: their
+        log-probabilities, cache), taken <= steps; the same tokens as `decode` and argmax step by step."""
+        if steps < 1:
+            raise ValueError(f"decode_greedy takes steps >= 1, got {steps}")
+        tokens, positions = self._step_arguments(tokens, cache, positions, steps)
+        finished = np.zeros(tokens.size, bool) if finished is None else np.asarray(finished, bool).reshape(-1)
+        if finished.size != tokens.size:
+            raise ValueError(f"decode_greedy takes one finished flag per token, got {finished.size} for {tokens.size}")
+        end = -1 if end_token_id is None else int(end_token_id)  # -1: no argmax is ever it
+        chosen, logprobs = [], []
+        while steps > 0 and not finished.all():
+            count = min(steps, self.decode_chunk)
+            picked, scores, cache = self._decode_greedy(tokens, cache, positions, count, end, finished)
+            chosen.append(picked)
+            logprobs.append(scores)
+            tokens, positions, steps = picked[-1], positions + len(picked), steps - len(picked)
+            finished = finished | (picked == end).any(axis=0)
+        return np.concatenate(chosen), np.concatenate(logprobs), cache
+
+    def _decode_greedy(self, tokens, cache, positions, steps, end, finished):
+        """decode_greedy's work for steps <= decode_chunk: here one `decode` a step, the argmax
+        picked on the host (the eager and plain-torch engines); the compiled engines loop on the
+        device (`greedy_loop`)."""
+        chosen, logprobs = [], []
+        for i in range(steps):
+            logits, cache = self._decode(tokens, cache, positions + i)
+            tokens = logits.argmax(axis=-1).astype("int32")
+            chosen.append(tokens)
+            logprobs.append([logprob(row, token) for row, token in zip(logits, tokens)])
+            finished = finished | (tokens == end)
+            if finished.all():
+                break
+        return np.stack(chosen), np.asarray(logprobs, "float32"), cache
 
     def verify(self, tokens, cache, position):
         """Runs several tokens of slot 0 at once, at positions position, position + 1, ...: each
@@ -219,14 +302,33 @@ class DecodeEngine:
 
         return self._run("verify", (len(tokens), self._slots(cache), reach), step, (cache, tokens, np.int32(position)))
 
+    def _run_greedy(self, tokens, cache, positions, steps, end, finished):
+        """The compiled engines' decode_greedy: their `_run` of `_greedy_fn` (the chunk's loop at
+        the reach of its last position), one compiled function per (rows, cache slots, reach); the
+        number of steps is an argument. Returns what `_greedy_fn` returns: (chosen, logprobs,
+        steps taken, ...), chosen and logprobs for the whole chunk (see `_taken`)."""
+        reach = self.reach(positions + steps - 1)
+
+        def loop(cache, tokens, positions, count, end, finished):
+            return self._greedy_fn(cache, tokens, positions, count, end, finished, reach)
+
+        args = (cache, tokens, positions, np.int32(steps), np.int32(end), finished)
+        return self._run("greedy", (len(tokens), self._slots(cache), reach), loop, args)
+
+    @staticmethod
+    def _taken(chosen, logprobs, taken):
+        """A compiled chunk's (chosen, logprobs) as NumPy arrays, cut to the steps it took."""
+        taken = int(taken)
+        return np.asarray(chosen)[:taken], np.asarray(logprobs)[:taken]
+
     def _traced(self):
         """Called from inside a function body being traced: counts the trace."""
         self.trace_count += 1
 
-    def warmup(self, slots=(1,), buckets=None):
+    def warmup(self, slots=(1,), buckets=None, greedy=False):
         """Compiles ahead of the first request: prefill for every bucket (or those given), and for
         each cache size in `slots` the insert and the decode step of every `slot_buckets` row
-        count and reach. Returns compile_seconds."""
+        count and reach (and with `greedy`, `decode_greedy`'s chunk of each). Returns compile_seconds."""
         for size in buckets or self.buckets:
             _, row = self.prefill([0] * size)
         for n in slots:
@@ -237,6 +339,8 @@ class DecodeEngine:
                 for reach in self.reaches:
                     positions = np.full(rows, reach - 1, "int32")
                     cache = self.decode(np.zeros(rows, "int32"), cache, positions)[1]
+                    if greedy:
+                        cache = self.decode_greedy(np.zeros(rows, "int32"), cache, positions, 1)[2]
         return self.compile_seconds
 
     def generate_batch(self, prompts, max_new_tokens, sampling=None, end_token_id=None):
@@ -260,18 +364,25 @@ class DecodeEngine:
         for slot, ids in enumerate(prompts):
             logits, cache = self.prefill_slot(cache, slot, ids)
             tokens[slot] = sample(logits, configs[slot], rngs[slot])
-        outputs, done = [[] for _ in prompts], [False] * len(prompts)
-        for step in range(max_new_tokens):
-            for r, token in enumerate(tokens):
-                done[r] = done[r] or token == end_token_id
-                if not done[r]:
-                    outputs[r].append(int(token))
-            if all(done) or step == max_new_tokens - 1:
-                break
-            logits, cache = self.decode(tokens, cache, positions)
-            positions += 1
-            tokens = np.asarray([sample(row, c, rng) for row, c, rng in zip(logits, configs, rngs)], "int32")
-        return outputs
+        # Greedy rows all: their steps run in chunks on the device (decode_greedy).
+        greedy = all(c.temperature == 0 for c in configs)
+        outputs, done = [[] for _ in prompts], np.zeros(len(prompts), bool)
+        made, picked = 0, [tokens]  # tokens made so far per row; the newest steps' tokens
+        while True:
+            for step_tokens in picked:
+                done |= step_tokens == end_token_id
+                for r in np.flatnonzero(~done):
+                    outputs[r].append(int(step_tokens[r]))
+                made += 1
+                if done.all() or made == max_new_tokens:
+                    return outputs
+            if greedy:
+                picked, _, cache = self.decode_greedy(tokens, cache, positions, max_new_tokens - made, end_token_id, done)
+            else:
+                logits, cache = self.decode(tokens, cache, positions)
+                picked = [np.asarray([sample(row, c, rng) for row, c, rng in zip(logits, configs, rngs)], "int32")]
+            positions += len(picked)
+            tokens = picked[-1]
 
 
 class EagerEngine(DecodeEngine):

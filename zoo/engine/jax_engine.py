@@ -18,10 +18,10 @@ import keras
 import numpy as np
 
 from zoo.backend import jax_or_tensorflow_on_cpu
-from zoo.engine.interface import DecodeEngine
+from zoo.engine.interface import DecodeEngine, greedy_loop
 
 # The argument each function consumes (after the variables' values): the cache, updated in place.
-_DONATE = {"prefill": (), "decode": (1,), "verify": (1,), "insert": (1,), "reorder": (1,)}
+_DONATE = {"prefill": (), "decode": (1,), "greedy": (1,), "verify": (1,), "insert": (1,), "reorder": (1,)}
 
 
 class JaxEngine(DecodeEngine):
@@ -41,6 +41,18 @@ class JaxEngine(DecodeEngine):
 
     def _decode_fn(self, cache, tokens, positions, reach):
         self._traced()
+        return self._step(cache, tokens, positions, reach)
+
+    def _greedy_fn(self, cache, tokens, positions, count, end, finished, reach):
+        self._traced()
+
+        def step(cache, tokens, positions):
+            return self._step(cache, tokens, positions, reach)
+
+        return greedy_loop(step, cache, tokens, positions, count, end, finished, self.decode_chunk)
+
+    def _step(self, cache, tokens, positions, reach):
+        """One decode step: (logits (n, vocab), cache)."""
         ids = tokens[:, None]
         if self._pair_single_rows and tokens.shape[0] == 1:
             # XLA's CPU int8 product of one row takes a slow loop (3-4x the float32 matrix-vector
@@ -104,6 +116,10 @@ class JaxEngine(DecodeEngine):
     def _decode(self, tokens, cache, positions):
         logits, cache = self._run_decode(tokens, cache, positions)
         return np.asarray(logits), cache
+
+    def _decode_greedy(self, tokens, cache, positions, steps, end, finished):
+        chosen, logprobs, taken, cache = self._run_greedy(tokens, cache, positions, steps, end, finished)
+        return *self._taken(chosen, logprobs, taken), cache
 
     def _verify(self, tokens, cache, position):
         logits, cache = self._run_verify(tokens, cache, position)

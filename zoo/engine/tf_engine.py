@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from zoo.engine.interface import DecodeEngine
+from zoo.engine.interface import DecodeEngine, greedy_loop
 
 
 def _read(cache):
@@ -55,6 +55,18 @@ class TensorFlowEngine(DecodeEngine):
         logits, new = self.model.call_with_cache(tokens[:, None], _read(cache), positions, logits_at=0, reach=reach)
         _assign(cache, new)
         return logits
+
+    def _greedy_fn(self, cache, tokens, positions, count, end, finished, reach):
+        self._traced()
+
+        def step(state, tokens, positions):
+            return self.model.call_with_cache(tokens[:, None], state, positions, logits_at=0, reach=reach)
+
+        # The loop carries the cache as tensors, written back to its variables once, at the end.
+        chosen, logprobs, taken, new = greedy_loop(step, _read(cache), tokens, positions, count, end, finished,
+                                                   self.decode_chunk)
+        _assign(cache, new)
+        return chosen, logprobs, taken
 
     def _verify_fn(self, cache, tokens, start, reach):
         self._traced()
@@ -112,6 +124,9 @@ class TensorFlowEngine(DecodeEngine):
 
     def _decode(self, tokens, cache, positions):
         return self._run_decode(tokens, cache, positions).numpy(), cache
+
+    def _decode_greedy(self, tokens, cache, positions, steps, end, finished):
+        return *self._taken(*self._run_greedy(tokens, cache, positions, steps, end, finished)), cache
 
     def _verify(self, tokens, cache, position):
         return self._run_verify(tokens, cache, position).numpy(), cache
