@@ -44,7 +44,8 @@ retraced behind our back), `compile_seconds` the time spent tracing and compilin
 reach), reach being how far into the cache it reads (`reach_buckets`).
 
 This module is the interface and depends on no other engine module; each backend's engine
-(jax_engine.py, tf_engine.py, and a family's plain-torch engine) imports only it, and
+(jax_engine.py, tf_engine.py, and a family's plain-torch engine) imports it (and the compiled
+ones greedy_loop.py, their device-side loop of greedy steps), and
 `zoo.engine.backends` picks one for the active backend. `EagerEngine` runs the model's cache
 protocol op by op: the slow reference.
 """
@@ -77,35 +78,6 @@ def reach_buckets(max_length):
 def slot_buckets(slots):
     """Row counts a decode step is compiled for on a cache of `slots` rows: 1, 2, 4, ... slots."""
     return prompt_buckets(slots, smallest=1)
-
-
-def greedy_loop(step, cache, tokens, positions, count, end_token_id, finished, chunk):
-    """The compiled engines' greedy steps, in Keras ops, traced inside their jit / tf.function:
-    `step(cache, tokens, positions) -> (logits (n, vocab), cache)` at positions, positions + 1, ...,
-    each step's argmax fed to the next, for `count` (<= chunk) steps or until every row is
-    `finished` or has produced `end_token_id`. Returns (chosen (chunk, n) int32, logprobs (chunk,
-    n) float32, steps taken, cache); rows past `steps taken` are zeros."""
-    from keras import ops  # the backend's own ops, inside its trace
-
-    rows = tokens.shape[0]
-
-    def more(i, cache, tokens, finished, chosen, logprobs):
-        return ops.logical_and(i < count, ops.logical_not(ops.all(finished)))
-
-    def one_step(i, cache, tokens, finished, chosen, logprobs):
-        logits, cache = step(cache, tokens, positions + i)
-        logits = ops.cast(logits, "float32")
-        tokens = ops.cast(ops.argmax(logits, axis=-1), "int32")
-        # log softmax at the argmax: the same figure `sampling.logprob` gives on the host, in float32.
-        best = ops.take_along_axis(logits, tokens[:, None], axis=1)[:, 0] - ops.logsumexp(logits, axis=-1)
-        chosen = ops.slice_update(chosen, (i, 0), tokens[None])
-        logprobs = ops.slice_update(logprobs, (i, 0), best[None])
-        return i + 1, cache, tokens, ops.logical_or(finished, ops.equal(tokens, end_token_id)), chosen, logprobs
-
-    start = (ops.zeros((), "int32"), cache, tokens, finished, ops.zeros((chunk, rows), "int32"),
-             ops.zeros((chunk, rows), "float32"))
-    taken, cache, _, _, chosen, logprobs = ops.while_loop(more, one_step, start, maximum_iterations=chunk)
-    return chosen, logprobs, taken, cache
 
 
 class DecodeEngine:

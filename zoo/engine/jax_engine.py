@@ -18,7 +18,8 @@ import keras
 import numpy as np
 
 from zoo.backend import jax_or_tensorflow_on_cpu
-from zoo.engine.interface import DecodeEngine, greedy_loop
+from zoo.engine.greedy_loop import greedy_loop
+from zoo.engine.interface import DecodeEngine
 
 # The argument each function consumes (after the variables' values): the cache, updated in place.
 _DONATE = {"prefill": (), "decode": (1,), "greedy": (1,), "verify": (1,), "insert": (1,), "reorder": (1,)}

@@ -15,7 +15,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from zoo.engine.interface import DecodeEngine, greedy_loop
+from zoo.engine.greedy_loop import greedy_loop
+from zoo.engine.interface import DecodeEngine
 
 
 def _read(cache):
