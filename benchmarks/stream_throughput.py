@@ -1,6 +1,7 @@
 """Aggregate generation tokens/s through `zoo serve` with 1, 4 and 16 concurrent GenerateStream
 clients, with continuous batching (`--decode-slots 16`) and without it (`--decode-slots 1`: one
-request decodes at a time, the others queue), side by side.
+request decodes at a time, the others queue), side by side; with `--decode-steps N`, also
+continuous batching that runs N greedy steps a turn (`zoo serve --decode-steps`).
 
 For each setting, starts a real server on a free loopback port serving BUNDLE (a GPT bundle) and,
 for each stream count, runs that many client threads, each streaming greedy generations of
@@ -8,6 +9,7 @@ for each stream count, runs that many client threads, each streaming greedy gene
 chunks arrive (the streams still running at the end are cancelled), over the wall time.
 
     python benchmarks/stream_throughput.py BUNDLE [--streams 1 4 16] [--seconds 20] [--backend jax]
+    python benchmarks/stream_throughput.py BUNDLE --decode-steps 8
 """
 
 import argparse
@@ -50,12 +52,17 @@ def main():
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "jax"))
+    parser.add_argument("--decode-steps", type=int, help="also a continuously batched server with this many "
+                                                         "greedy steps a turn")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     name = Path(args.bundle).resolve().name
     slots = max(args.streams)
     settings = ((f"continuous batching ({slots} slots)", ["--decode-slots", str(slots)]),
                 ("one at a time (1 slot)", ["--decode-slots", "1"]))
+    if args.decode_steps:
+        settings += ((f"continuous, {args.decode_steps} steps a turn", ["--decode-slots", str(slots), "--decode-steps",
+                                                                         str(args.decode_steps)]),)
     results = {}
     for setting, flags in settings:
         server, address = start_server(args.bundle, args.backend, *flags)
@@ -74,7 +81,7 @@ def main():
     for setting, _ in settings:
         cells = " | ".join(f"{results[(setting, n)]:.1f} tok/s" for n in args.streams)
         print(f"| {setting} | {cells} | {results[(setting, high)] / results[(setting, low)]:.2f}x |")
-    on, off = (results[(setting, high)] for setting, _ in settings)
+    on, off = (results[(setting, high)] for setting, _ in settings[:2])
     print(f"{high} streams, continuous batching / one at a time = {on / off:.2f}x")
 
 
