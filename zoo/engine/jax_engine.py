@@ -8,8 +8,11 @@ copying the whole cache. Functions are lowered and compiled ahead of time
 (`jit(...).lower(...).compile()`): the compile is timed on its own, and a call with a shape we did
 not compile for is an error, never a silent recompilation.
 
+A chunk of greedy steps (`decode_greedy`) is one compiled function too: `greedy_loop`'s
+while-loop around the same step, so the host is visited once per chunk, not once per token.
+
 An int8 model (Keras's int8 layers: int8 inputs times int8 kernels) decoding a single row on a CPU
-steps two tokens, its own and a copy at the next position (see `_decode_fn`).
+steps two tokens, its own and a copy at the next position (see `_step`).
 """
 
 import jax
