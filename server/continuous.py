@@ -131,8 +131,9 @@ class ContinuousBatcher:
                 tokens[slot], positions[slot] = continuation.last_token, continuation.position
             DECODE_ROWS.labels(*self.labels).observe(len(busy))
             continuations = [self.busy[slot].continuation for slot in busy]
+            # Several steps in one call only while nothing waits for a slot and no request samples.
             steps = min([self.decode_steps] + [c.budget - len(c.generated) for c in continuations])
-            greedy = steps > 1 and not self.waiting and all(c.config.temperature == 0 for c in continuations)
+            greedy = steps > 1 and not self.waiting and all(c.config.greedy for c in continuations)
             try:
                 if greedy:
                     finished = np.asarray([self.busy[slot] is None for slot in range(rows)])

@@ -148,7 +148,7 @@ def stream(engine, continuation):
     (`engine.decode_greedy`), so its Steps come in bursts of up to `engine.decode_chunk`."""
     row, cache = engine.prefill(continuation.prompt_ids)
     yield from continuation.feed(row)
-    greedy = continuation.config.temperature == 0
+    greedy = continuation.config.greedy
     while not continuation.done:
         last, position = [continuation.last_token], [continuation.position]
         if greedy:

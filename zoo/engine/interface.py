@@ -337,7 +337,7 @@ class DecodeEngine:
             logits, cache = self.prefill_slot(cache, slot, ids)
             tokens[slot] = sample(logits, configs[slot], rngs[slot])
         # Greedy rows all: their steps run in chunks on the device (decode_greedy).
-        greedy = all(c.temperature == 0 for c in configs)
+        greedy = all(c.greedy for c in configs)
         outputs, done = [[] for _ in prompts], np.zeros(len(prompts), bool)
         made, picked = 0, [tokens]  # tokens made so far per row; the newest steps' tokens
         while True:

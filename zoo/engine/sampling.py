@@ -37,6 +37,12 @@ class SamplingConfig:
     stop: tuple = ()
     truncate_prompt: bool = False  # keep the prompt's last tokens instead of refusing a long prompt
 
+    @property
+    def greedy(self):
+        """Each token is the argmax: nothing is drawn, so steps need nothing from the host (the
+        engines run greedy steps in chunks: DecodeEngine.decode_greedy)."""
+        return self.temperature == 0
+
     def validate(self):
         """Raises SamplingError for the first bad setting. The one check of `zoo generate` and the
         server alike; each names the setting its own way (see SamplingError.named)."""
@@ -57,7 +63,7 @@ def probabilities(logits, config):
     """The distribution `sample` draws from for one row of float logits, as float64 (temperature,
     then top-k, then top-p); None for greedy (temperature 0). Speculative decoding compares the
     draft's and the target's distributions after the same filters."""
-    if config.temperature == 0:
+    if config.greedy:
         return None
     z = logits.astype(np.float64) / config.temperature
     if 0 < config.top_k < z.size:

@@ -81,7 +81,6 @@ def speculative_stream(target, draft, continuation, draft_tokens, stats):
     output it gives. `draft_tokens` is k, the proposals per target pass; `stats` (a
     SpeculationStats) is added to as it goes."""
     config, rng = continuation.config, continuation.rng
-    greedy = config.temperature == 0
     sequence = list(continuation.prompt_ids)  # every token so far, at its position
     row, cache = target.prefill(sequence)
     # A draft with a shorter context than the target's proposes while its context lasts; past
@@ -104,14 +103,16 @@ def speculative_stream(target, draft, continuation, draft_tokens, stats):
         for p in range(draft_next, position if k else 0):
             draft_cache = draft.decode([sequence[p]], draft_cache, [p])[1]
         proposals, draft_probs, proposal = [], [], sequence[position]
-        if greedy and k:  # the draft's k greedy steps in one call (on the device where compiled)
-            chosen, _, draft_cache = draft.decode_greedy([proposal], draft_cache, [position], k)
-            proposals, draft_probs = chosen[:, 0].tolist(), [None] * k
-        for i in range(0 if greedy else k):
-            logits, draft_cache = draft.decode([proposal], draft_cache, [position + i])
-            proposal, probs = _pick(logits[0], config, rng)
-            proposals.append(proposal)
-            draft_probs.append(probs)
+        if config.greedy:  # the draft's k greedy steps in one call (on the device where compiled)
+            if k:
+                chosen, _, draft_cache = draft.decode_greedy([proposal], draft_cache, [position], k)
+                proposals, draft_probs = chosen[:, 0].tolist(), [None] * k
+        else:
+            for i in range(k):
+                logits, draft_cache = draft.decode([proposal], draft_cache, [position + i])
+                proposal, probs = _pick(logits[0], config, rng)
+                proposals.append(proposal)
+                draft_probs.append(probs)
         draft_next = position + k if k else draft_next
         # The target checks them in one pass, padded to k + 1 tokens where the context allows, so
         # that one compiled function serves every pass (padding's keys land beyond, unread).
