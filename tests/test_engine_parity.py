@@ -81,9 +81,11 @@ class Seq2SeqCase:
 @pytest.fixture(autouse=True)
 def packed_torch_products(monkeypatch):
     """On torch, these small models' kernels go through the packed oneDNN products a large model's
-    take (zoo.layers.torch_blocks.PackedLinear); the other tests' small models keep addmm's."""
+    take on a CPU where they are faster (zoo.layers.torch_blocks.PackedLinear); the other tests'
+    small models keep addmm's."""
     if keras.backend.backend() == "torch":
         monkeypatch.setattr("zoo.layers.torch_blocks.PackedLinear.MIN_SIZE", 0)
+        monkeypatch.setattr("zoo.layers.torch_blocks.PackedLinear.PACK", True)
 
 
 @pytest.fixture(scope="module", params=["gpt-learned", "gpt-rotary", "seq2seq"])
@@ -151,3 +153,54 @@ def test_an_engine_sees_weights_changed_after_it_was_made(case):
     finally:
         for variable, value in zip(model.weights, original):
             variable.assign(value)
+
+
+@pytest.mark.backend_independent
+def test_torch_products_are_packed_only_where_measured_faster(monkeypatch):
+    """Whether the torch engines multiply a model's large float32 kernels through packed oneDNN
+    products or addmm depends on the CPU (each wins by 1.2-2.6x on one of the two measured), so it
+    is measured once per set of kernel shapes, on the model's own kernels; PACK forces it. Plain
+    torch tensors: the choice is the same whatever the Keras backend."""
+    import types
+
+    import torch
+
+    from zoo.layers import torch_blocks
+    from zoo.layers.torch_blocks import PackedLinear, Weights
+
+    assert PackedLinear.available()  # torch's x86 CPU wheels have oneDNN
+    # A real measurement: 16 x 16 products take addmm ~2 us, a oneDNN call ~15 us more.
+    assert not torch_blocks.packed_products_are_faster([torch.randn(16, 16) for _ in range(4)], PackedLinear.ROWS)
+
+    def variable(value):
+        return types.SimpleNamespace(value=value, dtype="float32", shape=tuple(value.shape))
+
+    kernel, bias = variable(torch.randn(512, 768)), variable(torch.randn(768))
+    small = variable(torch.randn(8, 8))  # below MIN_SIZE: neither measured nor packed
+    layer = types.SimpleNamespace(kernel=kernel, bias=bias)
+    model = types.SimpleNamespace(dtype_policy=types.SimpleNamespace(compute_dtype="float32"),
+                                  weights=[kernel, bias, small])
+    measured = []
+
+    def measure(kernels, rows):
+        measured.append([tuple(k.shape) for k in kernels])
+        return faster
+
+    monkeypatch.setattr(torch_blocks, "packed_products_are_faster", measure)
+    monkeypatch.setattr(PackedLinear, "MIN_SIZE", 1024)
+    monkeypatch.setattr(PackedLinear, "PACK", None)  # as the engines run (this file's fixture sets it on torch)
+    x = torch.randn(3, 512)
+    for faster in (True, False):
+        monkeypatch.setattr(PackedLinear, "_measured", {})
+        for _ in range(2):  # a second engine of the same shapes is not measured again
+            product = Weights(model).dense(layer)
+            assert isinstance(product, PackedLinear) == faster
+            got = product(x) if faster else torch_blocks.linear(x, product)
+            torch.testing.assert_close(got, x @ kernel.value + bias.value, rtol=1e-5, atol=1e-4)
+        assert measured == [[(512, 768)]]
+        measured.clear()
+        for forced in (True, False):  # PACK decides without measuring
+            monkeypatch.setattr(PackedLinear, "PACK", forced)
+            assert isinstance(Weights(model).dense(layer), PackedLinear) == forced
+        monkeypatch.setattr(PackedLinear, "PACK", None)
+    assert measured == []

@@ -13,6 +13,7 @@ Hidden states are (tokens, hidden), one row per token. A torch engine's KV cache
 """
 
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,10 @@ class Weights:
     """
 
     def __init__(self, model):
+        self.model = model
         self.dtype = getattr(torch, model.dtype_policy.compute_dtype)
         self._copies = []  # (the variable's tensor, its version when copied)
+        self._pack = None  # whether packed products pay for this model, once asked (PackedLinear.pays)
 
     def tensor(self, variable, dtype=None):
         value = variable.value.detach()  # shares the storage and its version counter
@@ -71,9 +74,15 @@ class Weights:
 
     def _packed(self, weight, bias):
         """A PackedLinear of a float32 CPU weight (outputs, inputs), remembered as a copy (so that
-        `stale()` sees training change it); None where oneDNN cannot take it."""
-        if (weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.numel() < PackedLinear.MIN_SIZE
-                or not PackedLinear.available()):
+        `stale()` sees training change it); None where oneDNN cannot take it, or where packing does not
+        pay for this model on this CPU (PackedLinear.pays)."""
+        if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.numel() < PackedLinear.MIN_SIZE:
+            return None
+        if self._pack is None:
+            self._pack = PackedLinear.pays([variable.value.detach() for variable in self.model.weights
+                                            if variable.dtype == "float32" and len(variable.shape) >= 2
+                                            and math.prod(variable.shape) >= PackedLinear.MIN_SIZE])
+        if not self._pack:
             return None
         for variable_tensor in (weight, bias):
             if variable_tensor is not None:
@@ -95,11 +104,15 @@ class PackedLinear:
     CPU linear fusion uses; private, so its absence falls back to `addmm`).
 
     Why: a batch-1 decode step is a chain of matrix-vector products bound by reading the weights,
-    and on the 2-core AMD CPU MKL's float32 `addmm` read them at 15 GB/s where XLA reached 30: the
-    products of one step of decode_speed.py's model took 2.38 ms packed against addmm's 3.62 at 1
-    row, 2.56 against 6.78 at 8 (benchmarks/matvec_libraries.py; oneDNN unpacked: 2.61 and 4.55).
-    The layout is chosen for 8 rows, within 10% of the best layout measured at every row count
-    from 1 to 256. It costs a copy of the float32 weights beside the model's own.
+    and which library reads them faster depends on the CPU. On a 2-core AMD EPYC MKL's float32
+    `addmm` read them at 15 GB/s where XLA reached 30: the products of one step of decode_speed.py's
+    model took 2.38 ms packed against addmm's 3.62 at 1 row, 2.56 against 6.78 at 8
+    (benchmarks/matvec_libraries.py; oneDNN unpacked: 2.61 and 4.55). On a 2-core Intel Xeon with
+    AMX it is the other way round: addmm 1.02 ms against packed 1.57 at 1 row, 1.75 against 2.01 at
+    8. So whether a model's products are packed is measured, once per process and set of kernel
+    shapes, on the model's own kernels (`pays`); `PACK` forces it either way. The layout is chosen
+    for 8 rows, within 10% of the best layout measured at every row count from 1 to 256 (AMD). A
+    packed model costs a copy of its float32 weights beside the model's own.
 
     A oneDNN call costs about 15 us more than `addmm`, which is more than a small product takes:
     a kernel below MIN_SIZE weights (1 MiB of float32: a width of 128, a nano draft's, is 6.6 us
@@ -108,7 +121,9 @@ class PackedLinear:
 
     ROWS = 8  # the rows the blocked layout is chosen for
     MIN_SIZE = 1 << 18  # weights; at 1 row 384 x 1152 was 37 us with addmm, 34 packed; 256 x 1024: 23 and 26
+    PACK = None  # True / False: pack every kernel of MIN_SIZE or more / none; None: measure (`pays`)
     _available = None
+    _measured = {}  # the kernels' shapes -> whether packing paid
 
     def __init__(self, weight, bias):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), self.ROWS)
@@ -124,12 +139,55 @@ class PackedLinear:
                 cls._available = False
         return cls._available
 
+    @classmethod
+    def pays(cls, kernels):
+        """Whether packed products are faster than addmm over `kernels`, a model's float32 CPU
+        kernels (inputs first): `PACK` if set, else measured once per set of kernel shapes."""
+        if cls.PACK is not None or not cls.available():
+            return bool(cls.PACK) and cls.available()
+        shapes = tuple(tuple(kernel.shape) for kernel in kernels)
+        if shapes not in cls._measured:
+            cls._measured[shapes] = packed_products_are_faster(kernels, cls.ROWS)
+        return cls._measured[shapes]
+
     def __call__(self, x):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def logits(self, x):
         """As a tied output projection: float32 NumPy logits (see tied_logits)."""
         return self(x).float().cpu().numpy()
+
+
+def packed_products_are_faster(kernels, layout_rows, rounds=3, passes=4):
+    """Times passes over every kernel (a decode step's products, the model's whole working set,
+    so that caches hold what they hold in a real step) with `addmm` and with packed oneDNN
+    products, at 1 row and at `layout_rows`; compares the sums of the best passes. Each library
+    runs `passes` passes in a row, as a decoder would (switching libraries at every pass made MKL's
+    8-row products twice as slow on the Xeon), in turn for `rounds` rounds. About 0.1 s for a
+    GPT-2-sized model."""
+    kernels = [kernel.reshape(-1, kernel.shape[-1]) for kernel in kernels]  # (inputs, outputs)
+    packed = [torch.ops.mkldnn._reorder_linear_weight(kernel.T.contiguous(), layout_rows) for kernel in kernels]
+    plain_seconds = packed_seconds = 0.0
+    with torch.inference_mode():
+        for rows in (1, layout_rows):
+            inputs = {n: torch.randn(rows, n) for n in {kernel.shape[0] for kernel in kernels}}
+            plain = [lambda kernel=kernel: inputs[kernel.shape[0]] @ kernel for kernel in kernels]
+            onednn = [lambda kernel=kernel, weight=weight: torch.ops.mkldnn._linear_pointwise(
+                inputs[kernel.shape[0]], weight, None, "none", [], "") for kernel, weight in zip(kernels, packed)]
+            best = [float("inf"), float("inf")]
+            for _ in range(rounds):
+                for i, products in enumerate((plain, onednn)):
+                    best[i] = min(best[i], *(pass_seconds(products) for _ in range(passes)))
+            plain_seconds, packed_seconds = plain_seconds + best[0], packed_seconds + best[1]
+    return packed_seconds < plain_seconds
+
+
+def pass_seconds(products):
+    """Wall seconds to call each of `products` once, in order."""
+    start = time.perf_counter()
+    for product in products:
+        product()
+    return time.perf_counter() - start
 
 
 def linear(x, weights):
