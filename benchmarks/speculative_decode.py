@@ -64,7 +64,8 @@ def main():
     parser.add_argument("target")
     parser.add_argument("draft")
     parser.add_argument("--draft-tokens", type=int, nargs="+", default=[2, 3, 4, 6])
-    parser.add_argument("--new-tokens", type=int, default=200)
+    parser.add_argument("--new-tokens", type=int, default=96,
+                        help="per prompt; past the draft's context (a nano preset's is 128) the target decodes alone")
     parser.add_argument("--temperature", type=float, default=0.8, help="for the sampled rows")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -74,6 +75,11 @@ def main():
     print(f"backend {keras.backend.backend()}; target {args.target}: {target.model.count_params() / 1e6:.2f}M "
           f"parameters; draft {args.draft}: {draft.model.count_params() / 1e6:.2f}M; {len(PROMPTS)} prompts x "
           f"{args.new_tokens} new tokens, batch 1, best of {args.repeats}")
+    longest = args.new_tokens + max(len(target.prompt_ids(prompt, SamplingConfig(max_new_tokens=args.new_tokens)))
+                                    for prompt in PROMPTS)
+    if longest > draft.max_length:
+        print(f"note: prompts and new tokens reach position {longest}, past the draft's context "
+              f"({draft.max_length}); from there the target decodes alone, one token a pass")
     rows = []
     for name, config in (("greedy", SamplingConfig(temperature=0, max_new_tokens=args.new_tokens)),
                          (f"T={args.temperature}", SamplingConfig(temperature=args.temperature, seed=0,
