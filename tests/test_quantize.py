@@ -231,11 +231,12 @@ def test_int8_classify_eval_and_translate_commands(small_bundles):
 
 
 def test_int8_seq2seq_and_lstm_engines_give_their_models_greedy_tokens(small_bundles, backend):
-    """The decode engines of a quantized seq2seq model and lstm generate. On torch, where the
-    seq2seq engine is zoo's plain-torch step over the quantized weights (the lstm's is Keras's
-    layers op by op, as on every backend), its greedy tokens are the quantized model's own,
-    decoded op by op through Keras's layers (zoo.engine.EagerEngine). (On JAX and TensorFlow the
-    engines compile the model's own Keras layers: the other tests compare their output.)"""
+    """The decode engines of a quantized seq2seq model and lstm generate. The seq2seq engine's
+    greedy tokens are the quantized model's own, decoded op by op through Keras's layers
+    (zoo.engine.EagerEngine), through the last target position: on torch it is zoo's plain-torch
+    step over the quantized weights; on JAX (a CPU) it steps a single int8 row as two tokens, as
+    for a GPT, the copy at the next position and, at the last, past the cache. (The lstm's engine
+    is Keras's layers op by op on every backend.)"""
     from zoo.bundle import load_runtime
     from zoo.engine import EagerEngine, SamplingConfig, engine_for
 
@@ -243,11 +244,28 @@ def test_int8_seq2seq_and_lstm_engines_give_their_models_greedy_tokens(small_bun
         runtime, _ = load_runtime(small_bundles[kind][1])
         ids = runtime.prompt_ids("red cat big dog", SamplingConfig(temperature=0, max_new_tokens=6))
         prompt = [runtime.start_id] + ids if kind == "seq2seq" else ids
-        tokens = engine_for(runtime.model).generate_batch([prompt], 6)[0]
+        engine = engine_for(runtime.model)
+        tokens = engine.generate_batch([prompt], 6)[0]
         assert len(tokens) == 6
         if backend == "torch":
-            assert type(engine_for(runtime.model)).__name__ == ("TorchSeq2SeqEngine" if kind == "seq2seq"
-                                                                 else "EagerEngine")
+            assert type(engine).__name__ == ("TorchSeq2SeqEngine" if kind == "seq2seq" else "EagerEngine")
+        if kind == "seq2seq":
+            assert getattr(engine, "_pair_single_rows", False) == (backend == "jax")
+            eager = EagerEngine(runtime.model)
+            steps = engine.max_length - engine.first_position(prompt) + 1  # the last one at the last position
+            tokens = engine.generate_batch([prompt], steps)[0]
+            assert len(tokens) == steps and len(set(tokens)) > 2
+            assert tokens == eager.generate_batch([prompt], steps)[0]
+            # Step by step, the logits too (a copier's tokens hardly depend on their position).
+            (logits, cache), (expected, eager_cache) = engine.prefill(prompt), eager.prefill(prompt)
+            for position, token in enumerate(tokens[:-1], start=engine.first_position(prompt)):
+                np.testing.assert_allclose(logits.reshape(-1), expected.reshape(-1), rtol=0,
+                                           atol=1e-4 * np.abs(expected).max(), err_msg=f"position {position}")
+                logits, cache = engine.decode(np.asarray([token], "int32"), cache, np.asarray([position], "int32"))
+                expected, eager_cache = eager.decode(np.asarray([token], "int32"), eager_cache,
+                                                     np.asarray([position], "int32"))
+            np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+        elif backend == "torch":
             assert tokens == EagerEngine(runtime.model).generate_batch([prompt], 6)[0], kind
 
 

@@ -195,6 +195,11 @@ class Seq2Seq(keras.Model):
 
     # -- decoding: the cache protocol zoo.engine compiles -----------------------------------------
 
+    # Every target position has its own keys and values in the decoder's self-attention cache (the
+    # source's cross-attention ones are only read), as in a GPT's: see DecodeEngine.verify. (The
+    # JAX engine's int8 single-row step relies on it too.)
+    positional_cache = True
+
     @staticmethod
     def torch_engine():
         """The decode engine `zoo.engine.backends` runs this model with on torch: a plain-torch twin."""
