@@ -1,18 +1,22 @@
-"""Batch-1 decoding speed of a quantized GPT (`zoo quantize`: Keras's int8 and int4) against the
-float32 one, side by side in one process on the current backend, on zoo's compiled engine.
+"""Batch-1 decoding speed of a quantized GPT or seq2seq model (`zoo quantize`: Keras's int8 and
+int4) against the float32 one, side by side in one process on the current backend, on zoo's
+compiled engine.
 
     KERAS_BACKEND=jax python benchmarks/quantized_decode.py [--new-tokens 112] [--repeats 3]
     KERAS_BACKEND=tensorflow python benchmarks/quantized_decode.py
     KERAS_BACKEND=torch python benchmarks/quantized_decode.py
+    KERAS_BACKEND=jax python benchmarks/quantized_decode.py --family seq2seq
 
 Model: benchmarks/decode_speed.py's GPT-2 shape (vocabulary 8192, 6 layers, 6 heads, width 384,
-MLP 1536, context 256), random weights (seed 0), the same weights quantized. A 16-token prompt,
+MLP 1536, context 256), or with `--family seq2seq` a translator of the same width (6 encoder and 6
+decoder layers, vocabularies 8192, 64 source and 128 target positions; the prompt is the start
+token and a source); random weights (seed 0), the same weights quantized. A 16-token prompt,
 112 new tokens greedily; tokens/s counts new tokens over the whole generation, prefill included,
 best of --repeats after a warm-up run that compiles. Also printed: the weights file's size
 (model.weights.h5, as in a bundle) and how many of the first 32 greedy tokens equal float32's
 (random weights give nearly flat logits, so this is a harsh test: a trained model's are peaked).
 
-Rows marked "(experiment)" are not what zoo runs; they measure alternatives:
+Rows marked "(experiment)" are not what zoo runs (GPT only); they measure alternatives:
 - "int8 weight-only": Keras's int8 layers with their input quantizer off (x @ W_int8 / scale,
   the float input multiplied by the int8 kernel), on JAX and TensorFlow;
 - "int8pack weight-only": on torch, `torch.ops.aten._weight_int8pack_mm` (float input, int8
@@ -38,6 +42,11 @@ import numpy as np  # noqa: E402
 from decode_speed import SHAPE, best_time  # noqa: E402
 from zoo.engine import new_engine  # noqa: E402
 from zoo.families.gpt.model import GPT  # noqa: E402
+from zoo.families.seq2seq.model import Seq2Seq  # noqa: E402
+
+SEQ2SEQ_SHAPE = dict(source_vocabulary_size=8192, target_vocabulary_size=8192, num_encoder_layers=6,
+                     num_decoder_layers=6, num_heads=6, hidden_dim=384, intermediate_dim=1536, max_source_length=64,
+                     max_target_length=128)
 from zoo.layers.quantized import quantize_model  # noqa: E402
 
 
@@ -48,10 +57,11 @@ def weights_bytes(model):
         return path.stat().st_size
 
 
-def built(weights):
-    model = GPT(**SHAPE)
+def built(family, weights=None):
+    model = GPT(**SHAPE) if family == "gpt" else Seq2Seq(**SEQ2SEQ_SHAPE)
     model.build()
-    model.set_weights(weights)
+    if weights is not None:
+        model.set_weights(weights)
     return model
 
 
@@ -96,6 +106,7 @@ def swapped(engine, cls):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=["gpt", "seq2seq"], default="gpt")
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=112)
     parser.add_argument("--repeats", type=int, default=3)
@@ -110,26 +121,28 @@ def main():
 
         torch.set_num_threads(args.torch_threads)
     keras.utils.set_random_seed(0)
-    reference = GPT(**SHAPE)
-    reference.build()
+    reference = built(args.family)
     weights = reference.get_weights()
-    prompt = np.random.default_rng(0).integers(1, SHAPE["vocabulary_size"], args.prompt_tokens).tolist()
+    prompt = np.random.default_rng(0).integers(1, 8192, args.prompt_tokens).tolist()
+    if args.family == "seq2seq":
+        prompt = [0] + prompt  # the decoder's start token, then the source
     models = {"float32": reference}
     for mode in ("int8", "int4"):
-        models[mode] = built(weights)
+        models[mode] = built(args.family, weights)
         quantize_model(models[mode], mode)
     engines = {name: new_engine(model) for name, model in models.items()}
     sizes = {name: weights_bytes(model) for name, model in models.items()}
-    if not args.no_experiments:
+    if not args.no_experiments and args.family == "gpt":
         if backend in ("jax", "tensorflow"):
-            model = built(weights)
+            model = built(args.family, weights)
             quantize_model(model, "int8")
             engines["int8 weight-only (experiment)"] = new_engine(weight_only(model))
             sizes["int8 weight-only (experiment)"] = sizes["int8"]
         elif backend == "torch":
             engines["int8pack weight-only (experiment)"] = swapped(engines["int8"], Int8PackLinear)
             sizes["int8pack weight-only (experiment)"] = sizes["int8"]
-    print(f"backend {backend}, keras {keras.__version__}, {reference.count_params() / 1e6:.2f}M parameters, "
+    print(f"{args.family}, backend {backend}, keras {keras.__version__}, "
+          f"{reference.count_params() / 1e6:.2f}M parameters, "
           f"batch 1, prompt {args.prompt_tokens}, {args.new_tokens} new tokens, greedy, best of {args.repeats}")
     results = {}
     for name, engine in engines.items():
