@@ -159,8 +159,8 @@ def test_an_engine_sees_weights_changed_after_it_was_made(case):
 def test_torch_products_are_packed_only_where_measured_faster(monkeypatch):
     """Whether the torch engines multiply a model's large float32 kernels through packed oneDNN
     products or addmm depends on the CPU (each wins by 1.2-2.6x on one of the two measured), so it
-    is measured once per set of kernel shapes, on the model's own kernels; PACK forces it. Plain
-    torch tensors: the choice is the same whatever the Keras backend."""
+    is measured once per set of product shapes, on the model's own products as the engine calls
+    them; PACK forces it. Plain torch tensors: the choice is the same whatever the Keras backend."""
     import types
 
     import torch
@@ -170,37 +170,45 @@ def test_torch_products_are_packed_only_where_measured_faster(monkeypatch):
 
     assert PackedLinear.available()  # torch's x86 CPU wheels have oneDNN
     # A real measurement: 16 x 16 products take addmm ~2 us, a oneDNN call ~15 us more.
-    assert not torch_blocks.packed_products_are_faster([torch.randn(16, 16) for _ in range(4)], PackedLinear.ROWS)
+    small = [PackedLinear(torch.randn(16, 16), torch.randn(16)) for _ in range(4)]
+    assert not torch_blocks.packing_is_faster(small, PackedLinear.ROWS)
+    assert all(product.packed is None for product in small)  # left as found
 
     def variable(value):
         return types.SimpleNamespace(value=value, dtype="float32", shape=tuple(value.shape))
 
-    kernel, bias = variable(torch.randn(512, 768)), variable(torch.randn(768))
-    small = variable(torch.randn(8, 8))  # below MIN_SIZE: neither measured nor packed
-    layer = types.SimpleNamespace(kernel=kernel, bias=bias)
-    model = types.SimpleNamespace(dtype_policy=types.SimpleNamespace(compute_dtype="float32"),
-                                  weights=[kernel, bias, small])
+    kernel, bias, table = variable(torch.randn(512, 768)), variable(torch.randn(768)), variable(torch.randn(900, 512))
+    layer, embedding = types.SimpleNamespace(kernel=kernel, bias=bias), types.SimpleNamespace(embeddings=table)
+    model = types.SimpleNamespace(dtype_policy=types.SimpleNamespace(compute_dtype="float32"))
     measured = []
 
-    def measure(kernels, rows):
-        measured.append([tuple(k.shape) for k in kernels])
+    def measure(products, rows):
+        measured.append([(tuple(p.weight.shape), p.bias is None) for p in products])
         return faster
 
-    monkeypatch.setattr(torch_blocks, "packed_products_are_faster", measure)
+    monkeypatch.setattr(torch_blocks, "packing_is_faster", measure)
     monkeypatch.setattr(PackedLinear, "MIN_SIZE", 1024)
     monkeypatch.setattr(PackedLinear, "PACK", None)  # as the engines run (this file's fixture sets it on torch)
     x = torch.randn(3, 512)
     for faster in (True, False):
         monkeypatch.setattr(PackedLinear, "_measured", {})
         for _ in range(2):  # a second engine of the same shapes is not measured again
-            product = Weights(model).dense(layer)
-            assert isinstance(product, PackedLinear) == faster
-            got = product(x) if faster else torch_blocks.linear(x, product)
-            torch.testing.assert_close(got, x @ kernel.value + bias.value, rtol=1e-5, atol=1e-4)
-        assert measured == [[(512, 768)]]
+            weights = Weights(model)
+            product, output = weights.dense(layer), weights.tied_output(embedding)
+            weights.settle()
+            assert (product.packed is not None) == faster and (output.packed is not None) == faster
+            torch.testing.assert_close(product(x), x @ kernel.value + bias.value, rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(output.logits(x), (x @ table.value.T).numpy(), rtol=1e-5, atol=1e-4)
+            assert weights.stale() is False
+            kernel.value.add_(0.0)  # an in-place update, as training makes: a packed copy is then stale
+            assert weights.stale() == faster
+        assert measured == [[((768, 512), False), ((900, 512), True)]]
         measured.clear()
         for forced in (True, False):  # PACK decides without measuring
             monkeypatch.setattr(PackedLinear, "PACK", forced)
-            assert isinstance(Weights(model).dense(layer), PackedLinear) == forced
+            weights = Weights(model)
+            product = weights.dense(layer)
+            weights.settle()
+            assert (product.packed is not None) == forced
         monkeypatch.setattr(PackedLinear, "PACK", None)
     assert measured == []

@@ -12,6 +12,7 @@ Hidden states are (tokens, hidden), one row per token. A torch engine's KV cache
 (keys, values) pair of shape (slots, heads, length, head_dim) (`kv_cache`), written in place.
 """
 
+import functools
 import math
 import time
 
@@ -25,15 +26,15 @@ class Weights:
 
     A variable already in that dtype is read as its own tensor (no copy, so training's in-place
     updates are seen); under mixed precision (float32 variables, a 16-bit compute dtype) a cast
-    copy is taken, and so is a packed copy of a float32 kernel on the CPU (PackedLinear): `stale()`
-    tells when a variable copied has changed since (the engine then reads its weights again).
+    copy is taken, and so is a packed copy of a float32 kernel on the CPU (PackedLinear, where
+    `settle` packs them): `stale()` tells when a variable copied has changed since (the engine then
+    reads its weights again). An engine calls `settle()` once it has read every weight.
     """
 
     def __init__(self, model):
-        self.model = model
         self.dtype = getattr(torch, model.dtype_policy.compute_dtype)
         self._copies = []  # (the variable's tensor, its version when copied)
-        self._pack = None  # whether packed products pay for this model, once asked (PackedLinear.pays)
+        self._products = []  # the PackedLinears made, for `settle`
 
     def tensor(self, variable, dtype=None):
         value = variable.value.detach()  # shares the storage and its version counter
@@ -73,21 +74,24 @@ class Weights:
         return (isinstance(table, torch.Tensor) and self._packed(table, None)) or table
 
     def _packed(self, weight, bias):
-        """A PackedLinear of a float32 CPU weight (outputs, inputs), remembered as a copy (so that
-        `stale()` sees training change it); None where oneDNN cannot take it, or where packing does not
-        pay for this model on this CPU (PackedLinear.pays)."""
-        if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.numel() < PackedLinear.MIN_SIZE:
+        """A PackedLinear of a float32 CPU weight (outputs, inputs), packed or not by `settle`; None
+        where oneDNN cannot take it."""
+        if (weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.numel() < PackedLinear.MIN_SIZE
+                or not PackedLinear.available()):
             return None
-        if self._pack is None:
-            self._pack = PackedLinear.pays([variable.value.detach() for variable in self.model.weights
-                                            if variable.dtype == "float32" and len(variable.shape) >= 2
-                                            and math.prod(variable.shape) >= PackedLinear.MIN_SIZE])
-        if not self._pack:
-            return None
-        for variable_tensor in (weight, bias):
-            if variable_tensor is not None:
-                self._copies.append((variable_tensor, variable_tensor._version))
-        return PackedLinear(weight, bias)
+        self._products.append(PackedLinear(weight, bias))
+        return self._products[-1]
+
+    def settle(self):
+        """Packs the PackedLinears made if packed products are faster for this model on this CPU
+        (PackedLinear.pays), each remembered as a copy (so that `stale()` sees training change it)."""
+        if not self._products or not PackedLinear.pays(self._products):
+            return
+        for product in self._products:
+            product.pack()
+            for variable_tensor in (product.weight, product.bias):
+                if variable_tensor is not None:
+                    self._copies.append((variable_tensor, variable_tensor._version))
 
     def norm(self, layer):
         """A LayerNormalization as (gamma, beta, epsilon), in float32 as Keras computes it."""
@@ -110,7 +114,9 @@ class PackedLinear:
     (benchmarks/matvec_libraries.py; oneDNN unpacked: 2.61 and 4.55). On a 2-core Intel Xeon with
     AMX it is the other way round: addmm 1.02 ms against packed 1.57 at 1 row, 1.75 against 2.01 at
     8. So whether a model's products are packed is measured, once per process and set of kernel
-    shapes, on the model's own kernels (`pays`); `PACK` forces it either way. The layout is chosen
+    shapes, on the model's own products as the engine calls them (`pays`); `PACK` forces it either
+    way. Unpacked, a PackedLinear multiplies as the engine otherwise would: `addmm`, and a tied
+    output as `tied_logits` does. The layout is chosen
     for 8 rows, within 10% of the best layout measured at every row count from 1 to 256 (AMD). A
     packed model costs a copy of its float32 weights beside the model's own.
 
@@ -126,60 +132,75 @@ class PackedLinear:
     _measured = {}  # the kernels' shapes -> whether packing paid
 
     def __init__(self, weight, bias):
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), self.ROWS)
-        self.bias = bias
+        self.weight, self.bias = weight, bias  # (outputs, inputs), (outputs,) or None: the variables' own
+        self.packed = None  # oneDNN's blocked copy of the weight, once packed
+
+    def pack(self):
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous(), self.ROWS)
 
     @classmethod
     def available(cls):
         if cls._available is None:
             try:
                 probe = cls(torch.ones(2, 3), torch.zeros(2))
+                probe.pack()
                 cls._available = bool(torch.equal(probe(torch.ones(1, 3)), torch.full((1, 2), 3.0)))
             except (AttributeError, RuntimeError):  # no oneDNN in this build, or not this CPU
                 cls._available = False
         return cls._available
 
     @classmethod
-    def pays(cls, kernels):
-        """Whether packed products are faster than addmm over `kernels`, a model's float32 CPU
-        kernels (inputs first): `PACK` if set, else measured once per set of kernel shapes."""
-        if cls.PACK is not None or not cls.available():
-            return bool(cls.PACK) and cls.available()
-        shapes = tuple(tuple(kernel.shape) for kernel in kernels)
+    def pays(cls, products):
+        """Whether `products` (a model's PackedLinears) are faster packed: `PACK` if set, else
+        measured once per set of their shapes."""
+        if cls.PACK is not None:
+            return cls.PACK
+        shapes = tuple((tuple(product.weight.shape), product.bias is None) for product in products)
         if shapes not in cls._measured:
-            cls._measured[shapes] = packed_products_are_faster(kernels, cls.ROWS)
+            cls._measured[shapes] = packing_is_faster(products, cls.ROWS)
         return cls._measured[shapes]
 
     def __call__(self, x):
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        if self.bias is None:  # a tied output: weight @ x.T, see tied_logits
+            return (self.weight @ x.T).T
+        return torch.addmm(self.bias, x, self.weight.T)
 
     def logits(self, x):
         """As a tied output projection: float32 NumPy logits (see tied_logits)."""
         return self(x).float().cpu().numpy()
 
 
-def packed_products_are_faster(kernels, layout_rows, rounds=3, passes=4):
-    """Times passes over every kernel (a decode step's products, the model's whole working set,
-    so that caches hold what they hold in a real step) with `addmm` and with packed oneDNN
-    products, at 1 row and at `layout_rows`; compares the sums of the best passes. Each library
-    runs `passes` passes in a row, as a decoder would (switching libraries at every pass made MKL's
-    8-row passes 1.5x slower on the Xeon), in turn for `rounds` rounds. About 0.1 s for
-    decode_speed.py's GPT-2-shaped model (56 MB of float32 kernels)."""
-    kernels = [kernel.reshape(-1, kernel.shape[-1]) for kernel in kernels]  # (inputs, outputs)
-    packed = [torch.ops.mkldnn._reorder_linear_weight(kernel.T.contiguous(), layout_rows) for kernel in kernels]
-    plain_seconds = packed_seconds = 0.0
+def packing_is_faster(products, rows, rounds=2, passes=10):
+    """Times passes over `products` (PackedLinears: a decode step's products, the model's whole
+    working set, so that caches hold what they hold in a real step) unpacked and packed, at 1 row
+    and at `rows`; compares the sums of the best passes (below); leaves them unpacked. Each way runs
+    2 x `passes` passes in a row, as a decoder would, and only the second half counts: after a
+    switch a pass got faster for several passes (on the Xeon the first took up to twice the
+    steady time, and switching at every pass chose wrongly), in turn for `rounds` rounds. About
+    0.3 s for decode_speed.py's GPT-2-shaped model (56 MB of float32 kernels)."""
+    for product in products:
+        product.pack()
+    packed = [product.packed for product in products]
+    seconds = [0.0, 0.0]  # unpacked, packed
     with torch.inference_mode():
-        for rows in (1, layout_rows):
-            inputs = {n: torch.randn(rows, n) for n in {kernel.shape[0] for kernel in kernels}}
-            plain = [lambda kernel=kernel: inputs[kernel.shape[0]] @ kernel for kernel in kernels]
-            onednn = [lambda kernel=kernel, weight=weight: torch.ops.mkldnn._linear_pointwise(
-                inputs[kernel.shape[0]], weight, None, "none", [], "") for kernel, weight in zip(kernels, packed)]
+        for count in (1, rows):
+            inputs = {n: torch.randn(count, n) for n in {product.weight.shape[1] for product in products}}
+            calls = [functools.partial(product, inputs[product.weight.shape[1]]) for product in products]
             best = [float("inf"), float("inf")]
             for _ in range(rounds):
-                for i, products in enumerate((plain, onednn)):
-                    best[i] = min(best[i], *(pass_seconds(products) for _ in range(passes)))
-            plain_seconds, packed_seconds = plain_seconds + best[0], packed_seconds + best[1]
-    return packed_seconds < plain_seconds
+                for way in (0, 1):
+                    for product, copy in zip(products, packed):
+                        product.packed = copy if way else None
+                    timed = [pass_seconds(calls) for _ in range(2 * passes)][passes:]  # the first warm up
+                    best[way] = min(best[way], *timed)
+            seconds = [seconds[0] + best[0], seconds[1] + best[1]]
+    for product in products:
+        product.packed = None
+    # Measured as the machine is now: with two busy processes beside on the Xeon, MKL's 8-row
+    # products took 7.9 ms against packed oneDNN's 2.2-2.6 (quiet: 1.7 against 1.8), and packing won.
+    return seconds[1] < seconds[0]
 
 
 def pass_seconds(products):

@@ -46,6 +46,7 @@ class TorchEngine(DecodeEngine):
                        for block in model.blocks]
         self.final_norm = weights.norm(model.final_norm)
         self.output = weights.tied_output(model.token_embedding)
+        weights.settle()  # packs the large float32 products where that is faster on this CPU
 
     # --- the model, token by token: hidden states are (tokens, hidden) --------------------------
 

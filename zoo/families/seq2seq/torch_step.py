@@ -64,6 +64,7 @@ class TorchSeq2SeqEngine(DecodeEngine):
                                else None)
         self.logits_bias = (weights.tensor(model.logits_bias, torch.float32).cpu().numpy()
                             if model.logits_bias is not None else None)
+        weights.settle()  # packs the large float32 products where that is faster on this CPU
 
     def _heads(self, x):
         """(rows, hidden) -> (rows, heads, head_dim)."""
