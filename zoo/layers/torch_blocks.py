@@ -116,9 +116,9 @@ class PackedLinear:
     8. So whether a model's products are packed is measured, once per process and set of kernel
     shapes, on the model's own products as the engine calls them (`pays`); `PACK` forces it either
     way. Unpacked, a PackedLinear multiplies as the engine otherwise would: `addmm`, and a tied
-    output as `tied_logits` does. The layout is chosen
-    for 8 rows, within 10% of the best layout measured at every row count from 1 to 256 (AMD). A
-    packed model costs a copy of its float32 weights beside the model's own.
+    output as `tied_logits` does. The layout is chosen for 8 rows, within 10% of the best layout
+    measured at every row count from 1 to 256 (AMD). A packed model costs a copy of its float32
+    weights beside the model's own.
 
     A oneDNN call costs about 15 us more than `addmm`, which is more than a small product takes:
     a kernel below MIN_SIZE weights (1 MiB of float32: a width of 128, a nano draft's, is 6.6 us
@@ -129,7 +129,7 @@ class PackedLinear:
     MIN_SIZE = 1 << 18  # weights; at 1 row 384 x 1152 was 37 us with addmm, 34 packed; 256 x 1024: 23 and 26
     PACK = None  # True / False: pack every kernel of MIN_SIZE or more / none; None: measure (`pays`)
     _available = None
-    _measured = {}  # the kernels' shapes -> whether packing paid
+    _measured = {}  # the products' shapes -> whether packing paid
 
     def __init__(self, weight, bias):
         self.weight, self.bias = weight, bias  # (outputs, inputs), (outputs,) or None: the variables' own
