@@ -283,4 +283,6 @@ def test_greedy_steps_are_checked(engine):
         engine.decode_greedy(tokens, cache, positions, 0)
     with pytest.raises(ValueError, match="one finished flag per token"):
         engine.decode_greedy(tokens, cache, positions, 2, finished=[False, False])
+    chosen, logprobs, cache = engine.decode_greedy(tokens, cache, positions, 3, finished=[True])
+    assert chosen.shape == logprobs.shape == (0, 1)  # every row finished already: no step
     assert engine.decode_greedy(tokens, cache, positions, 12)[0].shape == (12, 1)  # to the context's end

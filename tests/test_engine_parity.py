@@ -172,7 +172,7 @@ def test_torch_products_are_packed_only_where_measured_faster(monkeypatch):
     # A real measurement: 16 x 16 products take addmm ~2 us, a oneDNN call ~15 us more.
     small = [PackedLinear(torch.randn(16, 16), torch.randn(16)) for _ in range(4)]
     assert not torch_blocks.packing_is_faster(small, PackedLinear.ROWS)
-    assert all(product.packed is None for product in small)  # left as found
+    assert all(product.packed is None for product in small)  # left unpacked, as measured
 
     def variable(value):
         return types.SimpleNamespace(value=value, dtype="float32", shape=tuple(value.shape))

@@ -179,7 +179,7 @@ class DecodeEngine:
         if finished.size != tokens.size:
             raise ValueError(f"decode_greedy takes one finished flag per token, got {finished.size} for {tokens.size}")
         end = -1 if end_token_id is None else int(end_token_id)  # -1: no argmax is ever it
-        chosen, logprobs = [], []
+        chosen, logprobs = [np.zeros((0, tokens.size), "int32")], [np.zeros((0, tokens.size), "float32")]
         while steps > 0 and not finished.all():
             count = min(steps, self.decode_chunk)
             picked, scores, cache = self._decode_greedy(tokens, cache, positions, count, end, finished)

@@ -53,7 +53,7 @@ class TensorFlowEngine(DecodeEngine):
 
     def _decode_fn(self, cache, tokens, positions, reach):
         self._traced()
-        logits, new = self.model.call_with_cache(tokens[:, None], _read(cache), positions, logits_at=0, reach=reach)
+        logits, new = self._step(_read(cache), tokens, positions, reach)
         _assign(cache, new)
         return logits
 
@@ -61,13 +61,17 @@ class TensorFlowEngine(DecodeEngine):
         self._traced()
 
         def step(state, tokens, positions):
-            return self.model.call_with_cache(tokens[:, None], state, positions, logits_at=0, reach=reach)
+            return self._step(state, tokens, positions, reach)
 
         # The loop carries the cache as tensors, written back to its variables once, at the end.
         chosen, logprobs, taken, new = greedy_loop(step, _read(cache), tokens, positions, count, end, finished,
                                                    self.decode_chunk)
         _assign(cache, new)
         return chosen, logprobs, taken
+
+    def _step(self, state, tokens, positions, reach):
+        """One decode step over the cache's values `state`: (logits (n, vocab), the new state)."""
+        return self.model.call_with_cache(tokens[:, None], state, positions, logits_at=0, reach=reach)
 
     def _verify_fn(self, cache, tokens, start, reach):
         self._traced()

@@ -88,7 +88,8 @@ class Weights:
         if not self._products or not PackedLinear.pays(self._products):
             return
         for product in self._products:
-            product.pack()
+            if product.packed is None:  # packed already where `pays` measured and packing won
+                product.pack()
             for variable_tensor in (product.weight, product.bias):
                 if variable_tensor is not None:
                     self._copies.append((variable_tensor, variable_tensor._version))
@@ -175,7 +176,8 @@ class PackedLinear:
 def packing_is_faster(products, rows, rounds=2, passes=10):
     """Times passes over `products` (PackedLinears: a decode step's products, the model's whole
     working set, so that caches hold what they hold in a real step) unpacked and packed, at 1 row
-    and at `rows`; compares the sums of the best passes (below); leaves them unpacked. Each way runs
+    and at `rows`; compares the sums of the best passes (below); leaves them packed if packing is
+    faster (so `Weights.settle` does not pack them again), else unpacked. Each way runs
     2 x `passes` passes in a row, as a decoder would, and only the second half counts: after a
     switch a pass got faster for several passes (on the Xeon the first took up to twice the
     steady time, and switching at every pass chose wrongly), in turn for `rounds` rounds. About
@@ -196,11 +198,12 @@ def packing_is_faster(products, rows, rounds=2, passes=10):
                     timed = [pass_seconds(calls) for _ in range(2 * passes)][passes:]  # the first warm up
                     best[way] = min(best[way], *timed)
             seconds = [seconds[0] + best[0], seconds[1] + best[1]]
-    for product in products:
-        product.packed = None
     # Measured as the machine is now: with two busy processes beside on the Xeon, MKL's 8-row
     # products took 7.9 ms against packed oneDNN's 2.2-2.6 (quiet: 1.7 against 1.8), and packing won.
-    return seconds[1] < seconds[0]
+    faster = seconds[1] < seconds[0]
+    for product, copy in zip(products, packed):
+        product.packed = copy if faster else None
+    return faster
 
 
 def pass_seconds(products):
