@@ -156,11 +156,13 @@ def test_an_engine_sees_weights_changed_after_it_was_made(case):
 
 
 @pytest.mark.backend_independent
-def test_torch_products_are_packed_only_where_measured_faster(monkeypatch):
-    """Whether the torch engines multiply a model's large float32 kernels through packed oneDNN
-    products or addmm depends on the CPU (each wins by 1.2-2.6x on one of the two measured), so it
-    is measured once per set of product shapes, on the model's own products as the engine calls
-    them; PACK forces it. Plain torch tensors: the choice is the same whatever the Keras backend."""
+def test_torch_products_multiply_packed_from_the_rows_where_it_pays(monkeypatch):
+    """The torch engines multiply a model's large float32 kernels through packed oneDNN products
+    from PACKED_FROM rows on, and at every row count where packing measures faster at 1 row (which
+    depends on the CPU: each way wins by 1.2-2.6x at 1 row on one of the two CPUs measured), measured
+    once per set of product shapes on the model's own products; below, addmm on the variable's own
+    tensor. PACK forces it. Plain torch tensors: the same whatever the Keras backend."""
+    import math
     import types
 
     import torch
@@ -171,8 +173,8 @@ def test_torch_products_are_packed_only_where_measured_faster(monkeypatch):
     assert PackedLinear.available()  # torch's x86 CPU wheels have oneDNN
     # A real measurement: 16 x 16 products take addmm ~2 us, a oneDNN call ~15 us more.
     small = [PackedLinear(torch.randn(16, 16), torch.randn(16)) for _ in range(4)]
-    assert not torch_blocks.packing_is_faster(small, PackedLinear.ROWS)
-    assert all(product.packed is None for product in small)  # left unpacked, as measured
+    assert not torch_blocks.packing_is_faster(small)
+    assert all(product.packed is not None and product.packed_from == math.inf for product in small)
 
     def variable(value):
         return types.SimpleNamespace(value=value, dtype="float32", shape=tuple(value.shape))
@@ -180,28 +182,37 @@ def test_torch_products_are_packed_only_where_measured_faster(monkeypatch):
     kernel, bias, table = variable(torch.randn(512, 768)), variable(torch.randn(768)), variable(torch.randn(900, 512))
     layer, embedding = types.SimpleNamespace(kernel=kernel, bias=bias), types.SimpleNamespace(embeddings=table)
     model = types.SimpleNamespace(dtype_policy=types.SimpleNamespace(compute_dtype="float32"))
-    measured = []
+    measured, calls = [], []
 
-    def measure(products, rows):
+    def measure(products):
         measured.append([(tuple(p.weight.shape), p.bias is None) for p in products])
         return faster
 
+    def packed_product(*args):  # counts the packed products taken
+        calls.append(args[0].shape[0])
+        return linear_pointwise(*args)
+
+    linear_pointwise = torch.ops.mkldnn._linear_pointwise
     monkeypatch.setattr(torch_blocks, "packing_is_faster", measure)
+    monkeypatch.setattr(torch_blocks.torch.ops.mkldnn, "_linear_pointwise", packed_product)
     monkeypatch.setattr(PackedLinear, "MIN_SIZE", 1024)
     monkeypatch.setattr(PackedLinear, "PACK", None)  # as the engines run (this file's fixture sets it on torch)
-    x = torch.randn(3, 512)
     for faster in (True, False):
         monkeypatch.setattr(PackedLinear, "_measured", {})
         for _ in range(2):  # a second engine of the same shapes is not measured again
             weights = Weights(model)
             product, output = weights.dense(layer), weights.tied_output(embedding)
             weights.settle()
-            assert (product.packed is not None) == faster and (output.packed is not None) == faster
-            torch.testing.assert_close(product(x), x @ kernel.value + bias.value, rtol=1e-5, atol=1e-4)
-            np.testing.assert_allclose(output.logits(x), (x @ table.value.T).numpy(), rtol=1e-5, atol=1e-4)
+            assert product.packed is not None and output.packed is not None
+            for rows in range(1, PackedLinear.ROWS + 1):
+                x = torch.randn(rows, 512)
+                calls.clear()
+                torch.testing.assert_close(product(x), x @ kernel.value + bias.value, rtol=1e-5, atol=1e-4)
+                np.testing.assert_allclose(output.logits(x), (x @ table.value.T).numpy(), rtol=1e-5, atol=1e-4)
+                assert calls == ([rows, rows] if faster or rows >= PackedLinear.PACKED_FROM else []), rows
             assert weights.stale() is False
-            kernel.value.add_(0.0)  # an in-place update, as training makes: a packed copy is then stale
-            assert weights.stale() == faster
+            kernel.value.add_(0.0)  # an in-place update, as training makes: the packed copy is then stale
+            assert weights.stale() is True
         assert measured == [[((768, 512), False), ((900, 512), True)]]
         measured.clear()
         for forced in (True, False):  # PACK decides without measuring
@@ -209,6 +220,6 @@ def test_torch_products_are_packed_only_where_measured_faster(monkeypatch):
             weights = Weights(model)
             product = weights.dense(layer)
             weights.settle()
-            assert (product.packed is not None) == forced
+            assert (product.packed is not None) == forced and product.packed_from == (1 if forced else math.inf)
         monkeypatch.setattr(PackedLinear, "PACK", None)
     assert measured == []

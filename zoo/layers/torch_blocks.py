@@ -26,8 +26,8 @@ class Weights:
 
     A variable already in that dtype is read as its own tensor (no copy, so training's in-place
     updates are seen); under mixed precision (float32 variables, a 16-bit compute dtype) a cast
-    copy is taken, and so is a packed copy of a float32 kernel on the CPU (PackedLinear, where
-    `settle` packs them): `stale()` tells when a variable copied has changed since (the engine then
+    copy is taken, and so is a packed copy of a float32 kernel on the CPU (PackedLinear, which
+    `settle` packs): `stale()` tells when a variable copied has changed since (the engine then
     reads its weights again). An engine calls `settle()` once it has read every weight.
     """
 
@@ -74,8 +74,8 @@ class Weights:
         return (isinstance(table, torch.Tensor) and self._packed(table, None)) or table
 
     def _packed(self, weight, bias):
-        """A PackedLinear of a float32 CPU weight (outputs, inputs), packed or not by `settle`; None
-        where oneDNN cannot take it."""
+        """A PackedLinear of a float32 CPU weight (outputs, inputs), packed (or not) by `settle`;
+        None where oneDNN cannot take it."""
         if (weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.numel() < PackedLinear.MIN_SIZE
                 or not PackedLinear.available()):
             return None
@@ -83,13 +83,16 @@ class Weights:
         return self._products[-1]
 
     def settle(self):
-        """Packs the PackedLinears made if packed products are faster for this model on this CPU
-        (PackedLinear.pays), each remembered as a copy (so that `stale()` sees training change it)."""
-        if not self._products or not PackedLinear.pays(self._products):
+        """Packs the PackedLinears made and sets from how many rows on each multiplies packed
+        (PackedLinear.packed_from_rows), each packed copy remembered as a copy (so that `stale()`
+        sees training change it)."""
+        rows = PackedLinear.packed_from_rows(self._products) if self._products else None
+        if rows is None:
             return
         for product in self._products:
-            if product.packed is None:  # packed already where `pays` measured and packing won
+            if product.packed is None:  # packed already where `packed_from_rows` measured them
                 product.pack()
+            product.packed_from = rows
             for variable_tensor in (product.weight, product.bias):
                 if variable_tensor is not None:
                     self._copies.append((variable_tensor, variable_tensor._version))
@@ -106,20 +109,23 @@ class Weights:
 class PackedLinear:
     """Dense's x @ weight.T + bias on the CPU through oneDNN, over a copy of the weight reordered
     once into oneDNN's blocked layout (`torch.ops.mkldnn._reorder_linear_weight`, what inductor's
-    CPU linear fusion uses; private, so its absence falls back to `addmm`).
+    CPU linear fusion uses; private, so its absence falls back to `addmm`), from `packed_from`
+    rows on; below, `addmm` on the variable's own tensor (a tied output as `tied_logits` does).
 
-    Why: a batch-1 decode step is a chain of matrix-vector products bound by reading the weights,
-    and which library reads them faster depends on the CPU. On a 2-core AMD EPYC MKL's float32
-    `addmm` read them at 15 GB/s where XLA reached 30: the products of one step of decode_speed.py's
-    model took 2.38 ms packed against addmm's 3.62 at 1 row, 2.56 against 6.78 at 8
-    (benchmarks/matvec_libraries.py; oneDNN unpacked: 2.61 and 4.55). On a 2-core Intel Xeon with
-    AMX it is the other way round: addmm 1.02 ms against packed 1.57 at 1 row, 1.75 against 2.01 at
-    8. So whether a model's products are packed is measured, once per process and set of kernel
-    shapes, on the model's own products as the engine calls them (`pays`); `PACK` forces it either
-    way. Unpacked, a PackedLinear multiplies as the engine otherwise would: `addmm`, and a tied
-    output as `tied_logits` does. The layout is chosen for 8 rows, within 10% of the best layout
-    measured at every row count from 1 to 256 (AMD). A packed model costs a copy of its float32
-    weights beside the model's own.
+    Why: a decode step is a chain of products of a few rows bound by reading the weights, and
+    which library reads them faster depends on the CPU and the rows. On a 2-core AMD EPYC MKL's
+    float32 `addmm` read them at 15 GB/s where XLA reached 30: the products of one step of
+    decode_speed.py's model took 2.38 ms packed against addmm's 3.62 at 1 row, 2.56 against 6.78 at
+    8 (benchmarks/matvec_libraries.py; oneDNN unpacked: 2.61 and 4.55). On a 2-core Intel Xeon with
+    AMX addmm wins at 1 row (0.97 ms against 1.35 packed); at 8 rows addmm's products alone are
+    10% faster (1.5 against 1.7 ms) but a whole decode step is as fast packed (1,774 against 1,795
+    tok/s) and, with other processes busy beside, packed is 1.13x faster (MKL's threads lose most
+    when others take the cores: 8-row products 7.9 ms against 2.2-2.6). So the products are packed
+    from PACKED_FROM rows on wherever oneDNN is, and from 1 row on where they measure faster so
+    (`packed_from_rows`, measured once per process and set of kernel shapes, on the model's own
+    products as the engine calls them); `PACK` forces either way. The layout is chosen for 8 rows,
+    within 10% of the best layout measured at every row count from 1 to 256 (AMD). The packed
+    copy costs a second copy of the model's float32 kernels beside the model's own.
 
     A oneDNN call costs about 15 us more than `addmm`, which is more than a small product takes:
     a kernel below MIN_SIZE weights (1 MiB of float32: a width of 128, a nano draft's, is 6.6 us
@@ -127,14 +133,16 @@ class PackedLinear:
     """
 
     ROWS = 8  # the rows the blocked layout is chosen for
+    PACKED_FROM = 4  # rows; on the Xeon 2 rows were 0.96x packed, 4 rows 1.02x (whole decode steps)
     MIN_SIZE = 1 << 18  # weights; at 1 row 384 x 1152 was 37 us with addmm, 34 packed; 256 x 1024: 23 and 26
-    PACK = None  # True / False: pack every kernel of MIN_SIZE or more / none; None: measure (`pays`)
+    PACK = None  # True / False: packed at every row count / at none; None: as `packed_from_rows` says
     _available = None
-    _measured = {}  # the products' shapes -> whether packing paid
+    _measured = {}  # the products' shapes -> whether packing paid at 1 row
 
     def __init__(self, weight, bias):
         self.weight, self.bias = weight, bias  # (outputs, inputs), (outputs,) or None: the variables' own
         self.packed = None  # oneDNN's blocked copy of the weight, once packed
+        self.packed_from = math.inf  # from how many rows on the packed copy multiplies
 
     def pack(self):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous(), self.ROWS)
@@ -145,24 +153,26 @@ class PackedLinear:
             try:
                 probe = cls(torch.ones(2, 3), torch.zeros(2))
                 probe.pack()
+                probe.packed_from = 1
                 cls._available = bool(torch.equal(probe(torch.ones(1, 3)), torch.full((1, 2), 3.0)))
             except (AttributeError, RuntimeError):  # no oneDNN in this build, or not this CPU
                 cls._available = False
         return cls._available
 
     @classmethod
-    def pays(cls, products):
-        """Whether `products` (a model's PackedLinears) are faster packed: `PACK` if set, else
-        measured once per set of their shapes."""
+    def packed_from_rows(cls, products):
+        """From how many rows on `products` (a model's PackedLinears) multiply packed: 1 where
+        packing is faster at 1 row (measured once per set of their shapes), else PACKED_FROM; `PACK`
+        overrides (True: 1, False: None, never)."""
         if cls.PACK is not None:
-            return cls.PACK
+            return 1 if cls.PACK else None
         shapes = tuple((tuple(product.weight.shape), product.bias is None) for product in products)
         if shapes not in cls._measured:
-            cls._measured[shapes] = packing_is_faster(products, cls.ROWS)
-        return cls._measured[shapes]
+            cls._measured[shapes] = packing_is_faster(products)
+        return 1 if cls._measured[shapes] else cls.PACKED_FROM
 
     def __call__(self, x):
-        if self.packed is not None:
+        if x.shape[0] >= self.packed_from:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         if self.bias is None:  # a tied output: weight @ x.T, see tied_logits
             return (self.weight @ x.T).T
@@ -173,37 +183,31 @@ class PackedLinear:
         return self(x).float().cpu().numpy()
 
 
-def packing_is_faster(products, rows, rounds=2, passes=10):
-    """Times passes over `products` (PackedLinears: a decode step's products, the model's whole
-    working set, so that caches hold what they hold in a real step) unpacked and packed, at 1 row
-    and at `rows`; compares the sums of the best passes (below); leaves them packed if packing is
-    faster (so `Weights.settle` does not pack them again), else unpacked. Each way runs
-    2 x `passes` passes in a row, as a decoder would, and only the second half counts: after a
-    switch a pass got faster for several passes (on the Xeon the first took up to twice the
-    steady time, and switching at every pass chose wrongly), in turn for `rounds` rounds. About
-    0.3 s for decode_speed.py's GPT-2-shaped model (56 MB of float32 kernels)."""
+def packing_is_faster(products, rows=1, rounds=2, passes=10):
+    """Whether passes over `products` (PackedLinears: a decode step's products, the model's whole
+    working set, so that caches hold what they hold in a real step) at `rows` rows are faster
+    packed than with addmm, comparing the best passes (below). Packs the products (packed copies
+    that `Weights.settle` keeps) and leaves them multiplying unpacked. Each way runs 2 x `passes`
+    passes in a row, as a decoder would, and only the second half counts: after a switch a pass
+    got faster for several passes (on the Xeon the first took up to twice the steady time, and
+    switching at every pass chose wrongly), in turn for `rounds` rounds. About 0.15 s for
+    decode_speed.py's GPT-2-shaped model (56 MB of float32 kernels)."""
     for product in products:
-        product.pack()
-    packed = [product.packed for product in products]
-    seconds = [0.0, 0.0]  # unpacked, packed
+        if product.packed is None:
+            product.pack()
+    best = [float("inf"), float("inf")]  # unpacked, packed
     with torch.inference_mode():
-        for count in (1, rows):
-            inputs = {n: torch.randn(count, n) for n in {product.weight.shape[1] for product in products}}
-            calls = [functools.partial(product, inputs[product.weight.shape[1]]) for product in products]
-            best = [float("inf"), float("inf")]
-            for _ in range(rounds):
-                for way in (0, 1):
-                    for product, copy in zip(products, packed):
-                        product.packed = copy if way else None
-                    timed = [pass_seconds(calls) for _ in range(2 * passes)][passes:]  # the first warm up
-                    best[way] = min(best[way], *timed)
-            seconds = [seconds[0] + best[0], seconds[1] + best[1]]
-    # Measured as the machine is now: with two busy processes beside on the Xeon, MKL's 8-row
-    # products took 7.9 ms against packed oneDNN's 2.2-2.6 (quiet: 1.7 against 1.8), and packing won.
-    faster = seconds[1] < seconds[0]
-    for product, copy in zip(products, packed):
-        product.packed = copy if faster else None
-    return faster
+        inputs = {n: torch.randn(rows, n) for n in {product.weight.shape[1] for product in products}}
+        calls = [functools.partial(product, inputs[product.weight.shape[1]]) for product in products]
+        for _ in range(rounds):
+            for way in (0, 1):
+                for product in products:
+                    product.packed_from = 1 if way else math.inf
+                timed = [pass_seconds(calls) for _ in range(2 * passes)][passes:]  # the first warm up
+                best[way] = min(best[way], *timed)
+    for product in products:
+        product.packed_from = math.inf
+    return best[1] < best[0]
 
 
 def pass_seconds(products):
