@@ -157,11 +157,11 @@ def test_an_engine_sees_weights_changed_after_it_was_made(case):
 
 @pytest.mark.backend_independent
 def test_torch_products_multiply_packed_from_the_rows_where_it_pays(monkeypatch):
-    """The torch engines multiply a model's large float32 kernels through packed oneDNN products
-    from PACKED_FROM rows on, and at every row count where packing measures faster at 1 row (which
-    depends on the CPU: each way wins by 1.2-2.6x at 1 row on one of the two CPUs measured), measured
-    once per set of product shapes on the model's own products; below, addmm on the variable's own
-    tensor. PACK forces it. Plain torch tensors: the same whatever the Keras backend."""
+    """The torch engines multiply each large float32 kernel through a packed oneDNN copy from the
+    rows on where that measured faster (at 1 row, or at PACKED_FROM), and through addmm on the
+    variable's own tensor below (or always, keeping no copy); which way wins depends on the CPU and
+    the kernel, so each product is measured, once per set of product shapes, among the model's own
+    products. PACK forces it. Plain torch tensors: the same whatever the Keras backend."""
     import math
     import types
 
@@ -173,7 +173,7 @@ def test_torch_products_multiply_packed_from_the_rows_where_it_pays(monkeypatch)
     assert PackedLinear.available()  # torch's x86 CPU wheels have oneDNN
     # A real measurement: 16 x 16 products take addmm ~2 us, a oneDNN call ~15 us more.
     small = [PackedLinear(torch.randn(16, 16), torch.randn(16)) for _ in range(4)]
-    assert not torch_blocks.packing_is_faster(small)
+    assert torch_blocks.packing_is_faster(small, 1) == [False] * 4
     assert all(product.packed is not None and product.packed_from == math.inf for product in small)
 
     def variable(value):
@@ -184,11 +184,11 @@ def test_torch_products_multiply_packed_from_the_rows_where_it_pays(monkeypatch)
     model = types.SimpleNamespace(dtype_policy=types.SimpleNamespace(compute_dtype="float32"))
     measured, calls = [], []
 
-    def measure(products):
-        measured.append([(tuple(p.weight.shape), p.bias is None) for p in products])
-        return faster
+    def measure(products, rows):
+        measured.append(([(tuple(p.weight.shape), p.bias is None) for p in products], rows))
+        return faster[rows]
 
-    def packed_product(*args):  # counts the packed products taken
+    def packed_product(*args):  # records the rows of each packed product taken
         calls.append(args[0].shape[0])
         return linear_pointwise(*args)
 
@@ -197,29 +197,35 @@ def test_torch_products_multiply_packed_from_the_rows_where_it_pays(monkeypatch)
     monkeypatch.setattr(torch_blocks.torch.ops.mkldnn, "_linear_pointwise", packed_product)
     monkeypatch.setattr(PackedLinear, "MIN_SIZE", 1024)
     monkeypatch.setattr(PackedLinear, "PACK", None)  # as the engines run (this file's fixture sets it on torch)
-    for faster in (True, False):
+    shapes = [((768, 512), False), ((900, 512), True)]
+    more = PackedLinear.PACKED_FROM
+    # (the dense product, the tied output) faster packed at 1 row, at PACKED_FROM rows -> packed from
+    for faster, expected in (({1: [True, False], more: [True, True]}, [1, more]),
+                             ({1: [False, False], more: [False, True]}, [math.inf, more]),
+                             ({1: [False, False], more: [False, False]}, [math.inf, math.inf])):
         monkeypatch.setattr(PackedLinear, "_measured", {})
         for _ in range(2):  # a second engine of the same shapes is not measured again
             weights = Weights(model)
             product, output = weights.dense(layer), weights.tied_output(embedding)
             weights.settle()
-            assert product.packed is not None and output.packed is not None
+            assert [product.packed_from, output.packed_from] == expected
+            # A product never packed keeps no packed copy.
+            assert [product.packed is not None, output.packed is not None] == [r < math.inf for r in expected]
             for rows in range(1, PackedLinear.ROWS + 1):
                 x = torch.randn(rows, 512)
                 calls.clear()
                 torch.testing.assert_close(product(x), x @ kernel.value + bias.value, rtol=1e-5, atol=1e-4)
                 np.testing.assert_allclose(output.logits(x), (x @ table.value.T).numpy(), rtol=1e-5, atol=1e-4)
-                assert calls == ([rows, rows] if faster or rows >= PackedLinear.PACKED_FROM else []), rows
+                assert calls == [rows for packed_from in expected if rows >= packed_from], rows
             assert weights.stale() is False
-            kernel.value.add_(0.0)  # an in-place update, as training makes: the packed copy is then stale
-            assert weights.stale() is True
-        assert measured == [[((768, 512), False), ((900, 512), True)]]
+            kernel.value.add_(0.0)  # an in-place update, as training makes: a packed copy of it is then stale
+            assert weights.stale() == (expected[0] < math.inf)
+        assert measured == [(shapes, 1), (shapes, more)]
         measured.clear()
-        for forced in (True, False):  # PACK decides without measuring
-            monkeypatch.setattr(PackedLinear, "PACK", forced)
-            weights = Weights(model)
-            product = weights.dense(layer)
-            weights.settle()
-            assert (product.packed is not None) == forced and product.packed_from == (1 if forced else math.inf)
-        monkeypatch.setattr(PackedLinear, "PACK", None)
+    for forced in (True, False):  # PACK decides without measuring
+        monkeypatch.setattr(PackedLinear, "PACK", forced)
+        weights = Weights(model)
+        product = weights.dense(layer)
+        weights.settle()
+        assert (product.packed is not None) == forced and product.packed_from == (1 if forced else math.inf)
     assert measured == []

@@ -83,16 +83,17 @@ class Weights:
         return self._products[-1]
 
     def settle(self):
-        """Packs the PackedLinears made and sets from how many rows on each multiplies packed
-        (PackedLinear.packed_from_rows), each packed copy remembered as a copy (so that `stale()`
-        sees training change it)."""
-        rows = PackedLinear.packed_from_rows(self._products) if self._products else None
-        if rows is None:
-            return
-        for product in self._products:
-            if product.packed is None:  # packed already where `packed_from_rows` measured them
+        """Sets from how many rows on each PackedLinear made multiplies packed
+        (PackedLinear.packed_from_rows), packing those that ever do (a packed copy, remembered so
+        that `stale()` sees training change it) and dropping the copies of those that never do."""
+        rows = PackedLinear.packed_from_rows(self._products) if self._products else []
+        for product, packed_from in zip(self._products, rows):
+            product.packed_from = packed_from
+            if packed_from == math.inf:
+                product.packed = None
+                continue
+            if product.packed is None:
                 product.pack()
-            product.packed_from = rows
             for variable_tensor in (product.weight, product.bias):
                 if variable_tensor is not None:
                     self._copies.append((variable_tensor, variable_tensor._version))
@@ -113,19 +114,19 @@ class PackedLinear:
     rows on; below, `addmm` on the variable's own tensor (a tied output as `tied_logits` does).
 
     Why: a decode step is a chain of products of a few rows bound by reading the weights, and
-    which library reads them faster depends on the CPU and the rows. On a 2-core AMD EPYC MKL's
-    float32 `addmm` read them at 15 GB/s where XLA reached 30: the products of one step of
-    decode_speed.py's model took 2.38 ms packed against addmm's 3.62 at 1 row, 2.56 against 6.78 at
-    8 (benchmarks/matvec_libraries.py; oneDNN unpacked: 2.61 and 4.55). On a 2-core Intel Xeon with
-    AMX addmm wins at 1 row (0.97 ms against 1.35 packed); at 8 rows addmm's products alone are
-    10% faster (1.5 against 1.7 ms) but a whole decode step is as fast packed (1,774 against 1,795
-    tok/s) and, with other processes busy beside, packed is 1.13x faster (MKL's threads lose most
-    when others take the cores: 8-row products 7.9 ms against 2.2-2.6). So the products are packed
-    from PACKED_FROM rows on wherever oneDNN is, and from 1 row on where they measure faster so
-    (`packed_from_rows`, measured once per process and set of kernel shapes, on the model's own
-    products as the engine calls them); `PACK` forces either way. The layout is chosen for 8 rows,
-    within 10% of the best layout measured at every row count from 1 to 256 (AMD). The packed
-    copy costs a second copy of the model's float32 kernels beside the model's own.
+    which library reads a kernel faster depends on the CPU, the kernel's shape and the rows. On a
+    2-core AMD EPYC MKL's float32 `addmm` read them at 15 GB/s where XLA reached 30: the products of
+    one step of decode_speed.py's model took 2.38 ms packed against addmm's 3.62 at 1 row, 2.56
+    against 6.78 at 8 (benchmarks/matvec_libraries.py; oneDNN unpacked: 2.61 and 4.55). On a 2-core
+    Intel Xeon with AMX addmm won at 1 row (0.97 ms against 1.35 packed), and at 4-8 rows it
+    depended on the kernel: an 8192 x 384 tied output took 434 us with MKL against 267 packed at 4
+    rows, a 384 x 1152 q/k/v 51 against 29, but the 384 x 1536 and 1536 x 384 MLP kernels 26-34
+    against 35-38 (whole 4-row steps: 1.15x faster unpacked for a 65-token vocabulary, even for
+    8192). So each product's way is measured, once per process and set of kernel shapes, on the
+    model's own products called as a decode step calls them, at 1 row and at PACKED_FROM rows
+    (`packed_from_rows`); `PACK` forces either way. The layout is chosen for 8 rows, within 10% of
+    the best layout measured at every row count from 1 to 256 (AMD). A packed kernel costs a second
+    copy of its float32 weights beside the model's own.
 
     A oneDNN call costs about 15 us more than `addmm`, which is more than a small product takes:
     a kernel below MIN_SIZE weights (1 MiB of float32: a width of 128, a nano draft's, is 6.6 us
@@ -133,11 +134,11 @@ class PackedLinear:
     """
 
     ROWS = 8  # the rows the blocked layout is chosen for
-    PACKED_FROM = 4  # rows; on the Xeon 2 rows were 0.96x packed, 4 rows 1.02x (whole decode steps)
+    PACKED_FROM = 4  # rows: the second row count measured (speculative checks of 3 proposals, batches)
     MIN_SIZE = 1 << 18  # weights; at 1 row 384 x 1152 was 37 us with addmm, 34 packed; 256 x 1024: 23 and 26
-    PACK = None  # True / False: packed at every row count / at none; None: as `packed_from_rows` says
+    PACK = None  # True / False: packed at every row count / at none; None: as measured (`packed_from_rows`)
     _available = None
-    _measured = {}  # the products' shapes -> whether packing paid at 1 row
+    _measured = {}  # the products' shapes -> each one's packed_from
 
     def __init__(self, weight, bias):
         self.weight, self.bias = weight, bias  # (outputs, inputs), (outputs,) or None: the variables' own
@@ -161,15 +162,18 @@ class PackedLinear:
 
     @classmethod
     def packed_from_rows(cls, products):
-        """From how many rows on `products` (a model's PackedLinears) multiply packed: 1 where
-        packing is faster at 1 row (measured once per set of their shapes), else PACKED_FROM; `PACK`
-        overrides (True: 1, False: None, never)."""
+        """For each of `products` (a model's PackedLinears), from how many rows on it multiplies
+        packed: 1 where packing is faster at 1 row, else PACKED_FROM where it is faster at that
+        many, else never (math.inf); measured once per set of the products' shapes, and `PACK`
+        overrides (True: 1, False: never)."""
         if cls.PACK is not None:
-            return 1 if cls.PACK else None
+            return [1 if cls.PACK else math.inf] * len(products)
         shapes = tuple((tuple(product.weight.shape), product.bias is None) for product in products)
         if shapes not in cls._measured:
-            cls._measured[shapes] = packing_is_faster(products)
-        return 1 if cls._measured[shapes] else cls.PACKED_FROM
+            at_one, at_more = packing_is_faster(products, 1), packing_is_faster(products, cls.PACKED_FROM)
+            cls._measured[shapes] = [1 if one else cls.PACKED_FROM if more else math.inf
+                                     for one, more in zip(at_one, at_more)]
+        return cls._measured[shapes]
 
     def __call__(self, x):
         if x.shape[0] >= self.packed_from:
@@ -183,19 +187,23 @@ class PackedLinear:
         return self(x).float().cpu().numpy()
 
 
-def packing_is_faster(products, rows=1, rounds=2, passes=10):
-    """Whether passes over `products` (PackedLinears: a decode step's products, the model's whole
-    working set, so that caches hold what they hold in a real step) at `rows` rows are faster
-    packed than with addmm, comparing the best passes (below). Packs the products (packed copies
-    that `Weights.settle` keeps) and leaves them multiplying unpacked. Each way runs 2 x `passes`
-    passes in a row, as a decoder would, and only the second half counts: after a switch a pass
-    got faster for several passes (on the Xeon the first took up to twice the steady time, and
-    switching at every pass chose wrongly), in turn for `rounds` rounds. About 0.15 s for
-    decode_speed.py's GPT-2-shaped model (56 MB of float32 kernels)."""
+CLEARLY_FASTER = 0.95  # packed must take less than this much of addmm's time: a copy for a real gain, not a tie
+
+
+def packing_is_faster(products, rows, rounds=2, passes=10):
+    """For each of `products` (PackedLinears: a decode step's products, the model's whole working
+    set, so that caches hold what they hold in a real step), whether it is faster packed than with
+    addmm at `rows` rows (by 5% and more), each call timed within passes over them all in order;
+    compares each product's best call (below). Packs the products (packed copies that `Weights.settle` keeps or
+    drops) and leaves them multiplying unpacked. Each way runs 2 x `passes` passes in a row, as a
+    decoder would, and only the second half counts: after a switch a pass got faster for several
+    passes (on the Xeon the first took up to twice the steady time, and switching at every pass
+    chose wrongly), in turn for `rounds` rounds. About 0.15 s a row count for decode_speed.py's
+    GPT-2-shaped model (56 MB of float32 kernels)."""
     for product in products:
         if product.packed is None:
             product.pack()
-    best = [float("inf"), float("inf")]  # unpacked, packed
+    best = [[math.inf] * len(products), [math.inf] * len(products)]  # unpacked, packed
     with torch.inference_mode():
         inputs = {n: torch.randn(rows, n) for n in {product.weight.shape[1] for product in products}}
         calls = [functools.partial(product, inputs[product.weight.shape[1]]) for product in products]
@@ -203,19 +211,21 @@ def packing_is_faster(products, rows=1, rounds=2, passes=10):
             for way in (0, 1):
                 for product in products:
                     product.packed_from = 1 if way else math.inf
-                timed = [pass_seconds(calls) for _ in range(2 * passes)][passes:]  # the first warm up
-                best[way] = min(best[way], *timed)
+                for timed in [call_seconds(calls) for _ in range(2 * passes)][passes:]:  # the first warm up
+                    best[way] = [min(pair) for pair in zip(best[way], timed)]
     for product in products:
         product.packed_from = math.inf
-    return best[1] < best[0]
+    return [packed < CLEARLY_FASTER * unpacked for unpacked, packed in zip(*best)]
 
 
-def pass_seconds(products):
-    """Wall seconds to call each of `products` once, in order."""
-    start = time.perf_counter()
-    for product in products:
-        product()
-    return time.perf_counter() - start
+def call_seconds(calls):
+    """The wall seconds of each of `calls`, called once each in order."""
+    seconds = []
+    for call in calls:
+        start = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def linear(x, weights):
