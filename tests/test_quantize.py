@@ -130,9 +130,10 @@ def test_decode_engine_gives_the_quantized_models_own_greedy_tokens(gpt_bundles,
         assert type(engine).__name__ == "TorchEngine" and isinstance(engine.embeddings, QuantizedTable)
         assert all(isinstance(block[name], QuantizedLinear) for block in engine.blocks
                    for name in ("qkv", "out", "mlp_in", "mlp_out"))
-    # On a CPU, JAX steps a single int8 row as two tokens (zoo.engine.jax_engine): its copy lands
-    # at the next position, and at the last one past the cache. The second prompt decodes there.
-    assert getattr(engine, "_pair_single_rows", False) == (backend == "jax" and mode == "int8")
+    # On a CPU, JAX and TensorFlow step a single int8 row as two tokens (zoo.engine.pairs_single_rows):
+    # its copy lands at the next position, and at the last one past the cache. The second prompt
+    # decodes there.
+    assert getattr(engine, "_pair_single_rows", False) == (backend in ("jax", "tensorflow") and mode == "int8")
     tokens = engine.generate_batch([prompt], 12)[0]
     assert len(set(tokens)) > 2  # not one token repeated: a comparison that can fail
     assert tokens == _uncached_greedy(model, prompt, 12)
@@ -230,18 +231,21 @@ def test_int8_classify_eval_and_translate_commands(small_bundles):
     assert lines.splitlines() == [beam for _, beam in _translations(small_bundles["seq2seq"][1])]
 
 
-def test_int8_seq2seq_and_lstm_engines_give_their_models_greedy_tokens(small_bundles, backend):
-    """The decode engines of a quantized seq2seq model and lstm generate. The seq2seq engine's
-    greedy tokens are the quantized model's own, decoded op by op through Keras's layers
+def test_seq2seq_and_lstm_engines_give_their_models_greedy_tokens(small_bundles, backend):
+    """The decode engines of a seq2seq model (float32 and int8) and of an int8 lstm generate. The
+    seq2seq engine's greedy tokens are the model's own, decoded op by op through Keras's layers
     (zoo.engine.EagerEngine), through the last target position: on torch it is zoo's plain-torch
-    step over the quantized weights; on JAX (a CPU) it steps a single int8 row as two tokens, as
-    for a GPT, the copy at the next position and, at the last, past the cache. (The lstm's engine
-    is Keras's layers op by op on every backend.)"""
+    step; on a CPU, JAX steps a single int8 row as two tokens, as for a GPT, the copy at the next
+    position and, at the last, past the cache, and TensorFlow does so for the float32 model too
+    (its decoder's EinsumDense kernels). (The lstm's engine is Keras's layers op by op on every
+    backend.)"""
     from zoo.bundle import load_runtime
     from zoo.engine import EagerEngine, SamplingConfig, engine_for
 
-    for kind in ("seq2seq", "lstm"):
-        runtime, _ = load_runtime(small_bundles[kind][1])
+    for kind, bundle in (("seq2seq", small_bundles["seq2seq"][0]), ("seq2seq", small_bundles["seq2seq"][1]),
+                         ("lstm", small_bundles["lstm"][1])):
+        runtime, _ = load_runtime(bundle)
+        int8 = bundle == small_bundles[kind][1]
         ids = runtime.prompt_ids("red cat big dog", SamplingConfig(temperature=0, max_new_tokens=6))
         prompt = [runtime.start_id] + ids if kind == "seq2seq" else ids
         engine = engine_for(runtime.model)
@@ -250,7 +254,8 @@ def test_int8_seq2seq_and_lstm_engines_give_their_models_greedy_tokens(small_bun
         if backend == "torch":
             assert type(engine).__name__ == ("TorchSeq2SeqEngine" if kind == "seq2seq" else "EagerEngine")
         if kind == "seq2seq":
-            assert getattr(engine, "_pair_single_rows", False) == (backend == "jax")
+            paired = backend == "tensorflow" or (backend == "jax" and int8)
+            assert getattr(engine, "_pair_single_rows", False) == paired, bundle
             eager = EagerEngine(runtime.model)
             steps = engine.max_length - engine.first_position(prompt) + 1  # the last one at the last position
             tokens = engine.generate_batch([prompt], steps)[0]

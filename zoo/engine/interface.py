@@ -80,6 +80,33 @@ def slot_buckets(slots):
     return prompt_buckets(slots, smallest=1)
 
 
+def pairs_single_rows(model, reshaped_kernels):
+    """Whether a compiled (XLA) engine on a CPU steps a single row as two tokens, its own and a
+    copy at the next position (the engines' `_step`), because XLA's CPU product of one row takes a
+    slow loop where that of two rows calls a fast kernel: for an int8 kernel (Keras's int8 x int8
+    product: 3-4x the float32 matrix-vector product's time on JAX, GPT-2 shape batch 1 68.7 ->
+    361.5 tokens/s; TensorFlow 407 -> 492), and, where `reshaped_kernels` (TensorFlow's XLA), for
+    a kernel of more than two axes (an EinsumDense's: the reshape to a matrix is fused into the
+    one-row product, then emitted as a loop: a seq2seq decoder's step 6.2 -> 3.3 ms; JAX's XLA
+    calls its library either way, and a GPT's 2-axis kernels lose 5% paired).
+
+    Only for a model whose cache keeps every position apart (`positional_cache`): the copy's key
+    and value land where the next step writes before it reads, and past the last position nowhere
+    (XLA drops out-of-range scatter updates and clamps the position table's gather); only the first
+    token's logits are computed, and each row's int8 input quantization is its own, so the logits
+    are the single row's."""
+    from zoo.backend import jax_or_tensorflow_on_cpu
+
+    if not (getattr(model, "positional_cache", False) and jax_or_tensorflow_on_cpu()):
+        return False
+    for layer in model._flatten_layers():
+        if getattr(layer, "quantization_mode", None) == "int8":
+            return True
+        if reshaped_kernels and len(getattr(getattr(layer, "_kernel", None), "shape", ())) > 2:
+            return True
+    return False
+
+
 class DecodeEngine:
     """The interface and the bookkeeping shared by every engine; see the module docstring."""
 

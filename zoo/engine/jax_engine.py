@@ -12,7 +12,7 @@ A chunk of greedy steps (`decode_greedy`) is one compiled function too: `greedy_
 while-loop around the same step, so the host is visited once per chunk, not once per token.
 
 An int8 model (Keras's int8 layers: int8 inputs times int8 kernels) decoding a single row on a CPU
-steps two tokens, its own and a copy at the next position (see `_step`).
+steps two tokens, its own and a copy at the next position (`pairs_single_rows`).
 """
 
 import jax
@@ -20,9 +20,8 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from zoo.backend import jax_or_tensorflow_on_cpu
 from zoo.engine.greedy_loop import greedy_loop
-from zoo.engine.interface import DecodeEngine
+from zoo.engine.interface import DecodeEngine, pairs_single_rows
 
 # The argument each function consumes (after the variables' values): the cache, updated in place.
 _DONATE = {"prefill": (), "decode": (1,), "greedy": (1,), "verify": (1,), "insert": (1,), "reorder": (1,)}
@@ -33,8 +32,7 @@ class JaxEngine(DecodeEngine):
         super().__init__(model)
         self._variables = list(model.variables)
         self._executables = {}
-        self._pair_single_rows = (getattr(model, "positional_cache", False) and jax_or_tensorflow_on_cpu() and any(
-            getattr(layer, "quantization_mode", None) == "int8" for layer in model._flatten_layers()))
+        self._pair_single_rows = pairs_single_rows(model, reshaped_kernels=False)
 
     # --- what is compiled: the model's own code -------------------------------------------------
 
@@ -58,14 +56,7 @@ class JaxEngine(DecodeEngine):
     def _step(self, cache, tokens, positions, reach):
         """One decode step: (logits (n, vocab), cache)."""
         ids = tokens[:, None]
-        if self._pair_single_rows and tokens.shape[0] == 1:
-            # XLA's CPU int8 product of one row takes a slow loop (3-4x the float32 matrix-vector
-            # product's time), and from two rows up a fast kernel; the row goes through twice, the
-            # copy at the next position. Its key and value land where the next step writes before
-            # it reads (and past the last position, nowhere: JAX drops out-of-range scatter
-            # updates, and clamps the position table's gather), and only the first token's logits
-            # are computed. Each row's input quantization is its own, so the logits are the
-            # single row's. GPT-2 shape, batch 1: 68.7 -> 361.5 tokens/s (benchmarks/quantized_decode.py).
+        if self._pair_single_rows and tokens.shape[0] == 1:  # see pairs_single_rows
             ids = jnp.concatenate([ids, ids], axis=1)
         return self.model.call_with_cache(ids, cache, positions, logits_at=0, reach=reach)
 

@@ -9,6 +9,10 @@ traced once per (what, shape) into a concrete function, which is then called dir
 a small draft model's whole step. A cache's variables are arguments, not captures, so one
 concrete function serves every cache of its shape. The model's weights are captured by reference,
 so the compiled step always sees the current ones.
+
+A single row of an int8 model, or of one with kernels of more than two axes (a seq2seq decoder's
+EinsumDense), decodes as two tokens on a CPU, its own and a copy at the next position
+(`pairs_single_rows`).
 """
 
 import numpy as np
@@ -16,7 +20,7 @@ import tensorflow as tf
 from keras import ops
 
 from zoo.engine.greedy_loop import greedy_loop
-from zoo.engine.interface import DecodeEngine
+from zoo.engine.interface import DecodeEngine, pairs_single_rows
 
 
 def _read(cache):
@@ -42,6 +46,7 @@ class TensorFlowEngine(DecodeEngine):
     def __init__(self, model):
         super().__init__(model)
         self._functions = {}
+        self._pair_single_rows = pairs_single_rows(model, reshaped_kernels=True)
 
     # --- what is compiled: the model's own code -------------------------------------------------
 
@@ -71,7 +76,10 @@ class TensorFlowEngine(DecodeEngine):
 
     def _step(self, state, tokens, positions, reach):
         """One decode step over the cache's values `state`: (logits (n, vocab), the new state)."""
-        return self.model.call_with_cache(tokens[:, None], state, positions, logits_at=0, reach=reach)
+        ids = tokens[:, None]
+        if self._pair_single_rows and tokens.shape[0] == 1:  # see pairs_single_rows
+            ids = tf.concat([ids, ids], axis=1)
+        return self.model.call_with_cache(ids, state, positions, logits_at=0, reach=reach)
 
     def _verify_fn(self, cache, tokens, start, reach):
         self._traced()
