@@ -63,7 +63,9 @@ def decode_step(model, args):
     engine = new_engine(model)
     rng = np.random.default_rng(0)
     prompts = rng.integers(1, args.vocabulary, (args.batch, 16)).tolist()
-    engine.generate_batch(prompts, 2)  # compiles prefill and this batch's decode
+    # Compiles the prompts' prefill and this batch's decode at every reach: the positions stepped
+    # cross reach buckets (and wrap), and a compile inside the timed steps once tripled the mean.
+    engine.warmup(slots=(args.batch,), buckets=(16,))
     cache = engine.new_cache(args.batch)
     for slot, ids in enumerate(prompts):
         _, cache = engine.prefill_slot(cache, slot, ids)
