@@ -119,14 +119,16 @@ class PackedLinear:
     one step of decode_speed.py's model took 2.38 ms packed against addmm's 3.62 at 1 row, 2.56
     against 6.78 at 8 (benchmarks/matvec_libraries.py; oneDNN unpacked: 2.61 and 4.55). On a 2-core
     Intel Xeon with AMX addmm won at 1 row (0.97 ms against 1.35 packed), and at 4-8 rows it
-    depended on the kernel: an 8192 x 384 tied output took 434 us with MKL against 267 packed at 4
-    rows, a 384 x 1152 q/k/v 51 against 29, but the 384 x 1536 and 1536 x 384 MLP kernels 26-34
-    against 35-38 (whole 4-row steps: 1.15x faster unpacked for a 65-token vocabulary, even for
-    8192). So each product's way is measured, once per process and set of kernel shapes, on the
-    model's own products called as a decode step calls them, at 1 row and at PACKED_FROM rows
-    (`packed_from_rows`); `PACK` forces either way. The layout is chosen for 8 rows, within 10% of
-    the best layout measured at every row count from 1 to 256 (AMD). A packed kernel costs a second
-    copy of its float32 weights beside the model's own.
+    depended on the kernel: among a decode step's products, as measured here, only GPT-2's 8192 x
+    384 tied output was faster packed (one call at a time, an 8192 x 384 product took 267 us
+    packed against 434 at 4 rows, and a 384 x 1152 one 29 against 51, but not so among the
+    others). Whole steps agreed: with the tied output alone packed from 4 rows, batch 8 ran 1.14x
+    faster than with nothing packed, and a 65-token vocabulary's batch 4 ran 1.19x faster with
+    nothing packed than with everything. So each product's way is measured, once per process and
+    set of kernel shapes, on the model's own products called as a decode step calls them, at 1 row
+    and at PACKED_FROM rows (`packed_from_rows`); `PACK` forces either way. The layout is chosen
+    for 8 rows, within 10% of the best layout measured at every row count from 1 to 256 (AMD). A
+    packed kernel costs a second copy of its float32 weights beside the model's own.
 
     A oneDNN call costs about 15 us more than `addmm`, which is more than a small product takes:
     a kernel below MIN_SIZE weights (1 MiB of float32: a width of 128, a nano draft's, is 6.6 us
@@ -194,12 +196,14 @@ def packing_is_faster(products, rows, rounds=2, passes=10):
     """For each of `products` (PackedLinears: a decode step's products, the model's whole working
     set, so that caches hold what they hold in a real step), whether it is faster packed than with
     addmm at `rows` rows (by 5% and more), each call timed within passes over them all in order;
-    compares each product's best call (below). Packs the products (packed copies that `Weights.settle` keeps or
-    drops) and leaves them multiplying unpacked. Each way runs 2 x `passes` passes in a row, as a
-    decoder would, and only the second half counts: after a switch a pass got faster for several
-    passes (on the Xeon the first took up to twice the steady time, and switching at every pass
-    chose wrongly), in turn for `rounds` rounds. About 0.15 s a row count for decode_speed.py's
-    GPT-2-shaped model (56 MB of float32 kernels)."""
+    compares each product's best call (below). Packs the products (copies that `Weights.settle`
+    keeps or drops) and leaves them multiplying unpacked. Each way runs 2 x `passes` passes in a
+    row, as a decoder would, and only the second half counts: after a switch a pass got faster for
+    several passes (on the Xeon the first took up to twice the steady time, and switching at every
+    pass chose wrongly), in turn for `rounds` rounds. About 0.15 s a row count for decode_speed.py's
+    GPT-2-shaped model (56 MB of float32 kernels). Measured as the machine is at the time: MKL's
+    threads lose most when other processes take the cores (with two busy beside on the Xeon, 8-row
+    products took 7.9 ms with addmm against 2.2-2.6 packed), so a busy machine packs more."""
     for product in products:
         if product.packed is None:
             product.pack()
