@@ -229,3 +229,50 @@ def test_torch_products_multiply_packed_from_the_rows_where_it_pays(monkeypatch)
         weights.settle()
         assert (product.packed is not None) == forced and product.packed_from == (1 if forced else math.inf)
     assert measured == []
+
+
+def test_a_cache_in_blocks_decodes_across_them():
+    """The self-attention cache is kept in blocks of positions (zoo.layers.attention), whose ends
+    are the engines' reach buckets, so that a step reads whole blocks. Two rows of a 150-position
+    GPT (blocks 0-63, 64-127, 128-149) decode across the blocks' boundaries, at positions 60-67 and
+    124-131, each step reading only the blocks below its reach: their logits are the uncached
+    model's, through the model's own cache protocol and through the engine."""
+    from zoo.engine.interface import reach_buckets
+    from zoo.layers.attention import block_bounds
+
+    assert [end for _, end in block_bounds(150)] == list(reach_buckets(150)) == [64, 128, 150]
+    assert [end for _, end in block_bounds(1024)] == list(reach_buckets(1024))
+    assert block_bounds(40) == [(0, 40)]
+    keras.utils.set_random_seed(1)
+    model = _scaled(gpt_from_preset("nano", VOCAB, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
+                                    max_length=150))
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(1, VOCAB, 60).tolist(), rng.integers(1, VOCAB, 124).tolist()]
+    fed = rng.integers(1, VOCAB, (2, 8)).astype("int32")
+    expected = [GPTCase(model).reference(prompt, row.tolist()) for prompt, row in zip(prompts, fed)]
+    scale = max(np.abs(e).max() for e in expected)
+
+    def check(row, position, logits):
+        np.testing.assert_allclose(logits, expected[row][position], atol=2e-5 * scale, rtol=0,
+                                   err_msg=f"row {row} position {position}")
+
+    padded = np.zeros((2, 124), "int32")
+    for row, prompt in enumerate(prompts):
+        padded[row, :len(prompt)] = prompt
+    logits, cache = model.call_with_cache(padded, model.init_cache(2), 0)
+    for row, prompt in enumerate(prompts):
+        check(row, len(prompt) - 1, keras.ops.convert_to_numpy(logits)[row, len(prompt) - 1])
+    engine = new_engine(model)
+    engine_cache = engine.new_cache(2)
+    for slot, prompt in enumerate(prompts):
+        engine_logits, engine_cache = engine.prefill_slot(engine_cache, slot, prompt)
+        check(slot, len(prompt) - 1, engine_logits)
+    positions = np.asarray([60, 124], "int32")
+    for step in range(fed.shape[1]):
+        reach = next(r for r in reach_buckets(150) if r > positions.max())
+        logits, cache = model.call_with_cache(fed[:, step:step + 1], cache, positions, reach=reach)
+        engine_logits, engine_cache = engine.decode(fed[:, step], engine_cache, positions)
+        for row in range(2):
+            check(row, positions[row], keras.ops.convert_to_numpy(logits)[row, 0])
+            check(row, positions[row], engine_logits[row])
+        positions = positions + 1

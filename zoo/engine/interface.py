@@ -91,8 +91,8 @@ def pairs_single_rows(model, reshaped_kernels):
     calls its library either way, and a GPT's 2-axis kernels lose 5% paired).
 
     Only for a model whose cache keeps every position apart (`positional_cache`): the copy's key
-    and value land where the next step writes before it reads, and past the last position nowhere
-    (XLA drops out-of-range scatter updates and clamps the position table's gather); only the first
+    and value land where the next step writes before it reads, and past the last position in no
+    block of the cache (zoo.layers.attention: a block's spare slot gets zeros); only the first
     token's logits are computed, and each row's int8 input quantization is its own, so the logits
     are the single row's."""
     from zoo.backend import jax_or_tensorflow_on_cpu

@@ -6,7 +6,7 @@ or batched matmuls under XLA on a CPU: zoo.layers.attention), GELU MLP, dropout,
 projection tied to the token embedding (keras-hub's `ReversibleEmbedding`).
 
 Decoding uses a static-shape KV cache in the layout of zoo.layers.attention: `init_cache` returns,
-per layer, a (keys, values) pair of zeros for `max_length` positions per row, and `call_with_cache`
+per layer, a (keys, values) pair of zeros (in blocks) for `max_length` positions per row, and `call_with_cache`
 runs any number of tokens per row starting at any position (one start for all rows, or one per
 row), writing their keys/values into the cache at their positions (`cached_attention`, shared with
 the seq2seq decoder). Prefill (the whole prompt at position 0, `prefill_with_cache`) and a decode
@@ -199,8 +199,9 @@ class GPT(keras.Model):
 
     def init_cache(self, batch_size):
         """An empty KV cache for `batch_size` sequences of up to `max_length` tokens, in the one
-        layout of zoo.layers.attention: per layer, a (keys, values) pair of shapes (batch, heads,
-        head_dim, max_length) and (batch, heads, max_length, head_dim)."""
+        layout of zoo.layers.attention: per layer, a (keys, values) pair, each a tuple of blocks of
+        positions, of shapes (batch, heads, head_dim, positions) and (batch, heads, positions,
+        head_dim)."""
         return kv_cache(batch_size, self.num_layers, self.num_heads, self.hidden_dim // self.num_heads,
                         self.max_length, self.dtype_policy.compute_dtype)
 

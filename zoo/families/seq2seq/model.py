@@ -37,7 +37,7 @@ import keras_hub
 import numpy as np
 from keras import ops
 
-from zoo.layers.attention import attend, cache_layout, cached_attention, kv_cache
+from zoo.layers.attention import attend, cache_layout, cached_attention, kv_cache, source_cache
 from zoo.layers.quantized import tied_logits
 from zoo.layers.seeding import normal as _normal
 from zoo.layers.seeding import seed_dropouts as _seed_dropouts
@@ -226,15 +226,15 @@ class Seq2Seq(keras.Model):
         """An empty cache for decoding `batch_size` sequences, each against its own source:
 
         "self": the decoder's self-attention cache, per layer a (keys, values) pair in the one
-            layout of zoo.layers.attention for max_target_length positions;
+            layout of zoo.layers.attention (in blocks of positions) for max_target_length positions;
         "cross": each decoder layer's cross-attention keys and values of the encoded source, in
-            the same layout for max_source_length positions, computed once per source;
+            the same layout, one array each for max_source_length positions, computed once per source;
         "source_mask": (batch, max_source_length), True at the source's real tokens.
         """
         head_dim, dtype = self.hidden_dim // self.num_heads, self.dtype_policy.compute_dtype
         layers, heads = self.num_decoder_layers, self.num_heads
         return {"self": kv_cache(batch_size, layers, heads, head_dim, self.max_target_length, dtype),
-                "cross": kv_cache(batch_size, layers, heads, head_dim, self.max_source_length, dtype),
+                "cross": source_cache(batch_size, layers, heads, head_dim, self.max_source_length, dtype),
                 "source_mask": ops.zeros((batch_size, self.max_source_length), dtype="bool")}
 
     def prefill_with_cache(self, token_ids, length):
