@@ -14,7 +14,7 @@ positions took a copy of them at every step and layer (XLA's products do not rea
 place): at batch 8 on a 2-core CPU, 2.0 of JAX's 7.5 ms step, and a GPT-2-shaped model decoded
 1.27x faster at batch 8 with a cache exactly as long as the reach (benchmarks/RESULTS.md). Each
 block has one more position at its end that no query sees, its spare slot: a token whose position
-is not in the block writes zeros there (scatter indices must be in range on every backend).
+is not in the block writes there (scatter indices must be in range on every backend).
 
 A seq2seq decoder's cross-attention cache holds the encoder's keys and values as one array each
 (`cache_layout`), read whole with a padding mask (`attend`).
@@ -119,19 +119,21 @@ def write(cache, k, v, positions, blocks=None):
     row = ops.arange(shape[0], dtype="int32")[:, None, None, None]
     head = ops.arange(shape[2], dtype="int32")[None, None, :, None]
     dim = ops.arange(shape[3], dtype="int32")[None, None, None, :]
+    # A token past every block (the JAX engine's two-token step's copy at the context's end, whose
+    # position lookup JAX fills with NaN) writes zeros: a query gives a spare slot no weight, but a
+    # weight of 0 times NaN is NaN. Every other token is finite wherever it lands.
+    past = (positions >= sum(keys.shape[-1] - 1 for keys in key_blocks))[:, :, None, None]
+    k = ops.reshape(ops.where(past, 0, k), (-1,))
+    v = ops.reshape(ops.where(past, 0, v), (-1, shape[3]))
     written_keys, written_values, start = [], [], 0
     for index, (keys, values) in enumerate(zip(key_blocks, value_blocks)):
         spare = keys.shape[-1] - 1  # the block's unseen slot: where the block's others' tokens go
         if blocks is None or index < blocks:
             inside = (positions >= start) & (positions < start + spare)
             position = ops.where(inside, positions - start, spare)[:, :, None, None]
-            # Zeros into the spare slot: a query gives it no weight, but a weight of 0 times a
-            # token's NaN (a position past the table, whose lookup JAX fills with NaN) is NaN.
-            outside = ~inside[:, :, None, None]
-            keys = ops.scatter_update(keys, _index_grid(shape, row, head, dim, position),
-                                      ops.reshape(ops.cast(ops.where(outside, 0, k), keys.dtype), (-1,)))
+            keys = ops.scatter_update(keys, _index_grid(shape, row, head, dim, position), ops.cast(k, keys.dtype))
             values = ops.scatter_update(values, _index_grid(shape[:3], row[..., 0], head[..., 0], position[..., 0]),
-                                        ops.reshape(ops.cast(ops.where(outside, 0, v), values.dtype), (-1, shape[3])))
+                                        ops.cast(v, values.dtype))
         written_keys.append(keys)
         written_values.append(values)
         start += spare
