@@ -45,12 +45,12 @@ def block_bounds(length):
 
 def kv_cache(batch_size, num_layers, num_heads, head_dim, length, dtype):
     """An empty self-attention cache: `num_layers` (keys, values) pairs, each a tuple of blocks
-    (`block_bounds`) of zeros, each block one position longer than its span (its unseen slot)."""
+    (`block_bounds`) of zeros, each block one position longer than its span (its spare slot)."""
     def blocks(shape_of):
         return tuple(ops.zeros(shape_of(end - start + 1), dtype=dtype) for start, end in block_bounds(length))
 
-    return [(blocks(lambda n: (batch_size, num_heads, head_dim, n)), blocks(lambda n: (batch_size, num_heads, n, head_dim)))
-            for _ in range(num_layers)]
+    return [(blocks(lambda n: (batch_size, num_heads, head_dim, n)),
+             blocks(lambda n: (batch_size, num_heads, n, head_dim))) for _ in range(num_layers)]
 
 
 def source_cache(batch_size, num_layers, num_heads, head_dim, length, dtype):
@@ -127,7 +127,7 @@ def write(cache, k, v, positions, blocks=None):
     v = ops.reshape(ops.where(past, 0, v), (-1, shape[3]))
     written_keys, written_values, start = [], [], 0
     for index, (keys, values) in enumerate(zip(key_blocks, value_blocks)):
-        spare = keys.shape[-1] - 1  # the block's unseen slot: where the block's others' tokens go
+        spare = keys.shape[-1] - 1  # the block's spare slot's index: where other blocks' tokens go
         if blocks is None or index < blocks:
             inside = (positions >= start) & (positions < start + spare)
             position = ops.where(inside, positions - start, spare)[:, :, None, None]
