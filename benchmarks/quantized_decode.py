@@ -43,11 +43,11 @@ from decode_speed import SHAPE, best_time  # noqa: E402
 from zoo.engine import new_engine  # noqa: E402
 from zoo.families.gpt.model import GPT  # noqa: E402
 from zoo.families.seq2seq.model import Seq2Seq  # noqa: E402
+from zoo.layers.quantized import quantize_model  # noqa: E402
 
 SEQ2SEQ_SHAPE = dict(source_vocabulary_size=8192, target_vocabulary_size=8192, num_encoder_layers=6,
                      num_decoder_layers=6, num_heads=6, hidden_dim=384, intermediate_dim=1536, max_source_length=64,
                      max_target_length=128)
-from zoo.layers.quantized import quantize_model  # noqa: E402
 
 
 def weights_bytes(model):
@@ -123,7 +123,7 @@ def main():
     keras.utils.set_random_seed(0)
     reference = built(args.family)
     weights = reference.get_weights()
-    prompt = np.random.default_rng(0).integers(1, 8192, args.prompt_tokens).tolist()
+    prompt = np.random.default_rng(0).integers(1, SHAPE["vocabulary_size"], args.prompt_tokens).tolist()
     if args.family == "seq2seq":
         prompt = [0] + prompt  # the decoder's start token, then the source
     models = {"float32": reference}
