@@ -296,6 +296,30 @@ def test_the_integer_matmul_is_exact():
     assert not torch.equal(IntegerMatmul(kernel + torch.eye(384, 200))(x_q), x_q @ kernel)  # it reads its kernel
 
 
+@pytest.mark.backend_independent  # plain torch
+def test_torch_input_quantization_needs_no_clip():
+    """quantize_rows skips Keras's clip to [-127, 127] as one that cannot bind: at every scale of
+    input, with the row's largest value of either sign and values a hair below it, its integers
+    stay in range and its integers and scales equal those of the same arithmetic clipped."""
+    import torch
+
+    from zoo.layers.torch_quantized import EPSILON, quantize_rows
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for magnitude in (1e-30, 1e-9, 1e-7, 1e-3, 1.0, 3.0, 1e4, 1e20):
+        row = rng.standard_normal(384).astype("float32") * magnitude
+        top = np.abs(row).max()
+        row[:4] = [top, -top, np.nextafter(top, 0), -np.nextafter(top, 0)]
+        rows += [row, -row]
+    x = torch.from_numpy(np.stack(rows))
+    x_q, scale = quantize_rows(x, (-127.0, 127.0))
+    reference_scale = torch.tensor(127.0) * (1 / (x.abs().amax(-1, keepdim=True) + EPSILON))
+    assert torch.equal(scale, reference_scale)
+    assert torch.equal(x_q, (x * reference_scale).round().clamp(-127, 127))
+    assert x_q.abs().max() == 127  # each row's largest value reaches the range's end
+
+
 @pytest.mark.backend_independent
 def test_cli_errors_are_one_line(gpt_bundles, small_bundles, tmp_path):
     bundles, _ = gpt_bundles

@@ -98,10 +98,11 @@ class TorchEngine(DecodeEngine):
     def _verify(self, tokens, cache, position):
         if self.weights.stale():
             self._read_weights()
-        positions = torch.arange(position, position + len(tokens), device=self.device)
+        positions = self.key_positions[position:position + len(tokens)]
+        visible = blocks.span_visible(position, len(tokens), self.key_positions)
         x = self._embed(torch.from_numpy(tokens).to(self.device, torch.long), positions)
         for block, layer_cache in zip(self.blocks, cache):
-            x = self._finish_block(x, blocks.span_attention(*self._qkv(x, block, positions), layer_cache, 0, position),
+            x = self._finish_block(x, blocks.span_attention(*self._qkv(x, block, positions), layer_cache, 0, visible),
                                    block)
         return self._logits(x), cache
 

@@ -82,7 +82,7 @@ class TorchSeq2SeqEngine(DecodeEngine):
         x = x + self.positions[step.positions]
         if self.embedding_norm is not None:
             x = blocks.layer_norm(x, self.embedding_norm)
-        source_hidden = ~cache["source_mask"][:rows, None, None, :]  # (rows, 1, 1, source length)
+        source_visible = cache["source_mask"][:rows, None, None, :]  # (rows, 1, 1, source length)
         activation, pre_norm = ACTIVATIONS[model.activation], model.normalize_first
 
         def residual(x, norm, sublayer):  # keras-hub's block order, pre- or post-LayerNorm
@@ -96,7 +96,7 @@ class TorchSeq2SeqEngine(DecodeEngine):
 
         def cross_attention(h):
             q = self._heads(blocks.linear(h, layer["cross_q"]))
-            return blocks.linear(blocks.attend(q, keys[:rows], values[:rows], source_hidden), layer["cross_out"])
+            return blocks.linear(blocks.attend(q, keys[:rows], values[:rows], source_visible), layer["cross_out"])
 
         for layer, self_cache, (keys, values) in zip(self.layers, cache["self"], cache["cross"]):
             x = residual(x, layer["self_norm"], self_attention)
