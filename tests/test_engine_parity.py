@@ -132,27 +132,36 @@ def test_prefill_and_decode_logits_equal_the_uncached_model(case):
                                        err_msg=f"slot {slot} position {position}")
 
 
-def test_an_engine_sees_weights_changed_after_it_was_made(case):
+def test_an_engine_sees_weights_changed_after_it_was_made(case, monkeypatch):
     """Training after an engine was made (or a LoRA merge) changes the model's variables in place:
     the next request's logits are the changed model's, on every backend (the torch engine keeps
-    packed copies of its float32 weights, and must notice)."""
+    packed copies of its float32 weights, and a seq2seq's fused query/key/value kernels, and must
+    notice each: so on torch also with nothing packed)."""
     model, rng = case.model, np.random.default_rng(7)
-    engine, prompt = new_engine(model), case.prompt(rng, 4)
-    if keras.backend.backend() == "torch":  # the products really are packed ones here
+    prompt = case.prompt(rng, 4)
+    packings = [None]
+    if keras.backend.backend() == "torch":
         from zoo.layers.torch_blocks import PackedLinear
 
-        assert isinstance(engine.output, PackedLinear) == PackedLinear.available()
-    engine.prefill(prompt)
-    original = [keras.ops.convert_to_numpy(variable) for variable in model.weights]
-    try:
-        for variable, value in zip(model.weights, original):
-            variable.assign(value * 0.5 if value.ndim >= 2 else value)
-        logits, _ = engine.prefill(prompt)
-        expected = case.reference(prompt, [])[engine.first_position(prompt) - 1]
-        np.testing.assert_allclose(logits, expected, atol=2e-5 * np.abs(expected).max(), rtol=0)
-    finally:
-        for variable, value in zip(model.weights, original):
-            variable.assign(value)
+        packings.append(False)
+    for packing in packings:
+        if packing is not None:
+            monkeypatch.setattr(PackedLinear, "PACK", packing)
+        engine = new_engine(model)
+        if keras.backend.backend() == "torch" and packing is None:  # the products really are packed ones here
+            assert isinstance(engine.output, PackedLinear) == PackedLinear.available()
+        engine.prefill(prompt)
+        original = [keras.ops.convert_to_numpy(variable) for variable in model.weights]
+        try:
+            for variable, value in zip(model.weights, original):
+                variable.assign(value * 0.5 if value.ndim >= 2 else value)
+            logits, _ = engine.prefill(prompt)
+            expected = case.reference(prompt, [])[engine.first_position(prompt) - 1]
+            np.testing.assert_allclose(logits, expected, atol=2e-5 * np.abs(expected).max(), rtol=0,
+                                       err_msg=f"packing {packing}")
+        finally:
+            for variable, value in zip(model.weights, original):
+                variable.assign(value)
 
 
 @pytest.mark.backend_independent

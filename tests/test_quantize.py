@@ -274,6 +274,35 @@ def test_seq2seq_and_lstm_engines_give_their_models_greedy_tokens(small_bundles,
             assert tokens == EagerEngine(runtime.model).generate_batch([prompt], 6)[0], kind
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_quantized_translators_engine_steps_as_its_model(mode):
+    """A seq2seq model quantized in the test (its decoder's feed-forward Dense carries its
+    activation inside, as keras-hub's does): the engine's logits at the start token and over
+    eight greedy steps are the Keras model's own, op by op (EagerEngine). On torch the plain-torch
+    twin reads int4 kernels off the layers' own calls, with the activation left out."""
+    import keras
+
+    from zoo.engine import EagerEngine, new_engine
+    from zoo.families.seq2seq.model import Seq2Seq
+    from zoo.layers.quantized import quantize_model
+
+    keras.utils.set_random_seed(3)
+    model = Seq2Seq(source_vocabulary_size=96, target_vocabulary_size=96, num_encoder_layers=1, num_decoder_layers=2,
+                    num_heads=2, hidden_dim=128, intermediate_dim=256, max_source_length=16, max_target_length=12,
+                    activation="relu")
+    model.build()
+    quantize_model(model, mode)
+    engine, eager = new_engine(model), EagerEngine(model)
+    prompt = [1] + list(range(5, 15))  # the start token, then the source
+    (logits, cache), (expected, eager_cache) = engine.prefill(prompt), eager.prefill(prompt)
+    for position in range(1, 9):
+        np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4 * np.abs(expected).max(), err_msg=position)
+        token = np.asarray([expected.argmax()], "int32")
+        logits, cache = engine.decode(token, cache, np.asarray([position], "int32"))
+        expected, eager_cache = eager.decode(token, eager_cache, np.asarray([position], "int32"))
+        logits, expected = logits[0], expected[0]
+
+
 @pytest.mark.backend_independent  # plain torch, whichever backend Keras runs
 def test_the_integer_matmul_is_exact():
     """zoo.layers.torch_quantized.IntegerMatmul (fbgemm's int8 GEMM where it is exact, as on this

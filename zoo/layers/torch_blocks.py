@@ -36,10 +36,11 @@ class Weights:
         self._copies = []  # (the variable's tensor, its version when copied)
         self._products = []  # the PackedLinears made, for `settle`
 
-    def tensor(self, variable, dtype=None):
+    def tensor(self, variable, dtype=None, copied=True):
+        """`copied`: the caller copies the tensor, so it is watched whatever its dtype."""
         value = variable.value.detach()  # shares the storage and its version counter
         dtype = dtype or self.dtype
-        if value.dtype == dtype:
+        if value.dtype == dtype and not copied:
             return value
         self._copies.append((value, value._version))
         return value.to(dtype)
@@ -58,6 +59,24 @@ class Weights:
         kernel, bias = kernel.reshape(math.prod(kernel.shape[:input_axes]), -1), self.tensor(layer.bias).reshape(-1)
         return self._packed(kernel.T, bias) or (kernel, bias)
 
+    def fused_dense(self, layers):
+        """Dense or EinsumDense layers of one input (1 input axis: a decoder's query, key and value
+        projections) as one `linear` whose output is theirs side by side: one product a step
+        instead of three, and for int8 one quantization of the input, which Keras makes alike in
+        each layer. Float kernels are concatenated into a copy, which `stale()` watches."""
+        if any(getattr(layer, "quantization_mode", None) for layer in layers):
+            from zoo.layers.torch_quantized import QuantizedLinear
+
+            return QuantizedLinear.fused(layers, self.dtype)
+        kernels, biases = [], []
+        for layer in layers:
+            kernel = self.tensor(layer.kernel, copied=True)
+            kernels.append(kernel.reshape(kernel.shape[0], -1))
+            biases.append(self.tensor(layer.bias, copied=True).reshape(-1) if layer.bias is not None
+                          else kernel.new_zeros(kernels[-1].shape[1]))  # x + 0 is x
+        kernel, bias = torch.cat(kernels, dim=1), torch.cat(biases)
+        return self._packed(kernel.T, bias, variables=False) or (kernel, bias)
+
     def embedding(self, layer):
         """An Embedding's table (vocab, dim), for lookups (`table[tokens]`) and `tied_logits`; of a
         quantized layer, its torch twin (zoo.layers.torch_quantized.QuantizedTable)."""
@@ -73,13 +92,14 @@ class Weights:
         table = self.embedding(layer)
         return (isinstance(table, torch.Tensor) and self._packed(table, None)) or table
 
-    def _packed(self, weight, bias):
+    def _packed(self, weight, bias, variables=True):
         """A PackedLinear of a float32 CPU weight (outputs, inputs), packed (or not) by `settle`;
-        None where oneDNN cannot take it."""
+        None where oneDNN cannot take it. `variables`: weight and bias are the variables' own
+        tensors, which `settle` watches once it copies them; else a copy whose sources are watched."""
         if (weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.numel() < PackedLinear.MIN_SIZE
                 or not PackedLinear.available()):
             return None
-        self._products.append(PackedLinear(weight, bias))
+        self._products.append(PackedLinear(weight, bias, variables))
         return self._products[-1]
 
     def settle(self):
@@ -95,7 +115,7 @@ class Weights:
             if product.packed is None:
                 product.pack()
             for variable_tensor in (product.weight, product.bias):
-                if variable_tensor is not None:
+                if variable_tensor is not None and product.variables:
                     self._copies.append((variable_tensor, variable_tensor._version))
 
     def norm(self, layer):
@@ -142,8 +162,9 @@ class PackedLinear:
     _available = None
     _measured = {}  # the products' shapes -> each one's packed_from
 
-    def __init__(self, weight, bias):
-        self.weight, self.bias = weight, bias  # (outputs, inputs), (outputs,) or None: the variables' own
+    def __init__(self, weight, bias, variables=True):
+        self.weight, self.bias = weight, bias  # (outputs, inputs), (outputs,) or None
+        self.variables = variables  # whether weight and bias are the variables' own tensors, or a copy
         self.kernel = weight.T  # (inputs, outputs), a view kept: `.T` at every call is an operator call
         self.packed = None  # oneDNN's blocked copy of the weight, once packed
         self.packed_from = math.inf  # from how many rows on the packed copy multiplies

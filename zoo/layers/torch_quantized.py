@@ -143,6 +143,25 @@ class QuantizedLinear:
     @classmethod
     def of(cls, layer, input_axes, dtype):
         """The twin of a quantized keras Dense or EinsumDense; `input_axes` as Weights.dense."""
+        return cls(*cls._parts(layer, input_axes), dtype)
+
+    @classmethod
+    def fused(cls, layers, dtype):
+        """One twin of several quantized layers of one input (1 input axis), their outputs side by
+        side (Weights.fused_dense): the kernels, scales and biases concatenated per output, so
+        each output is computed as its own layer computes it."""
+        parts = [cls._parts(layer, 1) for layer in layers]
+        kernels, scales, biases, quantizers = zip(*parts)
+        if len(set(quantizers)) > 1 or len({scale is None for scale in scales}) > 1:
+            raise ValueError(f"{', '.join(layer.name for layer in layers)}: quantized alike only can be fused")
+        biases = [bias if bias is not None else kernel.new_zeros(kernel.shape[1]) for kernel, bias in zip(kernels, biases)]
+        scale = None if scales[0] is None else torch.cat(scales)
+        return cls(torch.cat(kernels, dim=1).contiguous(), scale, torch.cat(biases), quantizers[0], dtype)
+
+    @staticmethod
+    def _parts(layer, input_axes):
+        """(kernel (inputs, outputs) float32: integers, or dequantized; scale (outputs,) or None;
+        bias (outputs,) or None; the input quantizer's (low, high) or None) of a quantized layer."""
         mode = layer.quantization_mode
         bias = None if layer.bias is None else _tensor(layer.bias, torch.float32).reshape(-1)
         if mode == "int8":
@@ -153,17 +172,19 @@ class QuantizedLinear:
             kernel = kernel.reshape(math.prod(kernel.shape[:input_axes]), -1)
             scale, quantizer = _tensor(scale, torch.float32).reshape(-1), _input_quantizer(layer)
             if quantizer is None and hasattr(layer, "equation"):  # weight-only: Keras dequantizes first on torch
-                return cls((kernel / scale).contiguous(), None, bias, None, dtype)
-            return cls(kernel.contiguous(), scale, bias, quantizer, dtype)
+                return (kernel / scale).contiguous(), None, bias, None
+            return kernel.contiguous(), scale, bias, quantizer
         if mode == "int4":  # weight-only: the float kernel Keras dequantizes, read off its own call
-            return cls(_probed_kernel(layer, input_axes, bias), None, bias, None, dtype)
+            return _probed_kernel(layer, input_axes, bias), None, bias, None
         raise ValueError(f"{layer.name}: quantization {mode!r} has no torch twin")
 
 
 def _probed_kernel(layer, input_axes, bias):
     """The float (inputs, outputs) kernel a weight-only quantized layer multiplies its input by,
     as Keras's own call dequantizes it (its int4 scheme: groups of 128 inputs, scales and zero
-    points), read by calling it on the identity: row i of the output is the kernel's row i."""
+    points), read by calling it on the identity: row i of the output is the kernel's row i. The
+    layer's activation (keras-hub's feed-forward Dense carries one) is left out of that call: the
+    engines apply it after the product."""
     if hasattr(layer, "equation"):  # (1, inputs, *input axes): a batch of one sequence of `inputs` tokens
         input_shape = tuple(layer.original_kernel_shape)[:input_axes]
         inputs = math.prod(input_shape)
@@ -171,8 +192,12 @@ def _probed_kernel(layer, input_axes, bias):
     else:
         inputs = layer._orig_input_dim
         eye = torch.eye(inputs)
-    with torch.no_grad():
-        kernel = _tensor(layer(eye), torch.float32).reshape(inputs, -1)
+    activation, layer.activation = layer.activation, None  # Dense's and EinsumDense's call skip None
+    try:
+        with torch.no_grad():
+            kernel = _tensor(layer(eye), torch.float32).reshape(inputs, -1)
+    finally:
+        layer.activation = activation
     return (kernel if bias is None else kernel - bias).contiguous()
 
 

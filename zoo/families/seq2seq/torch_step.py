@@ -51,8 +51,8 @@ class TorchSeq2SeqEngine(DecodeEngine):
             attention, cross = layer._self_attention_layer, layer._cross_attention_layer
             self.layers.append(dict(
                 self_norm=weights.norm(layer._self_attention_layer_norm),
-                q=weights.dense(attention._query_dense), k=weights.dense(attention._key_dense),
-                v=weights.dense(attention._value_dense), out=weights.dense(attention._output_dense, input_axes=2),
+                qkv=weights.fused_dense([attention._query_dense, attention._key_dense, attention._value_dense]),
+                out=weights.dense(attention._output_dense, input_axes=2),
                 cross_norm=weights.norm(layer._cross_attention_layer_norm),
                 cross_q=weights.dense(cross._query_dense), cross_k=weights.dense(cross._key_dense),
                 cross_v=weights.dense(cross._value_dense), cross_out=weights.dense(cross._output_dense, input_axes=2),
@@ -91,7 +91,7 @@ class TorchSeq2SeqEngine(DecodeEngine):
             return blocks.layer_norm(x + sublayer(x), norm)
 
         def self_attention(h):
-            q, k, v = (self._heads(blocks.linear(h, layer[name])) for name in ("q", "k", "v"))
+            q, k, v = blocks.linear(h, layer["qkv"]).view(rows, 3, self.num_heads, self.head_dim).unbind(1)
             return blocks.linear(blocks.cached_attention(q, k, v, self_cache, step), layer["out"])
 
         def cross_attention(h):
