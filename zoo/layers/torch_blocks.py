@@ -36,7 +36,7 @@ class Weights:
         self._copies = []  # (the variable's tensor, its version when copied)
         self._products = []  # the PackedLinears made, for `settle`
 
-    def tensor(self, variable, dtype=None, copied=True):
+    def tensor(self, variable, dtype=None, copied=False):
         """`copied`: the caller copies the tensor, so it is watched whatever its dtype."""
         value = variable.value.detach()  # shares the storage and its version counter
         dtype = dtype or self.dtype
