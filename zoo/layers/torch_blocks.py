@@ -211,13 +211,17 @@ class PackedLinear:
         return self(x).float().cpu().numpy()
 
 
-CLEARLY_FASTER = 0.95  # packed must take less than this much of addmm's time: a copy for a real gain, not a tie
+# Packed must take less than this much of addmm's time, one call measured among the others. A kernel
+# measured a little faster packed made whole steps slower: on the Xeon, GPT-2's MLP input kernels
+# packed at 0.92-0.98 of addmm's time one call at a time, and steps of 4 and 8 rows with them
+# packed took 1.09-1.17x as long as without (the tied output, at 0.58-0.60, pays).
+CLEARLY_FASTER = 0.8
 
 
 def packing_is_faster(products, rows, rounds=2, passes=10):
     """For each of `products` (PackedLinears: a decode step's products, the model's whole working
     set, so that caches hold what they hold in a real step), whether it is faster packed than with
-    addmm at `rows` rows (by 5% and more), each call timed within passes over them all in order;
+    addmm at `rows` rows (by CLEARLY_FASTER), each call timed within passes over them all in order;
     compares each product's best call (below). Packs the products (copies that `Weights.settle`
     keeps or drops) and leaves them multiplying unpacked. Each way runs 2 x `passes` passes in a
     row, as a decoder would, and only the second half counts: after a switch a pass got faster for
@@ -381,8 +385,9 @@ def span_attention(q, k, v, cache, slot, visible):
     length, end = visible.shape
     keys, values = cache[0][slot, :, :end], cache[1][slot, :, :end]  # (heads, end, head_dim) views
     keys[:, end - length:], values[:, end - length:] = k.transpose(0, 1), v.transpose(0, 1)
-    attended = F.scaled_dot_product_attention(q.transpose(0, 1), keys, values, attn_mask=visible)  # (heads, length, hd)
-    return attended.transpose(0, 1).reshape(length, -1)
+    # With a batch axis: on 3-D inputs torch's CPU attention takes its unfused path (2-3x slower here)
+    attended = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys[None], values[None], attn_mask=visible)
+    return attended[0].transpose(0, 1).reshape(length, -1)  # (heads, length, head_dim) -> (length, hidden)
 
 
 def span_visible(start, length, key_positions):
