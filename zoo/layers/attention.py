@@ -43,6 +43,16 @@ def block_bounds(length):
     return bounds
 
 
+def _spans(key_blocks):
+    """(start, span) of each block of a self-attention cache's keys: its first position and how
+    many positions it holds (its length less its spare slot, which is at index `span`)."""
+    spans, start = [], 0
+    for keys in key_blocks:
+        spans.append((start, keys.shape[-1] - 1))
+        start += spans[-1][1]
+    return spans
+
+
 def kv_cache(batch_size, num_layers, num_heads, head_dim, length, dtype):
     """An empty self-attention cache: `num_layers` (keys, values) pairs, each a tuple of blocks
     (`block_bounds`) of zeros, each block one position longer than its span (its spare slot)."""
@@ -122,13 +132,13 @@ def write(cache, k, v, positions, blocks=None):
     # A token past every block (the JAX engine's two-token step's copy at the context's end, whose
     # position lookup JAX fills with NaN) writes zeros: a query gives a spare slot no weight, but a
     # weight of 0 times NaN is NaN. Every other token is finite wherever it lands.
-    past = (positions >= sum(keys.shape[-1] - 1 for keys in key_blocks))[:, :, None, None]
+    spans = _spans(key_blocks)
+    past = (positions >= sum(span for _, span in spans))[:, :, None, None]
     k = ops.reshape(ops.where(past, 0, k), (-1,))
     v = ops.reshape(ops.where(past, 0, v), (-1, shape[3]))
-    written_keys, written_values, start = [], [], 0
-    for index, (keys, values) in enumerate(zip(key_blocks, value_blocks)):
-        spare = keys.shape[-1] - 1  # the block's spare slot's index: where other blocks' tokens go
-        if blocks is None or index < blocks:
+    written_keys, written_values = [], []
+    for index, (keys, values, (start, spare)) in enumerate(zip(key_blocks, value_blocks, spans)):
+        if blocks is None or index < blocks:  # a token of another block goes to the spare slot
             inside = (positions >= start) & (positions < start + spare)
             position = ops.where(inside, positions - start, spare)[:, :, None, None]
             keys = ops.scatter_update(keys, _index_grid(shape, row, head, dim, position), ops.cast(k, keys.dtype))
@@ -136,7 +146,6 @@ def write(cache, k, v, positions, blocks=None):
                                         ops.cast(v, values.dtype))
         written_keys.append(keys)
         written_values.append(values)
-        start += spare
     return tuple(written_keys), tuple(written_values)
 
 
@@ -146,12 +155,11 @@ def cached_attention(q, k, v, cache, positions, reach=None):
     cache up to its own position. q, k, v: (batch, length, heads, head_dim). `reach` (a Python
     int above every position) limits what is read of the cache to the blocks that start below it
     (default: all). Returns (output (batch, length, heads, head_dim), the updated cache)."""
-    spans = [keys.shape[-1] - 1 for keys in cache[0]]
-    starts = [sum(spans[:index]) for index in range(len(spans))]
+    spans = _spans(cache[0])
     # Only the first blocks up to `reach` are read (and written: every position is below it):
     # decoding on a CPU is bound by memory traffic, and a full cache can be as many bytes as the
     # weights.
-    read = len(spans) if reach is None else sum(start < reach for start in starts)
+    read = len(spans) if reach is None else sum(start < reach for start, _ in spans)
     keys, values = write(cache, k, v, positions, read)
     # A cache may have more rows than there are sequences (a server's decode slots, of which only
     # the first few are busy): those rows are neither written above nor read below, and the whole
@@ -163,6 +171,6 @@ def cached_attention(q, k, v, cache, positions, reach=None):
     # Each query sees the keys at or before its own position; later ones may hold another
     # request's (or a padded prompt's) leftovers and are never read, nor is a block's spare slot.
     key_positions = np.concatenate([np.append(np.arange(start, start + span), _UNSEEN)
-                                    for start, span in zip(starts[:read], spans[:read])]).astype("int32")
+                                    for start, span in spans[:read]]).astype("int32")
     visible = ops.convert_to_tensor(key_positions)[None, None, :] <= positions[:, :, None]
     return attend(q, read_keys, read_values, visible[:, None]), (keys, values)
