@@ -81,11 +81,11 @@ class Seq2SeqCase:
 @pytest.fixture(autouse=True)
 def packed_torch_products(monkeypatch):
     """On torch, these small models' kernels go through the packed oneDNN products a large model's
-    take on a CPU where they are faster (zoo.layers.torch_blocks.PackedLinear); the other tests'
+    take on a CPU where they are faster (zoo.layers.torch_weights.PackedLinear); the other tests'
     small models keep addmm's."""
     if keras.backend.backend() == "torch":
-        monkeypatch.setattr("zoo.layers.torch_blocks.PackedLinear.MIN_SIZE", 0)
-        monkeypatch.setattr("zoo.layers.torch_blocks.PackedLinear.PACK", True)
+        monkeypatch.setattr("zoo.layers.torch_weights.PackedLinear.MIN_SIZE", 0)
+        monkeypatch.setattr("zoo.layers.torch_weights.PackedLinear.PACK", True)
 
 
 @pytest.fixture(scope="module", params=["gpt-learned", "gpt-rotary", "seq2seq"])
@@ -141,7 +141,7 @@ def test_an_engine_sees_weights_changed_after_it_was_made(case, monkeypatch):
     prompt = case.prompt(rng, 4)
     packings = [None]
     if keras.backend.backend() == "torch":
-        from zoo.layers.torch_blocks import PackedLinear
+        from zoo.layers.torch_weights import PackedLinear
 
         packings.append(False)
     for packing in packings:
@@ -176,13 +176,13 @@ def test_torch_products_multiply_packed_from_the_rows_where_it_pays(monkeypatch)
 
     import torch
 
-    from zoo.layers import torch_blocks
-    from zoo.layers.torch_blocks import PackedLinear, Weights
+    from zoo.layers import torch_weights
+    from zoo.layers.torch_weights import PackedLinear, Weights
 
     assert PackedLinear.available()  # torch's x86 CPU wheels have oneDNN
     # A real measurement: 16 x 16 products take addmm ~2 us, a oneDNN call ~15 us more.
     small = [PackedLinear(torch.randn(16, 16), torch.randn(16)) for _ in range(4)]
-    assert torch_blocks.packing_is_faster(small, 1) == [False] * 4
+    assert torch_weights.packing_is_faster(small, 1) == [False] * 4
     assert all(product.packed is not None and product.packed_from == math.inf for product in small)
 
     def variable(value):
@@ -202,8 +202,8 @@ def test_torch_products_multiply_packed_from_the_rows_where_it_pays(monkeypatch)
         return linear_pointwise(*args)
 
     linear_pointwise = torch.ops.mkldnn._linear_pointwise
-    monkeypatch.setattr(torch_blocks, "packing_is_faster", measure)
-    monkeypatch.setattr(torch_blocks.torch.ops.mkldnn, "_linear_pointwise", packed_product)
+    monkeypatch.setattr(torch_weights, "packing_is_faster", measure)
+    monkeypatch.setattr(torch_weights.torch.ops.mkldnn, "_linear_pointwise", packed_product)
     monkeypatch.setattr(PackedLinear, "MIN_SIZE", 1024)
     monkeypatch.setattr(PackedLinear, "PACK", None)  # as the engines run (this file's fixture sets it on torch)
     shapes = [((768, 512), False), ((900, 512), True)]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from zoo.engine.interface import DecodeEngine
 from zoo.layers import torch_blocks as blocks
+from zoo.layers.torch_weights import Weights
 
 
 class TorchEngine(DecodeEngine):
@@ -34,7 +35,7 @@ class TorchEngine(DecodeEngine):
         self.key_positions = torch.arange(self.max_length, device=self.device)
 
     def _read_weights(self):
-        model, weights = self.model, blocks.Weights(self.model)
+        model, weights = self.model, Weights(self.model)
         self.weights = weights
         self.embeddings = weights.embedding(model.token_embedding)
         self.positions = None

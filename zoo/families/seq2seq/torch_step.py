@@ -27,6 +27,7 @@ ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
 
 from zoo.engine.interface import DecodeEngine
 from zoo.layers import torch_blocks as blocks
+from zoo.layers.torch_weights import Weights
 
 
 class TorchSeq2SeqEngine(DecodeEngine):
@@ -40,7 +41,7 @@ class TorchSeq2SeqEngine(DecodeEngine):
         self.key_positions = torch.arange(self.max_length, device=self.device)
 
     def _read_weights(self):
-        model, weights = self.model, blocks.Weights(self.model)
+        model, weights = self.model, Weights(self.model)
         self.weights = weights
         self.embeddings = weights.embedding(model.target_embedding)
         self.output = weights.tied_output(model.target_embedding)
