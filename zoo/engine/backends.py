@@ -12,7 +12,7 @@ import threading
 
 import keras
 
-from zoo.engine.interface import EagerEngine
+from zoo.engine.eager_engine import EagerEngine
 
 _ENGINES_LOCK = threading.Lock()
 

@@ -46,14 +46,13 @@ reach), reach being how far into the cache it reads (`reach_buckets`).
 This module is the interface and depends on no other engine module; each backend's engine
 (jax_engine.py, tf_engine.py, and a family's plain-torch engine) imports it (and the compiled
 ones greedy_loop.py, their device-side loop of greedy steps), and
-`zoo.engine.backends` picks one for the active backend. `EagerEngine` runs the model's cache
-protocol op by op: the slow reference.
+`zoo.engine.backends` picks one for the active backend. `EagerEngine` (eager_engine.py) runs the
+model's cache protocol op by op: the slow reference.
 """
 
 import threading
 import time
 
-import keras
 import numpy as np
 
 from zoo.engine.sampling import SamplingConfig, logprob, sample
@@ -382,38 +381,3 @@ class DecodeEngine:
                 picked = [np.asarray([sample(row, c, rng) for row, c, rng in zip(logits, configs, rngs)], "int32")]
             positions += len(picked)
             tokens = picked[-1]
-
-
-class EagerEngine(DecodeEngine):
-    """The reference: the model's `call_with_cache` run op by op, no padding, nothing compiled."""
-
-    compiled = False
-
-    def new_cache(self, slots):
-        return self.model.init_cache(slots)
-
-    def prefill(self, ids):
-        self.bucket(len(ids))  # checks the length; nothing is padded
-        logits, cache = self.model.prefill_with_cache(np.asarray([ids], "int32"), len(ids))
-        return keras.ops.convert_to_numpy(logits)[0], cache
-
-    def insert(self, cache, slot, row_cache):
-        return keras.tree.map_structure(
-            lambda array, row: keras.ops.slice_update(array, (slot,) + (0,) * (len(array.shape) - 1), row),
-            cache, row_cache)
-
-    def reorder(self, cache, rows):
-        rows = np.asarray(rows, "int32")
-
-        def take(array):
-            return keras.ops.slice_update(array, (0,) * len(array.shape), keras.ops.take(array, rows, axis=0))
-
-        return keras.tree.map_structure(take, cache)
-
-    def _decode(self, tokens, cache, positions):
-        logits, cache = self.model.call_with_cache(tokens[:, None], cache, positions, logits_at=0)
-        return keras.ops.convert_to_numpy(logits), cache
-
-    def _verify(self, tokens, cache, position):
-        logits, cache = self.model.call_with_cache(tokens[None], cache, position)
-        return keras.ops.convert_to_numpy(logits)[0], cache
