@@ -9,8 +9,8 @@ in place. torch.compile (inductor, default mode) measured on the 2-core CPU took
 GPT's batch-1 step and 21 s for batch 8, per shape, and made the step only 7-12% faster.
 
 The weights they take are read by zoo.layers.torch_weights. Hidden states are (tokens, hidden), one
-row per token. A torch engine's KV cache is, per layer, a
-(keys, values) pair of shape (slots, heads, length, head_dim) (`kv_cache`), written in place.
+row per token. A torch engine's KV cache is, per layer, a (keys, values) pair of shape (slots,
+heads, length, head_dim) (`kv_cache`), written in place.
 """
 
 import torch
