@@ -6,9 +6,10 @@ library the backends call, side by side in one process, and the bandwidth each r
 
 Rows: XLA (what the JAX engine's compiled step runs, all products in one call), NumPy's BLAS
 (OpenBLAS in the wheels), torch's `addmm` (MKL in the x86 wheels; what the torch engine's float32
-step runs), torch's oneDNN linear (`torch.ops.mkldnn._linear_pointwise`), and the int8 products the
-torch engine runs for an int8 bundle (fbgemm, zoo.layers.torch_quantized.IntegerMatmul, one byte a
-weight, Keras's per-row input quantization included). Needs jax and torch; TensorFlow is not imported.
+step runs), torch's oneDNN linear (`torch.ops.mkldnn._linear_pointwise`), unpacked and over kernels
+packed for it, MKL's GEMM over kernels packed for it (`torch.ops.mkl._mkl_linear`), and the int8
+products the torch engine runs for an int8 bundle (fbgemm, zoo.layers.torch_quantized.IntegerMatmul,
+one byte a weight, Keras's per-row input quantization included). Needs jax and torch; TensorFlow is not imported.
 """
 
 import argparse
@@ -71,6 +72,11 @@ def runners(kernels, rows):
     runs["torch oneDNN linear, packed"] = lambda: [
         torch.ops.mkldnn._linear_pointwise(torch_inputs[k.shape[1]], p, b, "none", [], "")
         for k, p, b in zip(transposed, packed, biases)]
+    # MKL's GEMM over kernels packed once by cblas_sgemm_pack (one copy serves any rows: see
+    # zoo.layers.torch_weights.PackedLinear).
+    mkl_packed = [torch.ops.mkl._mkl_reorder_linear_weight(k, rows) for k in transposed]
+    runs["torch MKL, packed"] = lambda: [torch.ops.mkl._mkl_linear(torch_inputs[k.shape[1]], p, k, b, rows)
+                                         for k, p, b in zip(transposed, mkl_packed, biases)]
     integers = [IntegerMatmul(torch.from_numpy(np.round(k * 127 / np.abs(k).max(0)))) for k in kernels]
 
     def int8():

@@ -78,14 +78,17 @@ class Seq2SeqCase:
         return keras.ops.convert_to_numpy(model(inputs))[0]
 
 
-@pytest.fixture(autouse=True)
-def packed_torch_products(monkeypatch):
-    """On torch, these small models' kernels go through the packed oneDNN products a large model's
-    take on a CPU where they are faster (zoo.layers.torch_weights.PackedLinear); the other tests'
-    small models keep addmm's."""
-    if keras.backend.backend() == "torch":
+PACKED_WAYS = ["oneDNN", "MKL"] if keras.backend.backend() == "torch" else [None]
+
+
+@pytest.fixture(autouse=True, params=PACKED_WAYS)
+def packed_torch_products(request, monkeypatch):
+    """On torch, these small models' kernels go through each packed product a large model's may take
+    on a CPU where it is faster (zoo.layers.torch_weights.PackedLinear, oneDNN's and MKL's), in turn;
+    the other tests' small models keep addmm's."""
+    if request.param:
         monkeypatch.setattr("zoo.layers.torch_weights.PackedLinear.MIN_SIZE", 0)
-        monkeypatch.setattr("zoo.layers.torch_weights.PackedLinear.PACK", True)
+        monkeypatch.setattr("zoo.layers.torch_weights.PackedLinear.PACK", request.param)
 
 
 @pytest.fixture(scope="module", params=["gpt-learned", "gpt-rotary", "seq2seq"])
@@ -141,15 +144,15 @@ def test_an_engine_sees_weights_changed_after_it_was_made(case, monkeypatch):
     prompt = case.prompt(rng, 4)
     packings = [None]
     if keras.backend.backend() == "torch":
-        from zoo.layers.torch_weights import PackedLinear
+        from zoo.layers.torch_weights import ADDMM, PackedLinear
 
-        packings.append(False)
+        packings.append(ADDMM)
     for packing in packings:
         if packing is not None:
             monkeypatch.setattr(PackedLinear, "PACK", packing)
         engine = new_engine(model)
         if keras.backend.backend() == "torch" and packing is None:  # the products really are packed ones here
-            assert isinstance(engine.output, PackedLinear) == PackedLinear.available()
+            assert isinstance(engine.output, PackedLinear) == bool(PackedLinear.packed_ways())
         engine.prefill(prompt)
         original = [keras.ops.convert_to_numpy(variable) for variable in model.weights]
         try:
@@ -165,25 +168,25 @@ def test_an_engine_sees_weights_changed_after_it_was_made(case, monkeypatch):
 
 
 @pytest.mark.backend_independent
-def test_torch_products_multiply_packed_from_the_rows_where_it_pays(monkeypatch):
-    """The torch engines multiply each large float32 kernel through a packed oneDNN copy from the
-    rows on where that measured faster (at 1 row, or at PACKED_FROM), and through addmm on the
-    variable's own tensor below (or always, keeping no copy); which way wins depends on the CPU and
-    the kernel, so each product is measured, once per set of product shapes, among the model's own
-    products. PACK forces it. Plain torch tensors: the same whatever the Keras backend."""
-    import math
+def test_torch_products_multiply_by_the_way_measured_fastest(monkeypatch):
+    """The torch engines multiply each large float32 kernel by one way at a single row and one at
+    more: addmm on the variable's own tensor, or a packed copy (oneDNN's, MKL's); which wins depends
+    on the CPU and the kernel, so each product is measured, once per set of product shapes, among
+    the model's own products, and keeps only the copies its ways read. MKL's beyond MKL_MAX_ROWS
+    rows take addmm. PACK forces a way. Plain torch tensors: the same whatever the Keras backend."""
     import types
 
     import torch
 
     from zoo.layers import torch_weights
-    from zoo.layers.torch_weights import PackedLinear, Weights
+    from zoo.layers.torch_weights import ADDMM, MKL, ONEDNN, PackedLinear, Weights
 
-    assert PackedLinear.available()  # torch's x86 CPU wheels have oneDNN
+    assert PackedLinear.packed_ways() == [ONEDNN, MKL]  # torch's x86 CPU wheels have both
     # A real measurement: 16 x 16 products take addmm ~2 us, a oneDNN call ~15 us more.
     small = [PackedLinear(torch.randn(16, 16), torch.randn(16)) for _ in range(4)]
-    assert torch_weights.packing_is_faster(small, 1) == [False] * 4
-    assert all(product.packed is not None and product.packed_from == math.inf for product in small)
+    assert torch_weights.fastest_ways(small, 1, [ONEDNN]) == [ADDMM] * 4
+    assert all(set(product.copies) == {ONEDNN} and product.one_row == product.more_rows == ADDMM
+               for product in small)
 
     def variable(value):
         return types.SimpleNamespace(value=value, dtype="float32", shape=tuple(value.shape))
@@ -193,50 +196,56 @@ def test_torch_products_multiply_packed_from_the_rows_where_it_pays(monkeypatch)
     model = types.SimpleNamespace(dtype_policy=types.SimpleNamespace(compute_dtype="float32"))
     measured, calls = [], []
 
-    def measure(products, rows):
+    def measure(products, rows, ways):
+        assert ways == [ONEDNN, MKL]
         measured.append(([(tuple(p.weight.shape), p.bias is None) for p in products], rows))
-        return faster[rows]
+        return fastest[rows]
 
-    def packed_product(*args):  # records the rows of each packed product taken
-        calls.append(args[0].shape[0])
-        return linear_pointwise(*args)
+    def recorded(way, op):  # records the way and rows of each packed product taken
+        def call(*args):
+            calls.append((way, args[0].shape[0]))
+            return op(*args)
+        return call
 
-    linear_pointwise = torch.ops.mkldnn._linear_pointwise
-    monkeypatch.setattr(torch_weights, "packing_is_faster", measure)
-    monkeypatch.setattr(torch_weights.torch.ops.mkldnn, "_linear_pointwise", packed_product)
+    monkeypatch.setattr(torch_weights, "fastest_ways", measure)
+    monkeypatch.setattr(torch_weights.torch.ops.mkldnn, "_linear_pointwise",
+                        recorded(ONEDNN, torch.ops.mkldnn._linear_pointwise))
+    monkeypatch.setattr(torch_weights.torch.ops.mkl, "_mkl_linear", recorded(MKL, torch.ops.mkl._mkl_linear))
     monkeypatch.setattr(PackedLinear, "MIN_SIZE", 1024)
     monkeypatch.setattr(PackedLinear, "PACK", None)  # as the engines run (this file's fixture sets it on torch)
     shapes = [((768, 512), False), ((900, 512), True)]
-    more = PackedLinear.PACKED_FROM
-    # (the dense product, the tied output) faster packed at 1 row, at PACKED_FROM rows -> packed from
-    for faster, expected in (({1: [True, False], more: [True, True]}, [1, more]),
-                             ({1: [False, False], more: [False, True]}, [math.inf, more]),
-                             ({1: [False, False], more: [False, False]}, [math.inf, math.inf])):
+    one, more = PackedLinear.MEASURED_AT
+    # The fastest (dense product, tied output) at a single row and at more -> their (one_row, more_rows).
+    for fastest, expected in (({one: [MKL, ADDMM], more: [MKL, ONEDNN]}, [(MKL, MKL), (ADDMM, ONEDNN)]),
+                              ({one: [ADDMM, ONEDNN], more: [ONEDNN, MKL]}, [(ADDMM, ONEDNN), (ONEDNN, MKL)]),
+                              ({one: [ADDMM, ADDMM], more: [ADDMM, ADDMM]}, [(ADDMM, ADDMM), (ADDMM, ADDMM)])):
         monkeypatch.setattr(PackedLinear, "_measured", {})
         for _ in range(2):  # a second engine of the same shapes is not measured again
             weights = Weights(model)
             product, output = weights.dense(layer), weights.tied_output(embedding)
             weights.settle()
-            assert [product.packed_from, output.packed_from] == expected
-            # A product never packed keeps no packed copy.
-            assert [product.packed is not None, output.packed is not None] == [r < math.inf for r in expected]
-            for rows in range(1, PackedLinear.ROWS + 1):
+            assert [(product.one_row, product.more_rows), (output.one_row, output.more_rows)] == expected
+            # A product keeps only the packed copies its ways read.
+            assert [set(product.copies), set(output.copies)] == [set(ways) - {ADDMM} for ways in expected]
+            for rows in (*range(1, PackedLinear.ROWS + 2), PackedLinear.MKL_MAX_ROWS, PackedLinear.MKL_MAX_ROWS + 1):
                 x = torch.randn(rows, 512)
                 calls.clear()
                 torch.testing.assert_close(product(x), x @ kernel.value + bias.value, rtol=1e-5, atol=1e-4)
                 np.testing.assert_allclose(output.logits(x), (x @ table.value.T).numpy(), rtol=1e-5, atol=1e-4)
-                assert calls == [rows for packed_from in expected if rows >= packed_from], rows
+                ways = [one_row if rows == 1 else more_rows for one_row, more_rows in expected]
+                assert calls == [(way, rows) for way in ways
+                                 if way == ONEDNN or (way == MKL and rows <= PackedLinear.MKL_MAX_ROWS)], rows
             assert weights.stale() is False
             kernel.value.add_(0.0)  # an in-place update, as training makes: a packed copy of it is then stale
-            assert weights.stale() == (expected[0] < math.inf)
-        assert measured == [(shapes, 1), (shapes, more)]
+            assert weights.stale() == bool(product.copies)
+        assert measured == [(shapes, one), (shapes, more)]
         measured.clear()
-    for forced in (True, False):  # PACK decides without measuring
+    for forced in (ONEDNN, MKL, ADDMM):  # PACK decides without measuring
         monkeypatch.setattr(PackedLinear, "PACK", forced)
         weights = Weights(model)
         product = weights.dense(layer)
         weights.settle()
-        assert (product.packed is not None) == forced and product.packed_from == (1 if forced else math.inf)
+        assert product.one_row == product.more_rows == forced and set(product.copies) == {forced} - {ADDMM}
     assert measured == []
 
 
