@@ -235,7 +235,7 @@ class PackedLinear:
 # rows with them packed took 1.09-1.17x as long as without (the tied output, at 0.58-0.60, pays).
 # MKL's packed GEMM runs on addmm's own threads and code, and whole steps followed the calls: with
 # every 4-row kernel of GPT-2's shape on it (0.81-0.95 of addmm's time each, the tied output 0.55)
-# steps of 4 and 8 rows ran 2-3% faster than with those under 0.8 alone; a tie (1 row) stays addmm.
+# steps of 4 and 8 rows ran 1-3% faster than with those under 0.8 alone; a tie (1 row) stays addmm.
 CLEARLY_FASTER = {ONEDNN: 0.8, MKL: 0.95}
 
 
