@@ -131,10 +131,10 @@ class PackedLinear:
     2-core AMD EPYC MKL's float32 `addmm` read them at 15 GB/s where XLA reached 30: the products of
     one step of decode_speed.py's model took 2.38 ms oneDNN-packed against addmm's 3.62 at 1 row,
     2.56 against 6.78 at 8 (benchmarks/matvec_libraries.py; oneDNN unpacked: 2.61 and 4.55). On a
-    2-core Intel Xeon with AMX, the same chain of products, all 25 called in a step's order: 1 row
-    1.15 ms with addmm, 1.14 MKL-packed, 1.65 oneDNN-packed; 4 rows 1.83, 1.20, 1.62; 8 rows 2.03,
-    1.26, 1.95 (MKL's packed B spares its GEMM the per-call packing that makes a few-row addmm
-    1.6x a one-row one). So each product's way is measured, once per process and set of kernel
+    2-core Intel Xeon with AMX, the same products (matvec_libraries.py): 1 row 1.17 ms with addmm,
+    1.13 MKL-packed, 1.54 oneDNN-packed; 4 rows 1.65, 1.32, 1.61; 8 rows 1.76, 1.43, 1.96 (MKL's
+    packed B spares its GEMM the per-call packing that makes a 4-row addmm 1.4x a one-row one;
+    whole batch-8 decoding ran 1.08-1.18x faster than with oneDNN's tied output alone). So each product's way is measured, once per process and set of kernel
     shapes, on the model's own products called as a decode step calls them, at the rows of
     MEASURED_AT (`ways`); `PACK` forces a way. A packed way is taken only when clearly faster
     (CLEARLY_FASTER). A packed copy costs its float32 size again in memory (MKL's buffer is
@@ -244,7 +244,8 @@ def fastest_ways(products, rows, packed_ways, rounds=2, passes=10):
     set, so that caches hold what they hold in a real step), the fastest way at `rows` rows: the
     fastest of `packed_ways` that take under their CLEARLY_FASTER of addmm's time, else ADDMM. Each
     call is timed within passes over them all in order, each product's best call compared. Packs
-    the products (copies that `Weights.settle` keeps or drops) and leaves them on addmm. Each way
+    the products in every packed way (for the measurement's time, copies of twice the kernels'
+    size; `Weights.settle` keeps those the chosen ways read) and leaves them on addmm. Each way
     runs 2 x `passes` passes in a row, as a decoder would, and only the second half counts: after a
     switch a pass got faster for several passes (on the Xeon the first took up to twice the steady
     time, and switching at every pass chose wrongly), in turn for `rounds` rounds. About 0.1 s a
