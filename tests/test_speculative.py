@@ -101,6 +101,15 @@ def test_seeded_sampling_is_reproducible(tokenizer, target):
     assert other.token_ids != first.token_ids
 
 
+def test_a_draft_that_is_the_target_keeps_every_sampled_proposal(tokenizer, target):
+    # p = q, so min(1, p/q) keeps every proposal: in every pass, also those after all were kept,
+    # whose first proposal comes from the draft's catch-up pass (its last row).
+    speculative = SpeculativeGenerator(target, target, 3)
+    speculative.generate("the quick", SamplingConfig(temperature=0.8, seed=3, max_new_tokens=30))
+    stats = speculative.last_stats
+    assert stats.proposed > 3 and stats.accepted == stats.proposed
+
+
 @pytest.mark.backend_independent
 @pytest.mark.parametrize("settings", [dict(temperature=1.0), dict(temperature=0.7, top_k=4), dict(top_p=0.8)])
 def test_the_acceptance_rule_keeps_the_targets_distribution(settings):
