@@ -104,8 +104,8 @@ def speculative_stream(target, draft, continuation, draft_tokens, stats):
         # first proposal's (one call instead of two steps: 2-4% faster on torch, 5-9% on JAX).
         first = None
         if k and draft_next < position:
-            first, draft_cache = draft.verify(sequence[draft_next:position + 1], draft_cache, draft_next)
-            first = first[-1]
+            logits, draft_cache = draft.verify(sequence[draft_next:position + 1], draft_cache, draft_next)
+            first = logits[-1]
         proposals, draft_probs, proposal = [], [], sequence[position]
         if config.greedy:  # the draft's greedy steps in one call (on the device where compiled)
             if first is not None:
