@@ -9,7 +9,8 @@ Rows: XLA (what the JAX engine's compiled step runs, all products in one call), 
 step runs), torch's oneDNN linear (`torch.ops.mkldnn._linear_pointwise`), unpacked and over kernels
 packed for it, MKL's GEMM over kernels packed for it (`torch.ops.mkl._mkl_linear`), and the int8
 products the torch engine runs for an int8 bundle (fbgemm, zoo.layers.torch_quantized.IntegerMatmul,
-one byte a weight, Keras's per-row input quantization included). Needs jax and torch; TensorFlow is not imported.
+one byte a weight, Keras's per-row input quantization included). Needs jax and torch; TensorFlow is
+not imported.
 """
 
 import argparse

@@ -134,11 +134,12 @@ class PackedLinear:
     2-core Intel Xeon with AMX, the same products (matvec_libraries.py): 1 row 1.17 ms with addmm,
     1.13 MKL-packed, 1.54 oneDNN-packed; 4 rows 1.65, 1.32, 1.61; 8 rows 1.76, 1.43, 1.96 (MKL's
     packed B spares its GEMM the per-call packing that makes a 4-row addmm 1.4x a one-row one;
-    whole batch-8 decoding ran 1.08-1.18x faster than with oneDNN's tied output alone). So each product's way is measured, once per process and set of kernel
-    shapes, on the model's own products called as a decode step calls them, at the rows of
-    MEASURED_AT (`ways`); `PACK` forces a way. A packed way is taken only when clearly faster
-    (CLEARLY_FASTER). A packed copy costs its float32 size again in memory (MKL's buffer is
-    allocated larger but only that much of it is written); a product may keep two (one per way).
+    whole batch-8 decoding ran 1.08-1.18x faster than with oneDNN's tied output alone). So each
+    product's way is measured, once per process and set of kernel shapes, on the model's own
+    products called as a decode step calls them, at the rows of MEASURED_AT (`ways`); `PACK`
+    forces a way. A packed way is taken only when clearly faster (CLEARLY_FASTER). A packed copy
+    costs its float32 size again in memory (MKL's buffer is allocated larger but only that much of
+    it is written); a product may keep two (one per way).
 
     MKL describes a packed B by its own dimensions (k x n, its reference for ?gemm_pack; the
     buffer's size does not depend on the rows m), so one copy serves every row count; torch's
@@ -153,7 +154,7 @@ class PackedLinear:
     with addmm.
     """
 
-    ROWS = 8  # the rows oneDNN's blocked layout is chosen for (within 10% of the best at 1-256 rows, AMD)
+    ROWS = 8  # the rows oneDNN's layout is chosen for (within 10% of the best at 1-256, AMD); MKL's B ignores it
     MEASURED_AT = (1, 4)  # rows: a single one, and more (a speculative check of 3 proposals, a batch)
     MKL_MAX_ROWS = 32
     MIN_SIZE = 1 << 18  # weights; at 1 row 384 x 1152 was 37 us with addmm, 34 packed; 256 x 1024: 23 and 26
