@@ -27,6 +27,7 @@ import numpy as np
 from zoo.engine.generation import LanguageModelGenerator, run_stream
 from zoo.engine.sampling import draw, probabilities
 from zoo.errors import ZooError
+from zoo.tokenizers import same_tokenizer
 
 
 @dataclasses.dataclass
@@ -150,13 +151,6 @@ def speculative_stream(target, draft, continuation, draft_tokens, stats):
         # `sequence` gets the committed tokens but the last (appended at the loop's top).
         sequence.extend(continuation.generated[len(sequence) - len(continuation.prompt_ids):-1])
     return (yield from continuation.close())
-
-
-def same_tokenizer(a, b):
-    """Whether two tokenizers map ids to the same text, id by id (the draft's proposals are ids)."""
-    if a.vocabulary_size != b.vocabulary_size or a.end_token_id != b.end_token_id:
-        return False
-    return all(a.decode([i]) == b.decode([i]) for i in range(a.vocabulary_size))
 
 
 class SpeculativeGenerator:

@@ -6,11 +6,11 @@ Hugging Face file, readable by the ecosystem's tools. Marian's checkpoints bring
 models, read with the `sentencepiece` library (sentencepiece_tokenizer.py).
 """
 
-from zoo.tokenizers.loading import is_tokenizer_directory, load_tokenizer
+from zoo.tokenizers.loading import is_tokenizer_directory, load_tokenizer, same_tokenizer
 from zoo.tokenizers.sentencepiece_tokenizer import SentencePieceTokenizer
 from zoo.tokenizers.text_tokenizer import (END_TOKEN, TextTokenizer, byte_level_bpe, train_bpe, train_char,
                                             train_text_tokenizer)
 from zoo.tokenizers.wordpiece import WordPieceTokenizer, train_wordpiece
 
 __all__ = ["END_TOKEN", "SentencePieceTokenizer", "TextTokenizer", "WordPieceTokenizer", "byte_level_bpe",
-           "is_tokenizer_directory", "load_tokenizer", "train_bpe", "train_char", "train_text_tokenizer", "train_wordpiece"]
+           "is_tokenizer_directory", "load_tokenizer", "same_tokenizer", "train_bpe", "train_char", "train_text_tokenizer", "train_wordpiece"]

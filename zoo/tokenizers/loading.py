@@ -22,3 +22,11 @@ def load_tokenizer(directory):
 def is_tokenizer_directory(directory):
     """Whether `directory` holds a saved tokenizer (of any kind)."""
     return is_sentencepiece_directory(directory) or Path(directory, FILE_NAME).is_file()
+
+
+def same_tokenizer(a, b):
+    """Whether two tokenizers map ids to the same text, id by id: what a speculative-decoding draft
+    (its proposals are ids) and a distillation teacher (its distribution is over ids) need."""
+    if a.vocabulary_size != b.vocabulary_size or a.end_token_id != b.end_token_id:
+        return False
+    return all(a.decode([i]) == b.decode([i]) for i in range(a.vocabulary_size))

@@ -19,7 +19,7 @@ from zoo.data import (DEFAULT_CORPUS, BlockBatches, encode_documents, read_docum
 from zoo.data.prepared import PreparedCorpus, is_prepared
 from zoo.errors import ZooError
 from zoo.tokenizers import TextTokenizer, train_text_tokenizer
-from zoo.training import cluster, distribution, run
+from zoo.training import cluster, distill, distribution, run
 
 
 def model_settings(presets, preset, overrides, seq_len):
@@ -124,14 +124,16 @@ def evaluation(validation, batch_size, batch_loss=None):
 
 
 def train_language_model(out, kind, start, build_model, data=None, train_config=None, resume=False,
-                         explicit_train_changes=None, command=None, lora=None, batch_loss=None, **fit_args):
+                         explicit_train_changes=None, command=None, lora=None, teacher=None, batch_loss=None,
+                         **fit_args):
     """Trains (or with `resume`, continues) a `kind` language model run in `out`; returns the loop's
     summary dict.
 
     `start(train_config)` settles a new run: (config, tokenizer, corpus), as `new_run` gives (a
     family may start otherwise, e.g. from a pretrained model). `build_model(config)` builds the
-    model of a run's config. `batch_loss` goes to `evaluation`. `fit_args` go to `zoo.training.run.fit`
-    (e.g. a layout_map).
+    model of a run's config. `teacher` (a language model run or bundle sharing the run's tokenizer)
+    distills it into the model (zoo.training.distill); a resumed run keeps its own. `batch_loss`
+    goes to `evaluation`. `fit_args` go to `zoo.training.run.fit` (e.g. a layout_map).
     """
     from zoo.training.config import TrainConfig
 
@@ -147,7 +149,14 @@ def train_language_model(out, kind, start, build_model, data=None, train_config=
         train_config = train_config or TrainConfig()
         distribution.check(train_config, backend)
         config, tokenizer, corpus = start(train_config)
+        if teacher is not None:
+            config["teacher"] = str(teacher)
+    if teacher is not None and str(teacher) != config.get("teacher"):
+        raise ZooError(f"--teacher {teacher} differs from the run's ({config.get('teacher') or 'none'}): a resumed "
+                       "run keeps its settings")
     seq_len = config["seq_len"]
+    if config.get("teacher"):  # again on resume: the teacher's files may have changed since
+        distill.check_teacher(config["teacher"], tokenizer, seq_len, train_config)
     train_tokens, val_tokens, tokenizer = _tokens(corpus, tokenizer)
     batches = BlockBatches(train_tokens, seq_len, train_config.batch_size, train_config.seed)
     validation = _whole_batches(validation_blocks(val_tokens, seq_len, train_config.eval_blocks), train_config)

@@ -242,7 +242,8 @@ def fit(out, config, train_config, build_model, batches, validation, evaluate, r
     `config["lora"]` entry ({"rank", "alpha"}, and "head": the paths of new layers that train whole)
     fine-tunes with LoRA adapters instead of every weight (`zoo.training.lora`). `train_step(model)`
     gives the family's own training step for the compiled model (`zoo.training.loop.train`'s
-    `train_step`), or None for `train_on_batch`.
+    `train_step`), or None for `train_on_batch`. A `config["teacher"]` entry (a run or bundle)
+    trains the model toward that teacher's distribution instead (`zoo.training.distill`).
     """
     import contextlib
 
@@ -279,7 +280,12 @@ def fit(out, config, train_config, build_model, batches, validation, evaluate, r
                   f"{precision}{accum}", file=sys.stderr)
             print(f"trainable parameters: {trainable:,} of {params:,} ({trainable / params:.2%})", file=sys.stderr)
             attention = accelerator.attention_path(model, seq_len) if seq_len else "not probed"
-            step = train_step(model) if train_step and spread is None and group.num_processes == 1 else None
+            if config.get("teacher"):  # checked when the run started (zoo.training.distill.check_teacher)
+                from zoo.training.distill import distillation_step
+
+                step = distillation_step(model, config["teacher"])
+            else:
+                step = train_step(model) if train_step and spread is None and group.num_processes == 1 else None
             step_kind = getattr(step, "description", None) or accelerator.compiled_step(model)
             print(f"device: {throughput.device}, {distribution.describe(spread)}; step: "
                   f"{step_kind}; attention: {attention}", file=sys.stderr)
