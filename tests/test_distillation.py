@@ -91,7 +91,7 @@ def test_a_teacher_that_cannot_teach_the_run_is_refused_by_name(tiny_run, tiny_c
         ([*STUDENT, "--vocab-size", "280"], teacher_bundle, "its tokenizer differs from the run's"),
         ([*STUDENT, "--max-length", "64"], teacher_bundle, "its context (32 tokens) is shorter than the run's blocks"),
         (STUDENT, classifier_bundle, "a teacher is a language model"),
-        (STUDENT, tmp_path / "missing", "no such bundle or run directory"),
+        (STUDENT, tmp_path / "missing", f"--teacher {tmp_path / 'missing'}: no such bundle or run directory"),
     ]
     if backend == "jax":  # the only backend that trains on several devices
         cases.append(([*STUDENT, "--devices", "2"], teacher_bundle, "--teacher trains on one device"))

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from zoo.errors import ZooError
+from zoo.training import cluster
 
 
 def check_teacher(teacher, tokenizer, seq_len, train_config):
@@ -31,12 +32,14 @@ def check_teacher(teacher, tokenizer, seq_len, train_config):
     would need the same layout; not built)."""
     from zoo.bundle import read_info
     from zoo.tokenizers import load_tokenizer, same_tokenizer
-    from zoo.training import cluster
 
     if train_config.devices != 1 or train_config.model_parallel != 1 or cluster.current().num_processes > 1:
         raise ZooError("--teacher trains on one device in one process (--devices 1, --model-parallel 1, "
                        "no --num-processes)")
-    info = read_info(teacher)  # a ZooError naming the path if it is neither a run nor a bundle
+    try:
+        info = read_info(teacher)
+    except ZooError as error:  # neither a run nor a bundle
+        raise ZooError(f"--teacher {error}") from None
     if info.task != "generate":
         raise ZooError(f"--teacher {teacher}: is a {info.kind} model with task {info.task!r}; a teacher is a "
                        "language model (task 'generate')")
