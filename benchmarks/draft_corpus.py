@@ -7,7 +7,8 @@ the target's whole next-token distribution at every position as its loss (`zoo t
 learns the target's own distribution, which is what the acceptance rule compares it with.
 (Fine-tuned on the samples' tokens alone, sequence-level distillation, it learns less: for a nano
 draft of a `small` target, 2,500 steps each, its greedy choice agreed with the target's at 79.8%
-of held-out positions against 85.8%; benchmarks/RESULTS.md.)
+of held-out positions against 85.8%; distilled on the corpus itself instead of samples, 85.6%:
+with the whole distribution as the target, samples add little. benchmarks/RESULTS.md.)
 
     KERAS_BACKEND=jax python benchmarks/draft_corpus.py TARGET --data CORPUS.txt --out samples.txt
     zoo train gpt --init DRAFT --teacher TARGET --data samples.txt --out runs/draft-distilled --lr 5e-4

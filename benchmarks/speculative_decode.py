@@ -5,19 +5,18 @@ sampled, with the draft's acceptance rate.
     KERAS_BACKEND=jax python benchmarks/speculative_decode.py TARGET DRAFT [--draft-tokens 2 3 4 6]
 
 TARGET and DRAFT are gpt runs or bundles sharing a tokenizer, e.g. the `small` preset and a `nano`
-draft trained on the same prepared corpus, the draft then distilled from the target on the
-target's own samples (benchmarks/draft_corpus.py, `zoo train gpt --teacher`); the pair of
-RESULTS.md's "2026-12-05 (afternoon)" (target val_loss 1.546, about an hour on the 2-core CPU):
+draft trained on the same prepared corpus, the draft then distilled from the target (`zoo train gpt
+--teacher`, on the corpus as below or on the target's own samples, benchmarks/draft_corpus.py:
+as good); the pair of RESULTS.md's "2026-12-05 (afternoon)" (target val_loss 1.546, about an hour
+on the 2-core CPU):
 
     zoo prepare --tokenizer char --out prepared/shakespeare-char
     KERAS_BACKEND=torch zoo train gpt --data prepared/shakespeare-char --preset small --dropout 0 \\
         --max-steps 3000 --batch-size 16 --seq-len 128 --out runs/small
     zoo train gpt --data prepared/shakespeare-char --preset nano --max-steps 1500 --seq-len 128 --out runs/nano
     zoo export runs/small --out bundles/small
-    python benchmarks/draft_corpus.py bundles/small --data zoo/data/corpora/shakespeare.txt \\
-        --out samples.txt --new-tokens 78 --chars 2400000
-    zoo train gpt --init runs/nano --teacher bundles/small --data samples.txt --max-steps 2500 --lr 5e-4 \\
-        --seq-len 128 --out runs/nano-distilled
+    zoo train gpt --init runs/nano --teacher bundles/small --data zoo/data/corpora/shakespeare.txt \\
+        --max-steps 2500 --lr 5e-4 --seq-len 128 --out runs/nano-distilled
 
 Each figure is the best of --repeats runs over the prompts (after a warm-up that compiles), the
 target alone and with its draft taking turns run by run, so that both see the same machine (this
