@@ -70,7 +70,7 @@ def distillation_step(model, teacher):
     # The model's optimizer, built on the model's trainable variables, updates the same variables
     # through the Distiller: the JAX trainer pairs them with the optimizer's state by position.
     if [v.path for v in distiller.trainable_variables] != [v.path for v in model.trainable_variables]:
-        raise ZooError("distillation: the teacher has trainable variables; it must be frozen")
+        raise ZooError("distillation: the Distiller's trainable variables are not the model's, in its order")
     distiller.compile(optimizer=model.optimizer, loss=model.loss, jit_compile=model.jit_compile)
     print(f"distilling {teacher} ({teacher_model.count_params() / 1e6:.2f}M parameters) into the model",
           file=sys.stderr)

@@ -141,6 +141,9 @@ def train_language_model(out, kind, start, build_model, data=None, train_config=
     backend = os.environ.get("KERAS_BACKEND", "jax")
     if resume:
         config = run.resumed_config(out, kind, data, explicit_train_changes or {}, DEFAULT_CORPUS, lora)
+        if teacher is not None and str(teacher) != config.get("teacher"):
+            raise ZooError(f"--teacher {teacher} differs from the run's ({config.get('teacher') or 'none'}): a "
+                           "resumed run keeps its settings")
         train_config = TrainConfig(**config["train"])
         distribution.check(train_config, backend)
         corpus, tokenizer = _resumed_corpus(config), TextTokenizer.load(out)
@@ -151,9 +154,6 @@ def train_language_model(out, kind, start, build_model, data=None, train_config=
         config, tokenizer, corpus = start(train_config)
         if teacher is not None:
             config["teacher"] = str(teacher)
-    if teacher is not None and str(teacher) != config.get("teacher"):
-        raise ZooError(f"--teacher {teacher} differs from the run's ({config.get('teacher') or 'none'}): a resumed "
-                       "run keeps its settings")
     seq_len = config["seq_len"]
     if config.get("teacher"):  # again on resume: the teacher's files may have changed since
         distill.check_teacher(config["teacher"], tokenizer, seq_len, train_config)
