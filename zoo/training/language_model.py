@@ -124,15 +124,16 @@ def evaluation(validation, batch_size, batch_loss=None):
 
 
 def train_language_model(out, kind, start, build_model, data=None, train_config=None, resume=False,
-                         explicit_train_changes=None, command=None, lora=None, teacher=None, batch_loss=None,
-                         **fit_args):
+                         explicit_train_changes=None, command=None, lora=None, teacher=None, teacher_precision=None,
+                         batch_loss=None, **fit_args):
     """Trains (or with `resume`, continues) a `kind` language model run in `out`; returns the loop's
     summary dict.
 
     `start(train_config)` settles a new run: (config, tokenizer, corpus), as `new_run` gives (a
     family may start otherwise, e.g. from a pretrained model). `build_model(config)` builds the
     model of a run's config. `teacher` (a language model run or bundle sharing the run's tokenizer)
-    distills it into the model (zoo.training.distill); a resumed run keeps its own. `batch_loss`
+    distills it into the model (zoo.training.distill), its forward pass in `teacher_precision`
+    (fp32, the default, or bf16); a resumed run keeps both. `batch_loss`
     goes to `evaluation`. `fit_args` go to `zoo.training.run.fit` (e.g. a layout_map).
     """
     from zoo.training.config import TrainConfig
@@ -144,6 +145,10 @@ def train_language_model(out, kind, start, build_model, data=None, train_config=
         if teacher is not None and str(teacher) != config.get("teacher"):
             raise ZooError(f"--teacher {teacher} differs from the run's ({config.get('teacher') or 'none'}): a "
                            "resumed run keeps its settings")
+        run_precision = config.get("teacher_precision", "fp32") if config.get("teacher") else None
+        if teacher_precision is not None and teacher_precision != run_precision:
+            raise ZooError(f"--teacher-precision {teacher_precision} differs from the run's "
+                           f"({run_precision or 'no teacher'}): a resumed run keeps its settings")
         train_config = TrainConfig(**config["train"])
         distribution.check(train_config, backend)
         corpus, tokenizer = _resumed_corpus(config), TextTokenizer.load(out)
@@ -152,8 +157,10 @@ def train_language_model(out, kind, start, build_model, data=None, train_config=
         train_config = train_config or TrainConfig()
         distribution.check(train_config, backend)
         config, tokenizer, corpus = start(train_config)
+        if teacher is None and teacher_precision is not None:
+            raise ZooError("--teacher-precision is the precision of a teacher's forward pass: give --teacher too")
         if teacher is not None:
-            config["teacher"] = str(teacher)
+            config.update(teacher=str(teacher), teacher_precision=teacher_precision or "fp32")
     seq_len = config["seq_len"]
     if config.get("teacher"):  # again on resume: the teacher's files may have changed since
         distill.check_teacher(config["teacher"], tokenizer, seq_len, train_config)

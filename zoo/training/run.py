@@ -243,7 +243,9 @@ def fit(out, config, train_config, build_model, batches, validation, evaluate, r
     fine-tunes with LoRA adapters instead of every weight (`zoo.training.lora`). `train_step(model)`
     gives the family's own training step for the compiled model (`zoo.training.loop.train`'s
     `train_step`), or None for `train_on_batch`. A `config["teacher"]` entry (a run or bundle)
-    trains the model toward that teacher's distribution instead (`zoo.training.distill`).
+    trains the model toward that teacher's distribution instead (`zoo.training.distill`; its forward
+    pass in `config["teacher_precision"]`), through `train_step(model, teacher=...)` where that
+    gives a step.
     """
     import contextlib
 
@@ -283,7 +285,8 @@ def fit(out, config, train_config, build_model, batches, validation, evaluate, r
             if config.get("teacher"):  # checked when the run started (zoo.training.distill.check_teacher)
                 from zoo.training.distill import distillation_step
 
-                step = distillation_step(model, config["teacher"])
+                step = distillation_step(model, config["teacher"], config.get("teacher_precision", "fp32"),
+                                         family_step=train_step)
             else:
                 step = train_step(model) if train_step and spread is None and group.num_processes == 1 else None
             step_kind = getattr(step, "description", None) or accelerator.compiled_step(model)

@@ -48,14 +48,15 @@ def _untrained_positions(config):
 
 def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kind="bpe", vocabulary_size=2048,
               seq_len=None, val_fraction=0.1, text_field="text", train_config=None, resume=False,
-              explicit_train_changes=None, command=None, init=None, lora=None, teacher=None):
+              explicit_train_changes=None, command=None, init=None, lora=None, teacher=None, teacher_precision=None):
     """Trains (or with `resume`, continues) a GPT run in `out`. Returns the loop's summary dict.
 
     With `init` (a GPT run or bundle, e.g. an imported GPT-2) the run fine-tunes it: its shape,
     tokenizer and weights; with `lora` too ({"rank", "alpha"}), LoRA adapters on its attention
     projections instead of every weight (zoo.training.lora). With `teacher` (a GPT or other language
     model run or bundle with the run's tokenizer) the model learns the teacher's next-token
-    distribution (zoo.training.distill), e.g. a speculative-decoding draft of that teacher.
+    distribution (zoo.training.distill), e.g. a speculative-decoding draft of that teacher, its
+    forward pass in `teacher_precision` (fp32, the default, or bf16).
 
     With a prepared corpus as `data`, the tokenizer settings and `val_fraction` / `text_field`
     are those it was prepared with.
@@ -87,19 +88,20 @@ def train_gpt(out, data=None, preset="nano", model_overrides=None, tokenizer_kin
     def torch_only(make):
         """On torch, the plain-torch training step or validation loss (zoo.families.gpt.torch_training)."""
 
-        def made(model):
+        def made(model, **options):
             import keras
 
             if keras.backend.backend() != "torch":
                 return None
             from zoo.families.gpt import torch_training
 
-            return getattr(torch_training, make)(model)
+            return getattr(torch_training, make)(model, **options)
 
         return made
 
     return language_model.train_language_model(
         out, "gpt", start, build_model, data=data, train_config=train_config, resume=resume,
         explicit_train_changes=explicit_train_changes, command=command, lora=lora, teacher=teacher,
-        layout_map=gpt_layout_map, train_step=torch_only("train_step"), batch_loss=torch_only("batch_loss"),
+        teacher_precision=teacher_precision, layout_map=gpt_layout_map, train_step=torch_only("train_step"),
+        batch_loss=torch_only("batch_loss"),
         xla_on_tensorflow=True)
