@@ -22,7 +22,7 @@ torch: zoo.families.gpt.torch_training, 1.4x the Distiller's pace with a float32
 `--teacher-precision bf16` runs the teacher's forward pass (most of a step's work: the teacher is
 the larger model) in mixed_bfloat16, its weights kept in float32: its distribution moves by a KL
 divergence of ~3e-5 (the `small` preset), far below a draft's distance from it (~0.08), and the
-step runs 1.8x faster on a CPU with AMX (2.5x the Distiller's fp32 pace) or a GPU with bfloat16;
+step runs 1.9x faster on a CPU with AMX (2.5x the Distiller's fp32 pace) or a GPU with bfloat16;
 slower where bfloat16 is emulated (JAX's and TensorFlow's XLA on a CPU).
 """
 
@@ -74,7 +74,8 @@ def distillation_step(model, teacher, precision="fp32", family_step=None):
             if layer.dtype_policy.name == "float32":
                 layer.dtype_policy = "mixed_bfloat16"
     step = family_step(model, teacher=teacher_model) if family_step else None
-    step = step or _distiller_step(model, teacher_model)
+    if step is None:
+        step = _distiller_step(model, teacher_model)
     print(f"distilling {teacher} ({teacher_model.count_params() / 1e6:.2f}M parameters, {precision}) into the model",
           file=sys.stderr)
     return step
