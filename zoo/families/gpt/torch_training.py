@@ -81,7 +81,9 @@ class TorchForward:
         return layer.gamma.value, layer.beta.value, layer.epsilon
 
     def __call__(self, token_ids):
-        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bfloat16):
+        if not self.bfloat16:
+            return self._forward(token_ids)
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
             return self._forward(token_ids)
 
     def _forward(self, token_ids):
