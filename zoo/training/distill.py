@@ -22,8 +22,9 @@ torch: zoo.families.gpt.torch_training, 1.4x the Distiller's pace with a float32
 `--teacher-precision bf16` runs the teacher's forward pass (most of a step's work: the teacher is
 the larger model) in mixed_bfloat16, its weights kept in float32: its distribution moves by a KL
 divergence of ~3e-5 (the `small` preset), far below a draft's distance from it (~0.08), and the
-step runs 1.9x faster on a CPU with AMX (2.5x the Distiller's fp32 pace) or a GPU with bfloat16;
-slower where bfloat16 is emulated (JAX's and TensorFlow's XLA on a CPU).
+step runs 1.9x faster on torch on a CPU with AMX (2.5x the Distiller's fp32 pace; a GPU with
+bfloat16 is the other place for it, not measured); slower where bfloat16 is emulated (JAX's and
+TensorFlow's XLA on a CPU).
 """
 
 import sys

@@ -16,9 +16,9 @@ from zoo.training.options import corpus_options, lora_options, positive, trainin
                    "divergence from the teacher's next-token distribution to the model's at every position (the "
                    "logged loss; val_loss stays the corpus's). E.g. a speculative-decoding draft, with --init.")
 @click.option("--teacher-precision", type=click.Choice(["fp32", "bf16"]), default=None,
-              help="The teacher's forward pass (most of a distillation step): bf16 is ~1.9x faster where bfloat16 "
-                   "is native (a GPU from Ampere on; a CPU with AMX, on torch), its distribution within a KL of ~3e-5 "
-                   "of fp32's; slower where emulated (JAX/TensorFlow on a CPU). [default: fp32]")
+              help="The teacher's forward pass (most of a distillation step): bf16 is for where bfloat16 is native "
+                   "(torch on a CPU with AMX: the step ~1.9x faster; a GPU from Ampere on), its distribution within a "
+                   "KL of ~3e-5 of fp32's; slower where emulated (JAX/TensorFlow on a CPU). [default: fp32]")
 @click.option("--num-layers", type=int, callback=positive, help="Override the preset.")
 @click.option("--num-heads", type=int, callback=positive, help="Override the preset.")
 @click.option("--hidden-dim", type=int, callback=positive, help="Override the preset.")
