@@ -34,6 +34,25 @@ from zoo.errors import ZooError
 from zoo.training import cluster
 
 
+PRECISIONS = ("fp32", "bf16")  # of the teacher's forward pass
+
+
+def run_teacher(config):
+    """(teacher, its precision) of a run's config: (None, None) without a teacher; a run recorded
+    before --teacher-precision existed distills in fp32."""
+    if not config.get("teacher"):
+        return None, None
+    return config["teacher"], config.get("teacher_precision", "fp32")
+
+
+def check_resumed_teacher(config, teacher, precision):
+    """Refuses a --teacher or --teacher-precision other than the resumed run's own."""
+    for flag, given, recorded in zip(("--teacher", "--teacher-precision"), (teacher, precision), run_teacher(config)):
+        if given is not None and str(given) != recorded:
+            raise ZooError(f"{flag} {given} differs from the run's ({recorded or 'no teacher'}): a resumed run keeps "
+                           "its settings")
+
+
 def check_teacher(teacher, tokenizer, seq_len, train_config):
     """Refuses, naming --teacher, a teacher that cannot teach this run: not a run or bundle, not a
     language model, a tokenizer other than the run's (its distribution is over the teacher's ids),

@@ -142,13 +142,7 @@ def train_language_model(out, kind, start, build_model, data=None, train_config=
     backend = os.environ.get("KERAS_BACKEND", "jax")
     if resume:
         config = run.resumed_config(out, kind, data, explicit_train_changes or {}, DEFAULT_CORPUS, lora)
-        if teacher is not None and str(teacher) != config.get("teacher"):
-            raise ZooError(f"--teacher {teacher} differs from the run's ({config.get('teacher') or 'none'}): a "
-                           "resumed run keeps its settings")
-        run_precision = config.get("teacher_precision", "fp32") if config.get("teacher") else None
-        if teacher_precision is not None and teacher_precision != run_precision:
-            raise ZooError(f"--teacher-precision {teacher_precision} differs from the run's "
-                           f"({run_precision or 'no teacher'}): a resumed run keeps its settings")
+        distill.check_resumed_teacher(config, teacher, teacher_precision)
         train_config = TrainConfig(**config["train"])
         distribution.check(train_config, backend)
         corpus, tokenizer = _resumed_corpus(config), TextTokenizer.load(out)

@@ -283,10 +283,9 @@ def fit(out, config, train_config, build_model, batches, validation, evaluate, r
             print(f"trainable parameters: {trainable:,} of {params:,} ({trainable / params:.2%})", file=sys.stderr)
             attention = accelerator.attention_path(model, seq_len) if seq_len else "not probed"
             if config.get("teacher"):  # checked when the run started (zoo.training.distill.check_teacher)
-                from zoo.training.distill import distillation_step
+                from zoo.training.distill import distillation_step, run_teacher
 
-                step = distillation_step(model, config["teacher"], config.get("teacher_precision", "fp32"),
-                                         family_step=train_step)
+                step = distillation_step(model, *run_teacher(config), family_step=train_step)
             else:
                 step = train_step(model) if train_step and spread is None and group.num_processes == 1 else None
             step_kind = getattr(step, "description", None) or accelerator.compiled_step(model)

@@ -3,6 +3,7 @@
 import click
 
 from zoo.families.gpt.presets import PRESETS
+from zoo.training.distill import PRECISIONS
 from zoo.training.options import corpus_options, lora_options, positive, training_command
 
 
@@ -15,7 +16,7 @@ from zoo.training.options import corpus_options, lora_options, positive, trainin
               help="Distill a language model run or bundle with the same tokenizer into this one: the loss is the KL "
                    "divergence from the teacher's next-token distribution to the model's at every position (the "
                    "logged loss; val_loss stays the corpus's). E.g. a speculative-decoding draft, with --init.")
-@click.option("--teacher-precision", type=click.Choice(["fp32", "bf16"]), default=None,
+@click.option("--teacher-precision", type=click.Choice(PRECISIONS), default=None,
               help="The teacher's forward pass (most of a distillation step): bf16 is for where bfloat16 is native "
                    "(torch on a CPU with AMX: the step ~1.9x faster; a GPU from Ampere on), its distribution within a "
                    "KL of ~3e-5 of fp32's; slower where emulated (JAX/TensorFlow on a CPU). [default: fp32]")
