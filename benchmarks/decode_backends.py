@@ -34,6 +34,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Each --shape as changes to decode_speed.py's SHAPE (6 x 384, vocabulary 8192, context 256).
+SHAPES = {
+    "gpt2": {},
+    "tiny": dict(num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=128),
+    "124m": dict(vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072,
+                 max_length=1024),
+}
+SHAPE_NAMES = {"gpt2": "GPT-2", "tiny": "tiny (1 x 32)", "124m": "GPT-2 124M (12 x 768, vocabulary 50257)"}
 
 
 def worker(args):
@@ -48,8 +56,7 @@ def worker(args):
 
     from decode_speed import SHAPE
 
-    if args.shape == "tiny":
-        SHAPE = dict(SHAPE, num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=128)
+    SHAPE = dict(SHAPE, **SHAPES[args.shape])
     from zoo.engine import engine_for
     from zoo.families.gpt.model import GPT
     from zoo.layers.quantized import quantize_model
@@ -109,8 +116,9 @@ def main():
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=112)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--shape", choices=["gpt2", "tiny"], default="gpt2",
-                        help="gpt2: decode_speed.py's GPT-2 shape; tiny: 1 layer of width 32 (per-token overhead)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="gpt2",
+                        help="gpt2: decode_speed.py's GPT-2 shape (56 MB of float32 weights); tiny: 1 layer of "
+                             "width 32 (per-token overhead); 124m: GPT-2 124M's (497 MB: past a CPU's cache)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=["int8", "int4"], help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
@@ -146,7 +154,7 @@ def main():
         process.wait()
 
     first = args.backends[0]
-    print(f"\n{'GPT-2' if args.shape == 'gpt2' else 'tiny (1 x 32)'} shape, {args.prompt_tokens}-token prompts, {args.new_tokens} new tokens greedy, best of "
+    print(f"\n{SHAPE_NAMES[args.shape]} shape, {args.prompt_tokens}-token prompts, {args.new_tokens} new tokens greedy, best of "
           f"{args.rounds} rounds taken in turn\n")
     print("| batch | " + " | ".join(f"{backend} tok/s" for backend in args.backends) + " | slowest / fastest | "
           + " | ".join(f"{backend} tokens = {first}'s" for backend in args.backends[1:]) + " |")

@@ -143,6 +143,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64, help="Training examples a step.")
     parser.add_argument("--seq-len", type=int, default=256, help="Training tokens an example.")
     parser.add_argument("--batch", type=int, default=1, help="Decode rows a step.")
+    parser.add_argument("--quantize", choices=["int8", "int4"],
+                        help="Decode: the model quantized first, as `zoo quantize` does.")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20, help="Steps timed, and steps profiled.")
     parser.add_argument("--top", type=int, default=15)
@@ -164,8 +166,12 @@ def main():
         shape = f"batch {args.batch_size} x {args.seq_len}, {precision}"
     else:
         model = gpt_from_preset(args.preset, args.vocabulary, **{"dropout": 0.0, **overrides})
+        if args.quantize:
+            from zoo.layers.quantized import quantize_model
+
+            quantize_model(model, args.quantize)
         step = decode_step(model, args)
-        shape = f"batch {args.batch}"
+        shape = f"batch {args.batch}{', ' + args.quantize if args.quantize else ''}"
     backend = keras.backend.backend()
     print(f"{args.what} step, {backend}, preset {args.preset} {overrides or ''}, {model.count_params() / 1e6:.2f}M "
           f"parameters, {shape}, device {accelerator_device()}")

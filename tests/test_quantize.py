@@ -303,6 +303,36 @@ def test_a_quantized_translators_engine_steps_as_its_model(mode):
         logits, expected = logits[0], expected[0]
 
 
+def test_tied_int8_logits_are_kerass_reverse_call_to_the_bit(backend, monkeypatch):
+    """zoo.layers.quantized.tied_logits, which the compiled engines' steps take, spells an int8
+    ReversibleEmbedding's projection from two rows up as integer sums on the table as it lies
+    (XLA's fast way on a CPU): the same logits as Keras's own reverse call, bit for bit, for
+    one row, several, and rows with leading axes; Keras's call itself runs for one row only."""
+    import keras
+
+    from zoo.layers.quantized import tied_logits
+
+    embedding = keras.layers.ReversibleEmbedding(500, 48)
+    embedding.build((None,))
+    rng = np.random.default_rng(0)
+    embedding.embeddings.assign(rng.normal(0, 0.05, (500, 48)).astype("float32"))
+    embedding.quantize("int8")
+    reverse_calls = []
+    keras_reverse = type(embedding)._int8_call
+    monkeypatch.setattr(type(embedding), "_int8_call",
+                        lambda self, inputs, reverse=False: (reverse_calls.append(reverse) if reverse else None)
+                        or keras_reverse(self, inputs, reverse))
+    for shape in ((1, 48), (2, 48), (5, 48), (2, 3, 48)):
+        x = rng.normal(0, 1, shape).astype("float32")
+        x[0, ..., 0] = 9.0  # one row's scale set by a large value, as trained states have
+        expected = keras.ops.convert_to_numpy(embedding(x.reshape(-1, 48), reverse=True)).reshape(*shape[:-1], 500)
+        calls = len(reverse_calls)
+        logits = keras.ops.convert_to_numpy(tied_logits(embedding, x))
+        assert logits.shape == expected.shape and np.array_equal(logits, expected), shape
+        assert len(reverse_calls) - calls == (1 if shape == (1, 48) else 0), shape
+        assert np.std(logits) > 0.01  # not a degenerate comparison
+
+
 @pytest.mark.backend_independent  # plain torch, whichever backend Keras runs
 def test_the_integer_matmul_is_exact():
     """zoo.layers.torch_quantized.IntegerMatmul (fbgemm's int8 GEMM where it is exact, as on this

@@ -91,9 +91,10 @@ def pairs_single_rows(model, reshaped_kernels):
 
     Only for a model whose cache keeps every position apart (`positional_cache`): the copy's key
     and value land where the next step writes before it reads, and past the last position in no
-    block of the cache (zoo.layers.attention: a block's spare slot gets zeros); only the first
-    token's logits are computed, and each row's int8 input quantization is its own, so the logits
-    are the single row's."""
+    block of the cache (zoo.layers.attention: a block's spare slot gets zeros); the first token's
+    logits are the step's (JAX computes both tokens': its tied int8 output product, too, is fast
+    from two rows; TensorFlow's the first's alone), and each row's int8 input quantization is its
+    own, so the logits are the single row's."""
     from zoo.backend import jax_or_tensorflow_on_cpu
 
     if not (getattr(model, "positional_cache", False) and jax_or_tensorflow_on_cpu()):

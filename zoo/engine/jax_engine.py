@@ -57,7 +57,9 @@ class JaxEngine(DecodeEngine):
         """One decode step: (logits (n, vocab), cache)."""
         ids = tokens[:, None]
         if self._pair_single_rows and tokens.shape[0] == 1:  # see pairs_single_rows
-            ids = jnp.concatenate([ids, ids], axis=1)
+            # Both tokens' logits, the first kept: the tied int8 product of two rows is XLA's fast one too.
+            logits, cache = self.model.call_with_cache(jnp.concatenate([ids, ids], axis=1), cache, positions, reach=reach)
+            return logits[:, 0], cache
         return self.model.call_with_cache(ids, cache, positions, logits_at=0, reach=reach)
 
     def _verify_fn(self, cache, tokens, start, reach):

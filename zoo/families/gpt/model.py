@@ -234,11 +234,10 @@ class GPT(keras.Model):
         for block, layer_cache in zip(self.blocks, cache):
             x, layer_cache = block(x, cache=layer_cache, positions=positions, reach=reach)
             new_cache.append(layer_cache)
-        if logits_at is None:
-            return self._logits(x), new_cache
-        # One row of logits per sequence (as E·x for a float embedding: see `tied_logits`).
-        x = self.final_norm(ops.take(x, logits_at, axis=1))
-        return ops.cast(tied_logits(self.token_embedding, x), "float32"), new_cache
+        if logits_at is not None:  # one row of logits per sequence
+            x = ops.take(x, logits_at, axis=1)
+        # As E·x for a float embedding, and int8's integer sums on the table as it lies: see `tied_logits`.
+        return ops.cast(tied_logits(self.token_embedding, self.final_norm(x)), "float32"), new_cache
 
     def get_config(self):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size, "num_layers": self.num_layers,

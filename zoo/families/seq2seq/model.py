@@ -318,11 +318,10 @@ class Seq2Seq(keras.Model):
             x = residual(x, layer._feedforward_layer_norm, lambda h: layer._feedforward_output_dense(
                 layer._feedforward_intermediate_dense(h)))  # the intermediate Dense applies the activation
         cache = {**cache, "self": self_cache}
-        if logits_at is None:
-            return self._logits(x), cache
-        # One row of logits per sequence (as E·x for a float embedding: see `tied_logits`).
-        x = self._normed(self.decoder_norm, ops.take(x, logits_at, axis=1))
-        logits = ops.cast(tied_logits(self.target_embedding, x), "float32")
+        if logits_at is not None:  # one row of logits per sequence
+            x = ops.take(x, logits_at, axis=1)
+        # As E·x for a float embedding, and int8's integer sums on the table as it lies: see `tied_logits`.
+        logits = ops.cast(tied_logits(self.target_embedding, self._normed(self.decoder_norm, x)), "float32")
         return (logits if self.logits_bias is None else logits + ops.cast(self.logits_bias, "float32")), cache
 
     def get_config(self):
