@@ -38,10 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SHAPES = {
     "gpt2": {},
     "tiny": dict(num_layers=1, num_heads=2, hidden_dim=32, intermediate_dim=128),
+    "nano": dict(num_layers=4, num_heads=4, hidden_dim=128, intermediate_dim=512),
     "124m": dict(vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072,
                  max_length=1024),
 }
-SHAPE_NAMES = {"gpt2": "GPT-2", "tiny": "tiny (1 x 32)", "124m": "GPT-2 124M (12 x 768, vocabulary 50257)"}
+SHAPE_NAMES = {"gpt2": "GPT-2", "tiny": "tiny (1 x 32)", "nano": "nano (4 x 128, a speculative draft's)",
+               "124m": "GPT-2 124M (12 x 768, vocabulary 50257)"}
 
 
 def worker(args):

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 
 from zoo.engine import SamplingConfig, new_engine, prompt_buckets
+from zoo.engine.interface import PAIRED_KERNEL_SIZE
 from zoo.families.gpt.model import gpt_from_preset
 
 VOCAB = 97
 
 
-def _model(position_embedding):
+def _model(position_embedding, intermediate_dim=64):
     keras.utils.set_random_seed(3)
-    model = gpt_from_preset("nano", VOCAB, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64,
+    model = gpt_from_preset("nano", VOCAB, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=intermediate_dim,
                             max_length=32, position_embedding=position_embedding)
     # At the usual init every logit is nearly equal (argmax would hang on rounding) and the tied
     # embedding makes each token predict itself; larger weights give clear winners and varied text.
@@ -28,7 +29,10 @@ def _model(position_embedding):
 
 @pytest.fixture(scope="module")
 def models():
-    return {kind: _model(kind) for kind in ("learned", "rotary")}
+    models = {kind: _model(kind) for kind in ("learned", "rotary")}
+    # MLP kernels of PAIRED_KERNEL_SIZE elements: TensorFlow's engine steps its single rows paired.
+    models["wide"] = _model("learned", intermediate_dim=PAIRED_KERNEL_SIZE // 32)
+    return models
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +68,22 @@ def test_greedy_equals_uncached_recomputation(models, engines, kind):
     expected = _uncached_greedy(models[kind], ids, 24)
     assert engines[kind].generate_batch([ids], 24) == [expected]
     assert len(set(expected)) > 3  # a real test: not one token repeated
+
+
+def test_a_single_row_stepped_paired_decodes_as_itself_through_the_context(models, engines):
+    """On a CPU, TensorFlow's engine steps a single row of a model with a large float kernel as
+    two tokens, its own and a copy at the next position (zoo.engine.interface.pairs_single_rows),
+    and a small model's alone; the tokens are the model's own, also through the context's last
+    position, where the copy falls past the cache."""
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    assert getattr(engines["wide"], "_pair_single_rows", False) == on_tensorflow
+    assert not getattr(engines["learned"], "_pair_single_rows", False)
+    model, engine = models["wide"], engines["wide"]
+    ids = _prompt(5)
+    expected = _uncached_greedy(model, ids, 24)
+    assert engine.generate_batch([ids], 24) == [expected] and len(set(expected)) > 3
+    ids = _prompt(model.max_length - 4, seed=1)
+    assert engine.generate_batch([ids], 5) == [_uncached_greedy(model, ids, 5)]
 
 
 def test_batch_rows_at_their_own_positions_equal_each_prompt_alone(engine):

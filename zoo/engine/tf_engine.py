@@ -10,9 +10,9 @@ a small draft model's whole step. A cache's variables are arguments, not capture
 concrete function serves every cache of its shape. The model's weights are captured by reference,
 so the compiled step always sees the current ones.
 
-A single row of an int8 model, or of one with kernels of more than two axes (a seq2seq decoder's
-EinsumDense), decodes as two tokens on a CPU, its own and a copy at the next position
-(`pairs_single_rows`).
+A single row of an int8 model, or of one with a kernel of more than two axes (a seq2seq decoder's
+EinsumDense) or past a core's cache (`PAIRED_KERNEL_SIZE`), decodes as two tokens on a CPU, its own
+and a copy at the next position (`pairs_single_rows`).
 """
 
 import numpy as np
@@ -46,7 +46,7 @@ class TensorFlowEngine(DecodeEngine):
     def __init__(self, model):
         super().__init__(model)
         self._functions = {}
-        self._pair_single_rows = pairs_single_rows(model, reshaped_kernels=True)
+        self._pair_single_rows = pairs_single_rows(model, float_kernels=True)
 
     # --- what is compiled: the model's own code -------------------------------------------------
 
