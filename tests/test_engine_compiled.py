@@ -15,8 +15,8 @@ VOCAB = 97
 
 def _model(position_embedding, intermediate_dim=64):
     keras.utils.set_random_seed(3)
-    model = gpt_from_preset("nano", VOCAB, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=intermediate_dim,
-                            max_length=32, position_embedding=position_embedding)
+    model = gpt_from_preset("nano", VOCAB, num_layers=2, num_heads=2, hidden_dim=32,
+                            intermediate_dim=intermediate_dim, max_length=32, position_embedding=position_embedding)
     # At the usual init every logit is nearly equal (argmax would hang on rounding) and the tied
     # embedding makes each token predict itself; larger weights give clear winners and varied text.
     rng = np.random.default_rng(0)
