@@ -9,6 +9,7 @@ import pytest
 from zoo.engine import SamplingConfig, new_engine, prompt_buckets
 from zoo.engine.interface import PAIRED_KERNEL_SIZE
 from zoo.families.gpt.model import gpt_from_preset
+from zoo.layers.quantized import quantize_model
 
 VOCAB = 97
 
@@ -30,8 +31,11 @@ def _model(position_embedding, intermediate_dim=64):
 @pytest.fixture(scope="module")
 def models():
     models = {kind: _model(kind) for kind in ("learned", "rotary")}
-    # MLP kernels of PAIRED_KERNEL_SIZE elements: TensorFlow's engine steps its single rows paired.
+    # MLP kernels of PAIRED_KERNEL_SIZE elements: TensorFlow's engine steps its single rows paired,
+    # in float32 and in int4 (packed two to a byte, unpacked at every step).
     models["wide"] = _model("learned", intermediate_dim=PAIRED_KERNEL_SIZE // 32)
+    models["wide int4"] = _model("learned", intermediate_dim=PAIRED_KERNEL_SIZE // 32)
+    quantize_model(models["wide int4"], "int4")
     return models
 
 
@@ -70,15 +74,16 @@ def test_greedy_equals_uncached_recomputation(models, engines, kind):
     assert len(set(expected)) > 3  # a real test: not one token repeated
 
 
-def test_a_single_row_stepped_paired_decodes_as_itself_through_the_context(models, engines):
-    """On a CPU, TensorFlow's engine steps a single row of a model with a large float kernel as
-    two tokens, its own and a copy at the next position (zoo.engine.interface.pairs_single_rows),
-    and a small model's alone; the tokens are the model's own, also through the context's last
-    position, where the copy falls past the cache."""
+@pytest.mark.parametrize("kind", ["wide", "wide int4"])
+def test_a_single_row_stepped_paired_decodes_as_itself_through_the_context(models, engines, kind):
+    """On a CPU, TensorFlow's engine steps a single row of a model with a large float (or int4)
+    kernel as two tokens, its own and a copy at the next position
+    (zoo.engine.interface.pairs_single_rows), and a small model's alone; the tokens are the model's
+    own, also through the context's last position, where the copy falls past the cache."""
     on_tensorflow = keras.backend.backend() == "tensorflow"
-    assert getattr(engines["wide"], "_pair_single_rows", False) == on_tensorflow
+    assert getattr(engines[kind], "_pair_single_rows", False) == on_tensorflow
     assert not getattr(engines["learned"], "_pair_single_rows", False)
-    model, engine = models["wide"], engines["wide"]
+    model, engine = models[kind], engines[kind]
     ids = _prompt(5)
     expected = _uncached_greedy(model, ids, 24)
     assert engine.generate_batch([ids], 24) == [expected] and len(set(expected)) > 3
