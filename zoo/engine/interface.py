@@ -85,22 +85,22 @@ def slot_buckets(slots):
 PAIRED_KERNEL_SIZE = 1 << 18
 
 
-def pairs_single_rows(model, float_kernels):
+def pairs_single_rows(model, drops_row_axis):
     """Whether a compiled (XLA) engine on a CPU steps a single row as two tokens, its own and a copy
     at the next position (the engines' `_step`), because XLA's CPU product of one row takes a slow
     loop where that of two rows calls a fast kernel: for an int8 kernel (Keras's int8 x int8
     product: 3-4x the float32 matrix-vector product's time on JAX, GPT-2 shape batch 1 68.7 -> 361.5
-    tokens/s; TensorFlow 407 -> 492), and, where `float_kernels` (TensorFlow's XLA), for a kernel of
-    more than two axes (an EinsumDense's: the reshape to a matrix is fused into the one-row product,
-    then emitted as a loop: a seq2seq decoder's step 6.2 -> 3.3 ms) and for a float (or int4) kernel
-    of PAIRED_KERNEL_SIZE elements or more. TensorFlow's XLA drops a single row's axis, so a Dense's
-    product becomes a matrix-vector product, which it fuses with the bias add into one loop on one
-    core, where two rows call Eigen's product on both (GPT-2 shape: 24 such fusions took 1.5 ms of a
-    2.5 ms step; batch 1 463 -> 576 tokens/s, GPT-2 124M 32.8 -> 39.5). A kernel that fits one
-    core's cache is read as fast by one core, and the second row costs more than it saves (the nano
-    preset's, 128 x 512: 1,863 -> 1,713). An int4 kernel is unpacked and dequantized to a float one
-    at every step, so the same holds (GPT-2 shape int4 316.0 -> 359.6). JAX's XLA keeps the row's
-    axis and calls its library either way; a GPT's 2-axis kernels lose 5% paired there.
+    tokens/s; TensorFlow 407 -> 492), and, where `drops_row_axis` (TensorFlow's XLA), for a kernel
+    of more than two axes (an EinsumDense's: the reshape to a matrix is fused into the one-row
+    product, then emitted as a loop: a seq2seq decoder's step 6.2 -> 3.3 ms) and for a float (or
+    int4) kernel of PAIRED_KERNEL_SIZE elements or more. TensorFlow's XLA drops a single row's axis,
+    so a Dense's product becomes a matrix-vector product, which it fuses with the bias add into one
+    loop on one core, where two rows call Eigen's product on both (GPT-2 shape: 24 such fusions took
+    1.5 ms of a 2.5 ms step; batch 1 463 -> 576 tokens/s, GPT-2 124M 32.8 -> 39.5). A kernel that
+    fits one core's cache is read as fast by one core, and the second row costs more than it saves
+    (the nano preset's, 128 x 512: 1,863 -> 1,713). An int4 kernel is unpacked and dequantized to a
+    float one at every step, so the same holds (GPT-2 shape int4 316.0 -> 359.6). JAX's XLA keeps
+    the row's axis and calls its library either way; a GPT's 2-axis kernels lose 5% paired there.
 
     Only for a model whose cache keeps every position apart (`positional_cache`): the copy's key
     and value land where the next step writes before it reads, and past the last position in no
@@ -117,7 +117,7 @@ def pairs_single_rows(model, float_kernels):
         if mode == "int8":
             return True
         kernel = getattr(layer, "_kernel", None)
-        if not float_kernels or kernel is None:
+        if not drops_row_axis or kernel is None:
             continue
         if len(kernel.shape) > 2:
             return True

@@ -32,7 +32,7 @@ class JaxEngine(DecodeEngine):
         super().__init__(model)
         self._variables = list(model.variables)
         self._executables = {}
-        self._pair_single_rows = pairs_single_rows(model, float_kernels=False)
+        self._pair_single_rows = pairs_single_rows(model, drops_row_axis=False)
 
     # --- what is compiled: the model's own code -------------------------------------------------
 

@@ -46,7 +46,7 @@ class TensorFlowEngine(DecodeEngine):
     def __init__(self, model):
         super().__init__(model)
         self._functions = {}
-        self._pair_single_rows = pairs_single_rows(model, float_kernels=True)
+        self._pair_single_rows = pairs_single_rows(model, drops_row_axis=True)
 
     # --- what is compiled: the model's own code -------------------------------------------------
 
