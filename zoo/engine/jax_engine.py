@@ -58,7 +58,8 @@ class JaxEngine(DecodeEngine):
         ids = tokens[:, None]
         if self._pair_single_rows and tokens.shape[0] == 1:  # see pairs_single_rows
             # Both tokens' logits, the first kept: the tied int8 product of two rows is XLA's fast one too.
-            logits, cache = self.model.call_with_cache(jnp.concatenate([ids, ids], axis=1), cache, positions, reach=reach)
+            paired = jnp.concatenate([ids, ids], axis=1)
+            logits, cache = self.model.call_with_cache(paired, cache, positions, reach=reach)
             return logits[:, 0], cache
         return self.model.call_with_cache(ids, cache, positions, logits_at=0, reach=reach)
 

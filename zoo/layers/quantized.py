@@ -36,12 +36,13 @@ def tied_logits(embedding, x):
     from two rows up, int8 as `_int8_tied_logits`, the same numbers.
     """
     rows = ops.reshape(x, (-1, x.shape[-1]))
-    if (getattr(embedding, "quantization_mode", None) == "int8" and getattr(embedding, "tie_weights", False)
-            and getattr(embedding, "inputs_quantizer", None) and embedding.logit_soft_cap is None
-            and rows.shape[0] != 1):
-        logits = _int8_tied_logits(embedding, rows)
-    elif getattr(embedding, "quantization_mode", None) and hasattr(embedding, "tie_weights"):
-        logits = ops.cast(embedding(rows, reverse=True), x.dtype)
+    mode = getattr(embedding, "quantization_mode", None)
+    if mode and hasattr(embedding, "tie_weights"):  # a quantized ReversibleEmbedding
+        if (mode == "int8" and embedding.tie_weights and embedding.inputs_quantizer
+                and embedding.logit_soft_cap is None and rows.shape[0] != 1):
+            logits = _int8_tied_logits(embedding, rows)
+        else:
+            logits = ops.cast(embedding(rows, reverse=True), x.dtype)
     else:
         logits = ops.transpose(ops.matmul(embedding_table(embedding, x.dtype), ops.transpose(rows)))
     return ops.reshape(logits, (*ops.shape(x)[:-1], ops.shape(logits)[-1]))
@@ -56,7 +57,8 @@ def _int8_tied_logits(embedding, rows):
     exact, so the logits are Keras's to the bit."""
     quantized, scale = embedding.inputs_quantizer(rows)
     sums = ops.einsum("rd,vd->rv", quantized, embedding.embeddings)
-    logits = ops.divide(ops.cast(sums, embedding.compute_dtype), ops.multiply(scale, ops.transpose(embedding.embeddings_scale)))
+    scales = ops.multiply(scale, ops.transpose(embedding.embeddings_scale))
+    logits = ops.divide(ops.cast(sums, embedding.compute_dtype), scales)
     return ops.cast(logits, rows.dtype)
 
 
