@@ -16,8 +16,8 @@ tables and an LSTM's recurrent kernels keep their float weights):
 A quantized bundle is an ordinary bundle whose zoo.json has `"quantization": MODE` (format 3):
 loading builds the model, quantizes it the same way and loads the weights into the quantized
 variables (zoo.bundle.load_bundle), which is how Keras loads the weights of a quantized model.
-Speed: see the README (on a CPU, XLA has no int8 or int4 matmul kernel: JAX and TensorFlow decode
-a quantized model slower than a float one; torch's engine runs at the float speed).
+Speed: see the README (int8: the engines' integer products; int4: on a CPU every engine multiplies
+the kernels dequantized once, zoo.engine.interface.model_to_run and zoo.layers.torch_quantized).
 """
 
 import dataclasses

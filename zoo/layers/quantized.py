@@ -1,6 +1,7 @@
 """Keras's quantization of a model's layers (`quantize_model`, for `zoo quantize` and for loading
 a quantized bundle), and tied output projections (logits = hidden states times the token embedding's transpose) that
-work on float and on quantized embeddings alike (`zoo quantize`, zoo.quantize), in keras.ops only.
+work on float and on quantized embeddings alike (`zoo quantize`, zoo.quantize), and an int4
+model's float copy for the decode engines on a CPU (`dequantized_copy`), in keras.ops only.
 
 A quantized Embedding's `embeddings` property is its integers (int8, or int4 unpacked), not the
 table. Keras's ReversibleEmbedding computes the quantized projection itself (`reverse=True`); a
@@ -116,3 +117,72 @@ def build_quantized(model, mode):
             layer.quantization_config = config  # its build reads it (the int4 embedding's weight-only reverse)
     model.build()
     quantize_model(model, mode)
+
+
+def dequantized_copy(model):
+    """A float copy of a weight-only quantized model (`zoo quantize --mode int4`: kernels and tables
+    as int4 in groups, each with a scale and a zero point; inputs stay float), each of whose layers
+    holds the float weights its quantized layer dequantizes from the integers at every call, so it
+    computes what that layer computes: a Dense or EinsumDense multiplies its input by the kernel
+    Keras's int4 call dequantizes (the same spelling as Keras's, below), an embedding looks up the
+    rows its own call gives and its reverse call multiplies by that table. None where a quantized
+    layer is anything else (int8's integer products, per-channel int4, LoRA on it, an untied or
+    input-quantizing reverse call): Keras's own call is then the only spelling.
+
+    Why: on a CPU, XLA has no int4 product, so Keras's call unpacks and dequantizes every kernel
+    at every decode step, writing and then reading a float kernel besides the integers (JAX, GPT-2
+    shape: 0.42x the float32 engine at batch 1). The copy reads the float kernel only, for the
+    memory of a float32 model; zoo's torch engine holds int4 kernels dequantized too."""
+    layers = list(model._flatten_layers())
+    quantized = [layer for layer in layers if getattr(layer, "quantization_mode", None)]
+    if not quantized or not all(_weight_only_int4(layer) for layer in quantized):
+        return None
+    copy = type(model).from_config(model.get_config())
+    copy.build()
+    copy_layers = list(copy._flatten_layers())
+    if [type(layer) for layer in layers] != [type(layer) for layer in copy_layers]:
+        return None  # a model whose layers are made in another order than its config rebuilds
+    for layer, twin in zip(layers, copy_layers):
+        if getattr(layer, "quantization_mode", None):
+            values = _dequantized_weights(layer)
+        else:
+            values = {variable.name: variable for variable in _own_variables(layer)}
+        for variable in _own_variables(twin):
+            variable.assign(values[variable.name])
+    return copy
+
+
+def _own_variables(layer):
+    return layer._trainable_variables + layer._non_trainable_variables
+
+
+def _weight_only_int4(layer):
+    if layer.quantization_mode != "int4" or getattr(layer, "lora_enabled", False):
+        return False
+    if isinstance(layer, keras.layers.Embedding):
+        # A reverse call (keras-hub's ReversibleEmbedding) must multiply by the looked-up table.
+        return not hasattr(layer, "tie_weights") or (layer.tie_weights and not layer.inputs_quantizer)
+    # Keras's sub-channel call dequantizes the kernel, then multiplies; its per-channel one divides
+    # the integer product by the scales instead (not a float kernel's product).
+    return getattr(layer, "_int4_block_size", None) not in (None, -1)
+
+
+def _dequantized_weights(layer):
+    """{variable name: float value} of a weight-only int4 layer's float twin."""
+    if isinstance(layer, keras.layers.Embedding):
+        return {"embeddings": embedding_table(layer, layer.compute_dtype)}
+    if isinstance(layer, keras.layers.EinsumDense):
+        columns, shape = layer._int4_unpacked_column_size, layer.original_kernel_shape
+    else:
+        columns, shape = layer._orig_output_dim, (layer._orig_input_dim, layer._orig_output_dim)
+    # As Keras's sub-channel int4 call (keras/src/layers/core/dense.py, einsum_dense.py) and its
+    # quantizers.dequantize_with_sz_map: (q - zero) * scale of the input row's group, in float.
+    unpacked = keras.quantizers.unpack_int4(layer._kernel, columns, axis=-1)
+    groups = ops.cast(layer.g_idx, "int32")
+    scales = ops.take(layer.kernel_scale, groups, axis=0)
+    zeros = ops.cast(ops.take(layer.kernel_zero, groups, axis=0), scales.dtype)
+    kernel = ops.cast(ops.multiply(ops.subtract(unpacked, zeros), scales), layer.compute_dtype)
+    values = {"kernel": ops.reshape(kernel, shape)}
+    if layer.bias is not None:
+        values["bias"] = layer.bias
+    return values
