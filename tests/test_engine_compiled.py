@@ -32,7 +32,7 @@ def _model(position_embedding, intermediate_dim=64):
 def models():
     models = {kind: _model(kind) for kind in ("learned", "rotary")}
     # MLP kernels of PAIRED_KERNEL_SIZE elements: TensorFlow's engine steps its single rows paired,
-    # in float32 and in int4 (run as its float copy on a CPU: zoo.engine.interface.model_to_run).
+    # in float32 and in int4 (run as its float copy on a CPU: zoo.layers.quantized.inference_model).
     models["wide"] = _model("learned", intermediate_dim=PAIRED_KERNEL_SIZE // 32)
     models["wide int4"] = _model("learned", intermediate_dim=PAIRED_KERNEL_SIZE // 32)
     quantize_model(models["wide int4"], "int4")

@@ -134,7 +134,7 @@ def test_decode_engine_gives_the_quantized_models_own_greedy_tokens(gpt_bundles,
     # its copy lands at the next position, and at the last one past the cache. The second prompt
     # decodes there.
     assert getattr(engine, "_pair_single_rows", False) == (backend in ("jax", "tensorflow") and mode == "int8")
-    # And they run an int4 model's float copy (zoo.engine.interface.model_to_run), tested below.
+    # And they run an int4 model's float copy (zoo.layers.quantized.inference_model), tested below.
     assert (engine.model is not model) == (backend in ("jax", "tensorflow") and mode == "int4")
     tokens = engine.generate_batch([prompt], 12)[0]
     assert len(set(tokens)) > 2  # not one token repeated: a comparison that can fail
@@ -216,6 +216,29 @@ def test_int8_classifier_classifies_and_translator_translates(small_bundles):
     assert outputs["int8"] == outputs["float32"]
 
 
+def test_an_int4_classifier_runs_its_float_copy_and_gives_the_int4_models_probabilities(tiny_classifier, tmp_path):
+    """On a CPU the bert runtimes (zoo classify, tag, answer and the server's) run an int4 model's
+    float copy (zoo.layers.quantized.inference_model): the classifier's probabilities are the int4
+    Keras model's, up to float rounding (each layer's output is the int4 layer's to the bit, test
+    above; compiled whole, XLA may order a product's sums otherwise for a kernel it reads than for
+    one it computes)."""
+    from zoo.backend import on_cpu
+    from zoo.bundle import load_model, load_runtime
+    from zoo.families.bert.classifier import Classifier
+    from zoo.quantize import quantize_bundle
+
+    quantize_bundle(tiny_classifier[1], tmp_path / "bert-int4", "int4")
+    runtime, info = load_runtime(tmp_path / "bert-int4")
+    int4, tokenizer, _ = load_model(tmp_path / "bert-int4")
+    runs_int4 = any(getattr(layer, "quantization_mode", None) for layer in runtime.model._flatten_layers())
+    assert runs_int4 != on_cpu()
+    expected, _ = Classifier(int4, tokenizer, info.labels).probabilities(TEXTS)
+    got, _ = runtime.probabilities(TEXTS)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()
+    assert len({row.argmax() for row in expected}) > 1  # not one class for every text: a comparison that can fail
+
+
 @pytest.mark.backend_independent  # the commands run what the test above checks on every backend
 def test_int8_classify_eval_and_translate_commands(small_bundles):
     from zoo.bundle import load_runtime
@@ -278,10 +301,12 @@ def test_seq2seq_and_lstm_engines_give_their_models_greedy_tokens(small_bundles,
 
 def test_an_int4_models_float_copy_computes_what_its_quantized_layers_compute_to_the_bit():
     """The float copy JAX's and TensorFlow's engines run on a CPU for an int4 model
-    (zoo.layers.quantized.dequantized_copy): each Dense, EinsumDense and embedding of it, called on
-    the same input as its int4 layer, gives the same numbers (exactly, on JAX and TensorFlow: the
-    kernels dequantized as Keras's int4 call does); an int8 model has none (its products are
-    integer ones)."""
+    (zoo.layers.quantized.dequantized_copy): each Dense, EinsumDense and embedding of a seq2seq
+    model's copy (keras-hub's EinsumDense projections, feed-forward kernels of one and two groups
+    of 128 inputs, tied ReversibleEmbeddings), called on the same input as its int4 layer, gives
+    the same numbers (exactly, on JAX and TensorFlow: the kernels dequantized as Keras's int4 call
+    does); an int8 model has no copy (its products are integer ones). The int4 GPT's copy is
+    checked through its engine (test_decode_engine_gives_the_quantized_models_own_greedy_tokens)."""
     import keras
 
     from zoo.families.gpt.model import gpt_from_preset
@@ -290,41 +315,34 @@ def test_an_int4_models_float_copy_computes_what_its_quantized_layers_compute_to
 
     keras.utils.set_random_seed(5)
     rng = np.random.default_rng(0)
-    gpt = gpt_from_preset("nano", 97, num_layers=1, hidden_dim=256, num_heads=2)  # two groups of 128 inputs
-    seq2seq = Seq2Seq(source_vocabulary_size=96, target_vocabulary_size=96, num_encoder_layers=1, num_decoder_layers=1,
-                      num_heads=2, hidden_dim=128, intermediate_dim=256, max_source_length=16, max_target_length=12)
-    seq2seq.build()
-    checked = {"Dense": 0, "EinsumDense": 0, "embedding": 0}
-    for model in (gpt, seq2seq):
-        quantize_model(model, "int4")
-        copy = dequantized_copy(model)
-        assert not any(getattr(layer, "quantization_mode", None) for layer in copy._flatten_layers())
-        for layer, twin in zip(model._flatten_layers(), copy._flatten_layers()):
-            if not getattr(layer, "quantization_mode", None):
-                continue
-            if isinstance(layer, keras.layers.Embedding):
-                ids = np.arange(layer.input_dim)[None]
-                np.testing.assert_array_equal(keras.ops.convert_to_numpy(twin(ids)), keras.ops.convert_to_numpy(layer(ids)))
-                if hasattr(layer, "tie_weights"):  # the reverse call: logits
-                    x = rng.normal(size=(3, layer.output_dim)).astype("float32")
-                    np.testing.assert_allclose(keras.ops.convert_to_numpy(twin(x, reverse=True)),
-                                               keras.ops.convert_to_numpy(layer(x, reverse=True)), rtol=1e-6, atol=1e-6)
-                checked["embedding"] += 1
-                continue
-            if isinstance(layer, keras.layers.EinsumDense):  # (batch, length, *the kernel's input axes)
-                input_axes = len(layer.equation.split(",")[0]) - 2
-                x = rng.normal(size=(2, 5, *layer.original_kernel_shape[:input_axes]))
-            else:
-                x = rng.normal(size=(3, layer._orig_input_dim))
-            x = x.astype("float32")
-            # On torch (whose engines do not use the copy) the same kernel values reach the product
-            # in another memory layout, so the sums may round apart in the last bit.
-            tolerance = 1e-6 if keras.backend.backend() == "torch" else 0
-            np.testing.assert_allclose(keras.ops.convert_to_numpy(twin(x)), keras.ops.convert_to_numpy(layer(x)),
-                                       rtol=tolerance, atol=tolerance, err_msg=layer.path)
-            checked[type(layer).__name__] += 1
-    assert checked["Dense"] >= 6 and checked["EinsumDense"] >= 8 and checked["embedding"] >= 3, checked
-    int8 = gpt_from_preset("nano", 97, num_layers=1)
+    model = Seq2Seq(source_vocabulary_size=96, target_vocabulary_size=96, num_encoder_layers=1, num_decoder_layers=1,
+                    num_heads=2, hidden_dim=128, intermediate_dim=256, max_source_length=16, max_target_length=12)
+    model.build()
+    quantize_model(model, "int4")
+    copy = dequantized_copy(model)
+    assert not any(getattr(layer, "quantization_mode", None) for layer in copy._flatten_layers())
+    # On torch (whose engines do not use the copy) the same kernel values reach the product in
+    # another memory layout, so the sums may round apart in the last bit.
+    tolerance = 1e-6 if keras.backend.backend() == "torch" else 0
+    checked = {"Dense": 0, "EinsumDense": 0, "ReversibleEmbedding": 0}
+    for layer, twin in zip(model._flatten_layers(), copy._flatten_layers()):
+        if not getattr(layer, "quantization_mode", None):
+            continue
+        if isinstance(layer, keras.layers.Embedding):
+            ids = np.arange(layer.input_dim)[None]
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(twin(ids)), keras.ops.convert_to_numpy(layer(ids)))
+            x, call = rng.normal(size=(3, layer.output_dim)), dict(reverse=True)  # the tied logits
+        elif isinstance(layer, keras.layers.EinsumDense):  # (batch, length, *the kernel's input axes)
+            input_axes = len(layer.equation.split(",")[0]) - 2
+            x, call = rng.normal(size=(2, 5, *layer.original_kernel_shape[:input_axes])), {}
+        else:
+            x, call = rng.normal(size=(3, layer._orig_input_dim)), {}
+        x = x.astype("float32")
+        got, expected = (keras.ops.convert_to_numpy(each(x, **call)) for each in (twin, layer))
+        np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance, err_msg=layer.path)
+        checked[type(layer).__name__] += 1
+    assert checked["Dense"] >= 4 and checked["EinsumDense"] >= 8 and checked["ReversibleEmbedding"] == 2, checked
+    int8 = gpt_from_preset("nano", 97, num_layers=1, hidden_dim=32, num_heads=2, intermediate_dim=64, max_length=16)
     quantize_model(int8, "int8")
     assert dequantized_copy(int8) is None
 

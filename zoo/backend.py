@@ -83,15 +83,24 @@ def keep_freed_heap_memory(backend):
 
 
 @functools.cache
+def on_cpu():
+    """Whether this process's Keras maths runs on a CPU: no accelerator visible to JAX or
+    TensorFlow; on torch (which has no Keras distribution API), where Keras makes its tensors."""
+    import keras
+
+    if keras.config.backend() == "torch":
+        return str(keras.ops.convert_to_tensor(0.0).device).startswith("cpu")
+    return all(device.lower().startswith("cpu") for device in keras.distribution.list_devices())
+
+
+@functools.cache
 def jax_or_tensorflow_on_cpu():
     """Whether this process's Keras maths runs on a CPU through JAX or TensorFlow (no GPU or TPU
     visible): XLA's generic lowering of every op, or TensorFlow's graph ops, with no fused attention
-    kernel either way. (Keras has no distribution API on torch, hence the backend test first.)"""
+    kernel either way."""
     import keras
 
-    if keras.config.backend() not in ("jax", "tensorflow"):
-        return False
-    return all(device.lower().startswith("cpu") for device in keras.distribution.list_devices())
+    return keras.config.backend() in ("jax", "tensorflow") and on_cpu()
 
 
 def describe():

@@ -17,7 +17,7 @@ A quantized bundle is an ordinary bundle whose zoo.json has `"quantization": MOD
 loading builds the model, quantizes it the same way and loads the weights into the quantized
 variables (zoo.bundle.load_bundle), which is how Keras loads the weights of a quantized model.
 Speed: see the README (int8: the engines' integer products; int4: on a CPU every engine multiplies
-the kernels dequantized once, zoo.engine.interface.model_to_run and zoo.layers.torch_quantized).
+the kernels dequantized once, zoo.layers.quantized.inference_model and zoo.layers.torch_quantized).
 """
 
 import dataclasses

@@ -100,8 +100,9 @@ def pairs_single_rows(model, drops_row_axis):
     fits one core's cache is read as fast by one core, and the second row costs more than it saves
     (the nano preset's, 128 x 512: 1,863 -> 1,713). An int4 kernel is unpacked and dequantized to a
     float one at every step where the engine runs Keras's int4 call (not its float copy:
-    `model_to_run`), so the same holds (GPT-2 shape int4 316.0 -> 359.6). JAX's XLA keeps
-    the row's axis and calls its library either way; a GPT's 2-axis kernels lose 5% paired there.
+    zoo.layers.quantized.inference_model), so the same holds (GPT-2 shape int4 316.0 -> 359.6).
+    JAX's XLA keeps the row's axis and calls its library either way; a GPT's 2-axis kernels lose 5%
+    paired there.
 
     Only for a model whose cache keeps every position apart (`positional_cache`): the copy's key
     and value land where the next step writes before it reads, and past the last position in no
@@ -127,22 +128,6 @@ def pairs_single_rows(model, drops_row_axis):
             if math.prod(kernel.shape) * (2 if mode == "int4" else 1) >= PAIRED_KERNEL_SIZE:
                 return True
     return False
-
-
-def model_to_run(model):
-    """The model a compiled (XLA) engine runs for `model`: on a CPU, a weight-only int4 model's
-    float copy (zoo.layers.quantized.dequantized_copy), whose products read float kernels instead of
-    unpacking and dequantizing the int4 ones at every step (GPT-2 shape, batch 1: JAX 294.8 ->
-    661.8 tokens/s, TensorFlow 381.2 -> 546.6; batch 8 1.97x and 1.30x), for a float32 model's memory;
-    otherwise `model` itself. Made once, with the engine: a quantized model's weights do not train.
-    On a GPU Keras's int4 call is kept (XLA can fuse the dequantization into the product there;
-    not measured)."""
-    from zoo.backend import jax_or_tensorflow_on_cpu
-    from zoo.layers.quantized import dequantized_copy
-
-    if not jax_or_tensorflow_on_cpu():
-        return model
-    return dequantized_copy(model) or model
 
 
 class DecodeEngine:

@@ -13,7 +13,7 @@ while-loop around the same step, so the host is visited once per chunk, not once
 
 An int8 model (Keras's int8 layers: int8 inputs times int8 kernels) decoding a single row on a CPU
 steps two tokens, its own and a copy at the next position (`pairs_single_rows`); an int4 model
-runs on a CPU as its float copy, the kernels dequantized once (`model_to_run`).
+runs on a CPU as its float copy, the kernels dequantized once (`inference_model`).
 """
 
 import jax
@@ -22,7 +22,8 @@ import keras
 import numpy as np
 
 from zoo.engine.greedy_loop import greedy_loop
-from zoo.engine.interface import DecodeEngine, model_to_run, pairs_single_rows
+from zoo.engine.interface import DecodeEngine, pairs_single_rows
+from zoo.layers.quantized import inference_model
 
 # The argument each function consumes (after the variables' values): the cache, updated in place.
 _DONATE = {"prefill": (), "decode": (1,), "greedy": (1,), "verify": (1,), "insert": (1,), "reorder": (1,)}
@@ -30,7 +31,7 @@ _DONATE = {"prefill": (), "decode": (1,), "greedy": (1,), "verify": (1,), "inser
 
 class JaxEngine(DecodeEngine):
     def __init__(self, model):
-        super().__init__(model_to_run(model))
+        super().__init__(inference_model(model))
         self._variables = list(self.model.variables)
         self._executables = {}
         self._pair_single_rows = pairs_single_rows(self.model, drops_row_axis=False)

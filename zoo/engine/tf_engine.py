@@ -13,7 +13,7 @@ so the compiled step always sees the current ones.
 A single row of an int8 model, or of one with a kernel of more than two axes (a seq2seq decoder's
 EinsumDense) or past a core's cache (`PAIRED_KERNEL_SIZE`), decodes as two tokens on a CPU, its own
 and a copy at the next position (`pairs_single_rows`); an int4 model runs on a CPU as its float
-copy, the kernels dequantized once (`model_to_run`).
+copy, the kernels dequantized once (`inference_model`).
 """
 
 import numpy as np
@@ -21,7 +21,8 @@ import tensorflow as tf
 from keras import ops
 
 from zoo.engine.greedy_loop import greedy_loop
-from zoo.engine.interface import DecodeEngine, model_to_run, pairs_single_rows
+from zoo.engine.interface import DecodeEngine, pairs_single_rows
+from zoo.layers.quantized import inference_model
 
 
 def _read(cache):
@@ -45,7 +46,7 @@ def _spec(x):
 
 class TensorFlowEngine(DecodeEngine):
     def __init__(self, model):
-        super().__init__(model_to_run(model))
+        super().__init__(inference_model(model))
         self._functions = {}
         self._pair_single_rows = pairs_single_rows(self.model, drops_row_axis=True)
 

@@ -45,6 +45,11 @@ class BertFamily(Family):
         export_checkpoint(model, tokenizer, info.labels, directory)
 
     def runtime(self, task, model, tokenizer, path, info):
+        from zoo.layers.quantized import inference_model
+
+        if task not in ("qa", "tag", "classify"):
+            return None  # a masked LM is pretrained to be fine-tuned, not served
+        model = inference_model(model)  # an int4 model's float copy on a CPU
         if task == "qa":
             from zoo.families.bert.answerer import Answerer
 
@@ -53,8 +58,6 @@ class BertFamily(Family):
             from zoo.families.bert.tagger import Tagger
 
             return Tagger(model, tokenizer, info.labels)
-        if task != "classify":
-            return None  # a masked LM is pretrained to be fine-tuned, not served
         from zoo.families.bert.classifier import Classifier
 
         return Classifier(model, tokenizer, info.labels)
