@@ -218,6 +218,23 @@ def test_twenty_prompt_lengths_compile_each_bucket_once(engine):
     assert engine.compile_seconds == seconds  # cached functions cost no compile time
 
 
+def test_warmup_compiles_all_that_a_cache_of_that_many_slots_runs(models):
+    """A server warms its engine up for its cache's size; its requests then compile nothing: a
+    prompt of each bucket into any slot, the decode step and greedy chunk of each row count."""
+    engine = new_engine(models["rotary"])
+    engine.warmup(slots=(3,), greedy=True)
+    compiled = engine.compile_count
+    assert compiled > 0 if engine.compiled else compiled == 0
+    cache = engine.new_cache(3)
+    for slot, length in ((2, 20), (0, 5), (1, 16)):  # buckets 32, 16, 16
+        _, cache = engine.prefill_slot(cache, slot, _prompt(length, slot))
+    for rows in (1, 2, 3):
+        positions = np.arange(20, 20 + rows, dtype="int32")
+        _, cache = engine.decode(np.ones(rows, "int32"), cache, positions)
+        *_, cache = engine.decode_greedy(np.ones(rows, "int32"), cache, positions + 1, 4)
+    assert engine.compile_count == compiled, engine.compile_log[compiled:]
+
+
 def test_seeded_sampling_is_reproducible_per_row(engine):
     prompts = [_prompt(4, 7), _prompt(9, 8)]
     configs = [SamplingConfig(temperature=1.0, top_k=20, seed=1), SamplingConfig(temperature=0.8, top_p=0.9, seed=2)]

@@ -41,7 +41,8 @@ max_prompt_length) so that a new prompt length compiles nothing. `compile_count`
 function and shape), `trace_count` how often a function body was traced (equal, unless a backend
 retraced behind our back), `compile_seconds` the time spent tracing and compiling, and
 `compile_log` lists (what, shape, seconds); a decode step's shape is (rows stepped, cache slots,
-reach), reach being how far into the cache it reads (`reach_buckets`).
+reach), reach being how far into the cache it reads (`reach_buckets`); a prefill's is its bucket
+(TensorFlow's, which runs straight into a row of a cache of several slots: (bucket, slots)).
 
 This module is the interface and depends on no other engine module; each backend's engine
 (jax_engine.py, tf_engine.py, and a family's plain-torch engine) imports it (and the compiled
@@ -348,15 +349,13 @@ class DecodeEngine:
         self.trace_count += 1
 
     def warmup(self, slots=(1,), buckets=None, greedy=False):
-        """Compiles ahead of the first request: prefill for every bucket (or those given), and for
-        each cache size in `slots` the insert and the decode step of every `slot_buckets` row
-        count and reach (and with `greedy`, `decode_greedy`'s chunk of each). Returns compile_seconds."""
-        for size in buckets or self.buckets:
-            _, row = self.prefill([0] * size)
+        """Compiles ahead of the first request, for each cache size in `slots`: `prefill_slot` of
+        every bucket (or those given) and the decode step of every `slot_buckets` row count and
+        reach (and with `greedy`, `decode_greedy`'s chunk of each). Returns compile_seconds."""
         for n in slots:
             cache = self.new_cache(n)
-            if n > 1:
-                cache = self.insert(cache, 0, row)
+            for size in buckets or self.buckets:
+                cache = self.prefill_slot(cache, 0, [0] * size)[1]
             for rows in slot_buckets(n):
                 for reach in self.reaches:
                     positions = np.full(rows, reach - 1, "int32")
