@@ -14,10 +14,11 @@ from zoo.layers.quantized import quantize_model
 VOCAB = 97
 
 
-def _model(position_embedding, intermediate_dim=64):
+def _model(position_embedding, intermediate_dim=64, max_length=32):
     keras.utils.set_random_seed(3)
     model = gpt_from_preset("nano", VOCAB, num_layers=2, num_heads=2, hidden_dim=32,
-                            intermediate_dim=intermediate_dim, max_length=32, position_embedding=position_embedding)
+                            intermediate_dim=intermediate_dim, max_length=max_length,
+                            position_embedding=position_embedding)
     # At the usual init every logit is nearly equal (argmax would hang on rounding) and the tied
     # embedding makes each token predict itself; larger weights give clear winners and varied text.
     rng = np.random.default_rng(0)
@@ -36,6 +37,7 @@ def models():
     models["wide"] = _model("learned", intermediate_dim=PAIRED_KERNEL_SIZE // 32)
     models["wide int4"] = _model("learned", intermediate_dim=PAIRED_KERNEL_SIZE // 32)
     quantize_model(models["wide int4"], "int4")
+    models["long"] = _model("rotary", max_length=96)  # a cache of two blocks (zoo.layers.attention)
     return models
 
 
@@ -72,6 +74,14 @@ def test_greedy_equals_uncached_recomputation(models, engines, kind):
     expected = _uncached_greedy(models[kind], ids, 24)
     assert engines[kind].generate_batch([ids], 24) == [expected]
     assert len(set(expected)) > 3  # a real test: not one token repeated
+
+
+def test_a_prompt_past_the_caches_first_block_decodes_as_itself(models, engines):
+    """A prompt longer than the cache's first block (64 positions) is prefilled into both blocks
+    and decodes on the model's own tokens, into the second block."""
+    ids = _prompt(70, seed=8)
+    expected = _uncached_greedy(models["long"], ids, 8)
+    assert engines["long"].generate_batch([ids], 8) == [expected] and len(set(expected)) > 3
 
 
 @pytest.mark.parametrize("kind", ["wide", "wide int4"])

@@ -260,7 +260,7 @@ class Seq2Seq(keras.Model):
                 values = ops.pad(values, ((0, 0), (0, 0), (0, padding), (0, 0)))
             cross.append((keys, values))
         cache = {**cache, "cross": cross, "source_mask": mask}
-        logits, cache = self.call_with_cache(token_ids[:, :1], cache, 0, logits_at=0)
+        logits, cache = self.call_with_cache(token_ids[:, :1], cache, 0, logits_at=0, reach=1)
         return self.force_first_token(logits), cache
 
     def force_first_token(self, logits):
