@@ -162,7 +162,8 @@ class DecodeEngine:
         raise NotImplementedError
 
     def insert(self, cache, slot, row_cache):
-        """Copies a 1-slot cache (from `prefill`) into row `slot` of `cache`; returns the cache."""
+        """Copies a 1-slot cache (from `prefill`) into row `slot` of `cache`; returns the cache.
+        The default `prefill_slot`'s; an engine that prefills straight into a row needs none."""
         raise NotImplementedError
 
     def reorder(self, cache, rows):

@@ -94,12 +94,6 @@ class TensorFlowEngine(DecodeEngine):
         _assign(cache, new)
         return logits[0]
 
-    def _insert_fn(self, cache, slot, row_cache):
-        self._traced()
-        _assign(cache, tf.nest.map_structure(
-            lambda a, row: ops.slice_update(a, (slot,) + (0,) * (len(a.shape) - 1), row), _read(cache), _read(row_cache)))
-        return tf.zeros(())
-
     def _reorder_fn(self, cache, rows):
         self._traced()
         _assign(cache, tf.nest.map_structure(
@@ -132,17 +126,13 @@ class TensorFlowEngine(DecodeEngine):
         return self.prefill_slot(self.new_cache(1), 0, ids)
 
     def prefill_slot(self, cache, slot, ids):
-        # Straight into the cache's row, not through a 1-slot cache and `insert`: a cache's
-        # variables cost ~0.2 ms each to make (a GPT-2-shaped model's 36: 6.6 ms, a third of its
-        # prefill). One compiled prefill per bucket and cache size.
+        # Straight into the cache's row, not through a 1-slot cache and `insert` (so this engine
+        # has no insert): a cache's variables cost ~0.2 ms each to make (a GPT-2-shaped model's 36:
+        # 6.6 ms, nearly half its prefill then). One compiled prefill per bucket and cache size.
         size, slots = self.bucket(len(ids)), self._slots(cache)
         args = (cache, np.int32(slot), self._padded(ids, size), np.int32(len(ids)))
         logits = self._run("prefill", size if slots == 1 else (size, slots), self._prefill_fn, args)
         return logits.numpy(), cache
-
-    def insert(self, cache, slot, row_cache):
-        self._run("insert", self._slots(cache), self._insert_fn, (cache, np.int32(slot), row_cache))
-        return cache
 
     def reorder(self, cache, rows):
         rows = np.asarray(rows, "int32")
