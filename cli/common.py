@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from zoo.backend import BACKENDS, keep_freed_heap_memory, load_tensorflow_only_for_its_backend, select_backend
+from zoo.backend import (BACKENDS, keep_freed_heap_memory, load_tensorflow_only_for_its_backend, select_backend,
+                         use_compilation_cache)
 from zoo.errors import ZooError
 
 
@@ -17,6 +18,7 @@ def _set_backend(ctx, param, value):
             load_tensorflow_only_for_its_backend(select_backend(value))
         if ctx.parent is not None:  # the command's own option, with or without a value: final now
             keep_freed_heap_memory(select_backend())
+            use_compilation_cache(select_backend())
     except ZooError as e:
         raise click.BadParameter(str(e), ctx=ctx, param=param) from None
     return value

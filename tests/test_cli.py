@@ -256,3 +256,51 @@ def test_zoo_on_jax_keeps_freed_heap_memory_instead_of_faulting_it_in_again():
         faults = json.loads(result.stdout.splitlines()[-1])
         assert faults["default"] > 5000 and not faults["keras"], faults  # 40 MB is ~10,000 pages
         assert (faults["after"] < 200) == kept, (flags, env, faults)
+
+
+@pytest.mark.backend_independent
+def test_zoo_on_jax_keeps_compiled_programs_on_disk_and_reads_them_back(tmp_path, tiny_run):
+    """Every `zoo` command on JAX points JAX's persistent compilation cache at $ZOO_JAX_CACHE_DIR
+    (else $XDG_CACHE_HOME/zoo/jax), before anything compiles; a JAX_COMPILATION_CACHE_DIR of the
+    user's own stays, ZOO_JAX_CACHE_DIR=off and another backend leave JAX's settings alone. A second
+    `zoo generate` of the same bundle reads every program back: it writes no new entry."""
+    code = (
+        "import json, sys\n"
+        "import click\n"
+        "from cli.main import cli\n"
+        "try:\n"
+        "    cli(sys.argv[1:], standalone_mode=False)\n"
+        "except click.MissingParameter:\n"
+        "    pass\n"
+        "jax = sys.modules.get('jax')\n"
+        "print(json.dumps(jax and [jax.config.jax_compilation_cache_dir,\n"
+        "                          jax.config.jax_persistent_cache_min_compile_time_secs]))\n")
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("KERAS_BACKEND", "JAX_COMPILATION_CACHE_DIR", "ZOO_JAX_CACHE_DIR",
+                                   "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
+    ours, xdg, users = tmp_path / "ours", tmp_path / "xdg", tmp_path / "users"
+    for flags, env, directory in [(["generate"], {"ZOO_JAX_CACHE_DIR": str(ours)}, ours),
+                                  (["generate"], {"XDG_CACHE_HOME": str(xdg)}, xdg / "zoo" / "jax"),
+                                  (["generate"], {"JAX_COMPILATION_CACHE_DIR": str(users)}, users),
+                                  (["generate"], {"ZOO_JAX_CACHE_DIR": "off"}, None),
+                                  (["generate", "--backend", "torch"], {"ZOO_JAX_CACHE_DIR": str(ours)}, None)]:
+        result = subprocess.run([sys.executable, "-c", code, *flags], cwd=ROOT, capture_output=True, text=True,
+                                timeout=120, env={**environment, **env})
+        assert result.returncode == 0, result.stderr
+        settings = json.loads(result.stdout.splitlines()[-1])
+        if directory is None:
+            assert settings is None or settings[0] is None, (flags, env, settings)
+        else:
+            assert settings and settings[0] == str(directory), (flags, env, settings)
+            if directory != users:  # the user's own cache is left to JAX, threshold and all
+                assert directory.is_dir() and settings[1] == 0.0
+
+    cache, texts, entries = tmp_path / "cache", [], []
+    for _ in range(2):
+        result = run_zoo("generate", tiny_run[1], "--prompt", "ROMEO:", "--max-new-tokens", "12", "--temperature", "0",
+                         "--backend", "jax",
+                         env={"ZOO_JAX_CACHE_DIR": str(cache), "JAX_COMPILATION_CACHE_DIR": ""}, check=True)
+        texts.append(result.stdout)
+        entries.append(sorted(path.name for path in cache.iterdir()))
+    assert entries[0] and entries[1] == entries[0], entries
+    assert texts[1] == texts[0]

@@ -70,42 +70,6 @@ def set_precision(precision):
     return precision
 
 
-# JAX compiles every program afresh in each process unless told where to keep them: for nanoGPT's
-# CPU configuration, ~8 s of a `zoo train gpt` start on the 2-core CPU (the training step, the
-# evaluation step, the initializers' random draws), ~1 s once they are cached (600 kB).
-JAX_CACHE_MAX_BYTES = 1 << 30
-
-
-def use_compilation_cache():
-    """On JAX, keeps compiled programs in a persistent cache (JAX's own, keyed by the program and
-    the versions and devices, least recently used entries dropped beyond 1 GB) so that the next run
-    of the same shapes (a resumed run, the same settings again) skips compiling: in
-    $ZOO_JAX_CACHE_DIR, else $XDG_CACHE_HOME/zoo/jax, else ~/.cache/zoo/jax. A cache configured for
-    JAX already (JAX_COMPILATION_CACHE_DIR) is left as it is; ZOO_JAX_CACHE_DIR=off turns it off.
-    Call before anything compiles. Returns the directory in use, or None."""
-    if active_backend() != "jax":
-        return None
-    import jax
-
-    if jax.config.jax_compilation_cache_dir:
-        return jax.config.jax_compilation_cache_dir
-    directory = os.environ.get("ZOO_JAX_CACHE_DIR")
-    if directory == "off":
-        return None
-    if not directory:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        directory = os.path.join(base, "zoo", "jax")
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError:  # a read-only home, say: compile as before
-        return None
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    if jax.config.jax_compilation_cache_max_size == -1:
-        jax.config.update("jax_compilation_cache_max_size", JAX_CACHE_MAX_BYTES)
-    return directory
-
-
 def _attention_shape(model):
     heads, width = getattr(model, "num_heads", None), getattr(model, "hidden_dim", None)
     return (heads, width // heads) if heads and width else None

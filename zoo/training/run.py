@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from zoo.configs import RUN_CONFIG, RunConfig, read_run_config, write_run_config
+from zoo.backend import use_compilation_cache
 from zoo.data import data_checksum
 from zoo.errors import ZooError
 from zoo.training import accelerator
@@ -254,7 +255,7 @@ def fit(out, config, train_config, build_model, batches, validation, evaluate, r
     from zoo.training import cluster, distribution, flops
     from zoo.training.loop import compile_for_training, train
 
-    accelerator.use_compilation_cache()
+    use_compilation_cache(keras.backend.backend())  # `zoo` did already; fit called from Python too
     group = cluster.current()
     if group.num_processes > 1:
         cluster.check_same(config)
