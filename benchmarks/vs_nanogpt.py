@@ -106,8 +106,9 @@ def main():
                                                                        "(repeatable), e.g. --zoo-arg=--jit-compile=on.")
     parser.add_argument("--jax-cache", choices=["cold", "warm"], default="cold",
                         help="zoo keeps JAX's compiled programs in a persistent cache "
-                             "(zoo.backend.use_compilation_cache). cold: every JAX run starts with an empty one (a first run); warm: each JAX entry runs "
-                             "once untimed first, filling it (a repeated run).")
+                             "(zoo.backend.use_compilation_cache). cold: every JAX run starts with an empty one "
+                             "(a first run); warm: each JAX entry runs once untimed first, filling it (a repeated "
+                             "run).")
     parser.add_argument("--logs", type=Path, help="Keep each run's output in this directory.")
     parser.add_argument("--zoo-root", type=Path, action="append", default=[],
                         help="Also run the zoo of this source tree (e.g. an earlier commit's `git archive`), as "
