@@ -1,4 +1,5 @@
-"""Choosing the Keras backend (before keras is first imported in the process), and keeping
+"""Choosing the Keras backend (before keras is first imported in the process), the settings a
+`zoo` command makes for the process on it (glibc's malloc, JAX's compilation cache), and keeping
 TensorFlow's start-up log lines out of the terminal."""
 
 import contextlib

@@ -13,8 +13,8 @@ import math
 import sys
 from pathlib import Path
 
-from zoo.configs import RUN_CONFIG, RunConfig, read_run_config, write_run_config
 from zoo.backend import use_compilation_cache
+from zoo.configs import RUN_CONFIG, RunConfig, read_run_config, write_run_config
 from zoo.data import data_checksum
 from zoo.errors import ZooError
 from zoo.training import accelerator
