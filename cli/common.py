@@ -17,8 +17,9 @@ def _set_backend(ctx, param, value):
         if value is not None or ctx.parent is None:
             load_tensorflow_only_for_its_backend(select_backend(value))
         if ctx.parent is not None:  # the command's own option, with or without a value: final now
-            keep_freed_heap_memory(select_backend())
-            use_compilation_cache(select_backend())
+            backend = select_backend()
+            keep_freed_heap_memory(backend)
+            use_compilation_cache(backend)
     except ZooError as e:
         raise click.BadParameter(str(e), ctx=ctx, param=param) from None
     return value
