@@ -4,8 +4,9 @@ Orca, vLLM and TGI).
 One scheduler per model version owns a KV cache of `slots` rows and runs one loop:
 
 1. drop requests whose RPC is gone (client cancelled, deadline passed): their slot is free;
-2. admit waiting requests into free slots, lowest first: each prompt is prefilled into its slot
-   (one thread-pool task each, so a long prompt delays the others' next step by one prefill);
+2. admit waiting requests into free slots, lowest first: their prompts are prefilled into their
+   slots together (`engine.prefill_slots`: one padded group for prompts that arrive together,
+   one thread-pool task, so a long prompt delays the others' next step by one prefill);
 3. one decode step for every busy slot, each at its own position. Only the first n rows step,
    n the smallest of 1, 2, 4, ... slots covering the highest busy slot, so one request alone
    costs a 1-row step, not a `slots`-row one;
@@ -39,6 +40,8 @@ from zoo.engine.generation import Step
 
 DECODE_ROWS = Histogram("zoo_decode_batch_requests", "Requests stepped together in one decode step (continuous batching).",
                         ["model", "version"], buckets=(1, 2, 4, 8, 16, 32, 64))
+PREFILL_ROWS = Histogram("zoo_prefill_batch_requests", "Requests admitted and prefilled together in one turn "
+                        "(continuous batching).", ["model", "version"], buckets=(1, 2, 4, 8, 16, 32, 64))
 SLOTS_BUSY = Gauge("zoo_decode_slots_busy", "Decode slots holding a request.", ["model", "version"])
 QUEUED = Gauge("zoo_generate_queue", "Generate requests waiting for a decode slot.", ["model", "version"])
 
@@ -107,19 +110,21 @@ class ContinuousBatcher:
             for slot, request in enumerate(self.busy):
                 if request is not None and request.gone:
                     self.busy[slot] = None
-            while self.waiting and None in self.busy:
+            free, admitted = [slot for slot, request in enumerate(self.busy) if request is None], []
+            while self.waiting and len(admitted) < len(free):
                 request = self.waiting.popleft()
-                QUEUED.labels(*self.labels).set(len(self.waiting))
-                if request.gone:
-                    continue
-                slot = self.busy.index(None)
-                try:
-                    row = await loop.run_in_executor(self.executor, self._prefill, slot, request)
-                except Exception as error:  # noqa: BLE001 (the request's own failure, sent to it)
-                    request.out.put_nowait(error)
-                    continue
-                self.busy[slot] = request
-                self._deliver(slot, row)
+                if not request.gone:
+                    admitted.append((free[len(admitted)], request))
+            QUEUED.labels(*self.labels).set(len(self.waiting))
+            if admitted:
+                PREFILL_ROWS.labels(*self.labels).observe(len(admitted))
+                rows = await loop.run_in_executor(self.executor, self._prefill, admitted)
+                for (slot, request), row in zip(admitted, rows):
+                    if isinstance(row, Exception):  # the request's own failure, sent to it
+                        request.out.put_nowait(row)
+                        continue
+                    self.busy[slot] = request
+                    self._deliver(slot, row)
             busy = [slot for slot, request in enumerate(self.busy) if request is not None]
             SLOTS_BUSY.labels(*self.labels).set(len(busy))
             if not busy:
@@ -156,12 +161,31 @@ class ContinuousBatcher:
                 elif self.busy[slot] is not None:
                     self._deliver(slot, logits[slot])
 
-    def _prefill(self, slot, request):
+    def _prefill(self, admitted):
+        """Prefills the (slot, request) pairs' prompts together: a logits row for each, or the
+        exception that fails it. A prompt the engine cannot take fails its own request only."""
+        rows, slots, prompts = [None] * len(admitted), [], []
+        for i, (slot, request) in enumerate(admitted):
+            try:
+                self.engine.bucket(len(request.continuation.prompt_ids))
+            except ValueError as error:
+                rows[i] = error
+                continue
+            slots.append(slot)
+            prompts.append(request.continuation.prompt_ids)
+        ready = [i for i, row in enumerate(rows) if row is None]
+        if not ready:
+            return rows
         with self.lock:
             if self.cache is None:
                 self.cache = self.engine.new_cache(self.slots)
-            row, self.cache = self.engine.prefill_slot(self.cache, slot, request.continuation.prompt_ids)
-        return row
+            try:
+                logits, self.cache = self.engine.prefill_slots(self.cache, slots, prompts)
+            except Exception as error:  # noqa: BLE001 (sent to each request in it)
+                logits = [error] * len(ready)
+        for i, row in zip(ready, logits):
+            rows[i] = row
+        return rows
 
     def _decode(self, tokens, positions):
         if self.step_delay:

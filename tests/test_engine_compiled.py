@@ -230,15 +230,20 @@ def test_twenty_prompt_lengths_compile_each_bucket_once(engine):
 
 def test_warmup_compiles_all_that_a_cache_of_that_many_slots_runs(models):
     """A server warms its engine up for its cache's size; its requests then compile nothing: a
-    prompt of each bucket into any slot, the decode step and greedy chunk of each row count."""
+    prompt of each bucket into any slot, prompts arriving together (a group of four, padded to
+    the longest's bucket), the decode step and greedy chunk of each row count."""
     engine = new_engine(models["rotary"])
-    engine.warmup(slots=(3,), greedy=True)
+    engine.warmup(slots=(5,), greedy=True)
     compiled = engine.compile_count
     assert compiled > 0 if engine.compiled else compiled == 0
-    cache = engine.new_cache(3)
+    cache = engine.new_cache(5)
     for slot, length in ((2, 20), (0, 5), (1, 16)):  # buckets 32, 16, 16
         _, cache = engine.prefill_slot(cache, slot, _prompt(length, slot))
-    for rows in (1, 2, 3):
+    for lengths in ((3, 20, 18, 1, 17), (2, 4, 6, 8)):  # four at bucket 32 and one alone; four at 16
+        _, cache = engine.prefill_slots(cache, range(len(lengths)), [_prompt(n, n) for n in lengths])
+    if engine.compiled:
+        assert {shape for what, shape, _ in engine.compile_log if what == "prefills"} == {(4, 16, 5), (4, 32, 5)}
+    for rows in (1, 2, 4, 5):
         positions = np.arange(20, 20 + rows, dtype="int32")
         _, cache = engine.decode(np.ones(rows, "int32"), cache, positions)
         *_, cache = engine.decode_greedy(np.ones(rows, "int32"), cache, positions + 1, 4)
@@ -270,6 +275,11 @@ def test_lengths_and_positions_are_checked(engine):
         engine.generate_batch([_prompt(30)], 5)
     with pytest.raises(ValueError, match=r"decode positions must be in \[0, 32\)"):
         engine.decode([1], engine.new_cache(1), [32])
+    for slots in ([0, 0, 1, 2], [0, 1, 2, 4], [0, 1, 2]):  # a row twice, a row past the cache, one short
+        with pytest.raises(ValueError, match=r"one distinct slot in \[0, 4\) for each of 4 prompts"):
+            engine.prefill_slots(engine.new_cache(4), slots, [_prompt(3)] * 4)
+    with pytest.raises(ValueError, match="does not fit the context of 32"):  # before any prompt runs
+        engine.prefill_slots(engine.new_cache(4), range(4), [_prompt(3)] * 3 + [_prompt(33)])
 
 
 def _prefilled(engine, prompts, slots):

@@ -135,6 +135,37 @@ def test_prefill_and_decode_logits_equal_the_uncached_model(case):
                                        err_msg=f"slot {slot} position {position}")
 
 
+def test_prompts_prefilled_together_equal_the_uncached_model(case):
+    """A server's waiting requests, prefilled at once into scattered slots of a 6-slot cache
+    (`prefill_slots`: a compiled engine runs the four shortest as one padded group, the fifth
+    alone): each prompt's logits, and the next step's, are the uncached model's, and the row
+    of a request already decoding is left alone."""
+    engine, rng = new_engine(case.model), np.random.default_rng(8)
+    lengths = [7, 2, 5, 1, 8, 3] if isinstance(case, Seq2SeqCase) else [9, 2, 5, 1, 20, 3]  # two buckets
+    prompts, slots = [case.prompt(rng, n) for n in lengths], [3, 0, 5, 1, 2]
+    cache = engine.new_cache(6)
+    _, cache = engine.prefill_slot(cache, 4, prompts[5])  # a request already in slot 4
+    logits, cache = engine.prefill_slots(cache, slots, prompts[:5])
+    assert logits.shape == (5, VOCAB) and logits.dtype == np.float32
+    fed = rng.integers(1, VOCAB, 6).astype("int32")
+    positions = np.zeros(6, "int32")
+    for slot, prompt in zip(slots + [4], prompts):
+        positions[slot] = engine.first_position(prompt)
+    step, cache = engine.decode(fed, cache, positions)
+    for i, (slot, prompt) in enumerate(zip(slots + [4], prompts)):
+        expected = case.reference(prompt, [int(fed[slot])])
+        scale = np.abs(expected).max()
+        first = engine.first_position(prompt)
+        if i < 5:
+            np.testing.assert_allclose(logits[i], expected[first - 1], atol=2e-5 * scale, rtol=0, err_msg=f"prompt {i}")
+        np.testing.assert_allclose(step[slot], expected[first], atol=2e-5 * scale, rtol=0, err_msg=f"slot {slot}")
+    groups = sorted(shape for what, shape, _ in engine.compile_log if what == "prefills")
+    if engine.compiled:  # the four shortest, padded to the longest's bucket, then the one left alone
+        assert groups == [(4, engine.bucket(sorted(map(len, prompts[:5]))[3]), 6)], engine.compile_log
+    else:
+        assert groups == []
+
+
 def test_an_engine_sees_weights_changed_after_it_was_made(case, monkeypatch):
     """Training after an engine was made (or a LoRA merge) changes the model's variables in place:
     the next request's logits are the changed model's, on every backend (the torch engine keeps

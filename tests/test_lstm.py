@@ -52,6 +52,13 @@ def test_state_cached_steps_equal_the_whole_sequence(tie_embeddings, embedding_d
         steps.append(_numpy(logits))
     np.testing.assert_allclose(np.stack(steps, axis=1), full[:, 7:], atol=1e-5, rtol=0)
     assert len(cache) == 2 and not np.any(_numpy(cache[0][0])[2])  # the third slot was left alone
+    # Both prompts at once, each with its own length (the engines' prefill of several prompts).
+    padded = np.zeros((2, 16), "int32")
+    padded[0, :7], padded[1, :4] = tokens[0, :7], tokens[1, :4]
+    logits, state = model.prefill_with_cache(padded, np.asarray([7, 4], "int32"))
+    np.testing.assert_allclose(_numpy(logits), full[[0, 1], [6, 3]], atol=1e-5, rtol=0)
+    logits, _ = model.call_with_cache(np.asarray([[tokens[0, 7]], [tokens[1, 4]]], "int32"), state, 0, logits_at=0)
+    np.testing.assert_allclose(_numpy(logits), full[[0, 1], [7, 4]], atol=1e-5, rtol=0)
     # Several tokens at once from a state (through the layers) agree too.
     _, state = model.call_with_cache(tokens[:, :7], model.init_cache(2), 0)
     logits, _ = model.call_with_cache(tokens[:, 7:], state, 7)

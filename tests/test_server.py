@@ -392,6 +392,54 @@ def test_concurrent_requests_share_decode_steps_and_each_gets_its_own_tokens(cli
     assert steps < sum(len(a.token_ids) for a in alone)  # fewer steps than tokens: steps were shared
 
 
+def test_requests_waiting_together_are_prefilled_together_and_each_gets_its_own_tokens(local):
+    """The scheduler in this process on the bundle's own engine: seven requests waiting when its
+    loop starts are admitted in one turn and prefilled together (on a compiled engine a group of
+    four, the rest alone); each gets the tokens it gets alone, greedy or sampled with a seed, and
+    a prompt the engine cannot take fails its own request only."""
+    import asyncio
+    import threading
+
+    from server.continuous import PREFILL_ROWS, ContinuousBatcher
+    from zoo.engine import SamplingConfig
+    from zoo.engine.generation import Continuation
+
+    prompts = ["ROMEO.", "KING.", "First Citizen:", "To be, or not", "O", "JULIET."]
+    configs = [SamplingConfig(temperature=0, max_new_tokens=6 + i) if i % 3 else
+               SamplingConfig(temperature=0.9, top_k=20, seed=i, max_new_tokens=8) for i in range(len(prompts))]
+    alone = [local.generate(p, c).token_ids for p, c in zip(prompts, configs)]
+    too_long = Continuation(local.tokenizer, [1] * (local.engine.max_prompt_length + 1), configs[1], 4)
+    labels = ("in-process", "1")
+
+    def admissions():  # (turns that admitted requests, requests admitted)
+        samples = {sample.name: sample.value for sample in PREFILL_ROWS.collect()[0].samples
+                   if sample.labels.get("model") == labels[0] and "le" not in sample.labels}
+        return samples.get("zoo_prefill_batch_requests_count", 0), samples.get("zoo_prefill_batch_requests_sum", 0)
+
+    before = admissions()
+
+    async def serve_all():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = ContinuousBatcher(local.engine, executor, threading.Lock(), labels, slots=8)
+            streams = [batcher.stream(local.start(p, c)) for p, c in zip(prompts, configs)]
+            streams.insert(3, batcher.stream(too_long))
+
+            async def result(stream):
+                try:
+                    return [item async for item in stream][-1].token_ids
+                except ValueError as error:
+                    return str(error)
+
+            return await asyncio.gather(*(result(stream) for stream in streams))
+
+    results = asyncio.run(serve_all())
+    assert "does not fit the context" in results.pop(3)
+    assert results == alone
+    assert tuple(a - b for a, b in zip(admissions(), before)) == (1, 7)  # all seven admitted in one turn
+    groups = [shape for what, shape, _ in local.engine.compile_log if what == "prefills"]
+    assert groups == ([(4, 16, 8)] if local.engine.compiled else [])  # the four shortest prompts together
+
+
 def wait_for(condition, what, timeout=60):
     """Polls `condition()` every 20 ms until it holds; fails after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -7,6 +7,7 @@ requests continuously (a new request is prefilled into a free slot and joins the
 
     cache = engine.new_cache(slots)                          # an empty cache of `slots` rows
     logits, cache = engine.prefill_slot(cache, slot, ids)    # run a prompt into one slot: (vocab,)
+    logits, cache = engine.prefill_slots(cache, slots, prompts)  # several prompts at once: (n, vocab)
     logits, cache = engine.decode(tokens, cache, positions)  # one token per slot: (n, vocab)
     chosen, logprobs, cache = engine.decode_greedy(tokens, cache, positions, steps)  # greedy steps at once
 
@@ -20,6 +21,11 @@ slots low and steps only as many rows as it needs (`slot_buckets`), so one reque
 logits back, picking the token: ~0.1 ms on the CPU machine, the whole step of a small model; more on
 a GPU) is paid once per chunk. Greedy decoding needs nothing from the host between steps; sampling
 does (the request's seeded generator lives there), so it steps one token at a time.
+`prefill_slots` runs prompts that arrive together (a server's waiting requests, a batch's prompts)
+through the model together, in groups of 4, 16, ... rows (`prefill_groups`), each padded to its
+longest prompt's bucket: on the CPU machine 16 short prompts of a nano model in 3.6 ms instead of
+8.5 (JAX; TensorFlow 4.3 instead of 12.4), where one prompt's call costs about what a 16-row
+decode step does.
 `prefill(ids)` is the one-request shortcut: (logits, a fresh 1-slot cache); `reorder(cache, rows)`
 copies rows into rows (beam search). Logits come back as float32 NumPy arrays, since sampling runs
 on the host. Caches are opaque and consumed: always use the returned one (the compiled engines
@@ -30,7 +36,7 @@ The engines know no family: they run a model's cache protocol, which GPT, Seq2Se
 (an LSTM's cache is its recurrent state):
 
     model.init_cache(slots)                      # the empty cache: arrays, each with a row per slot
-    model.prefill_with_cache(ids, length)        # (1, padded) prompt -> (logits (1, vocab), 1-row cache)
+    model.prefill_with_cache(ids, lengths)       # (rows, padded) prompts -> (logits (rows, vocab), their cache)
     model.call_with_cache(tokens, cache, positions, logits_at=0, reach=...)  # a decode step
     model.max_length, model.max_prompt_length, model.first_position(prompt_length)
 
@@ -41,8 +47,9 @@ max_prompt_length) so that a new prompt length compiles nothing. `compile_count`
 function and shape), `trace_count` how often a function body was traced (equal, unless a backend
 retraced behind our back), `compile_seconds` the time spent tracing and compiling, and
 `compile_log` lists (what, shape, seconds); a decode step's shape is (rows stepped, cache slots,
-reach), reach being how far into the cache it reads (`reach_buckets`); a prefill's is its bucket
-(TensorFlow's, which runs straight into a row of a cache of several slots: (bucket, slots)).
+reach), reach being how far into the cache it reads (`reach_buckets`); a prefill's is its bucket,
+(bucket, cache slots) when it runs straight into a row of a cache of several slots, and a
+group's of `prefill_slots` (rows, bucket, cache slots).
 
 This module is the interface and depends on no other engine module; each backend's engine
 (jax_engine.py, tf_engine.py, and a family's plain-torch engine) imports it (and the compiled
@@ -79,6 +86,18 @@ def reach_buckets(max_length):
 def slot_buckets(slots):
     """Row counts a decode step is compiled for on a cache of `slots` rows: 1, 2, 4, ... slots."""
     return prompt_buckets(slots, smallest=1)
+
+
+def prefill_groups(slots):
+    """How many prompts a compiled engine prefills together on a cache of `slots` rows (one
+    compiled function per group size and bucket, made at warm-up): 4, 16, 64, ... up to slots.
+    Powers of 4, not 2, to keep a server's warm-up short: two prompts together gained only
+    1.1-1.4x over one at a time on the CPU machine, four 1.25-1.7x, sixteen 1.5-2.9x."""
+    sizes, size = [], 4
+    while size <= slots:
+        sizes.append(size)
+        size *= 4
+    return tuple(sizes)
 
 
 # The float kernel size (elements) from which TensorFlow's engine steps a single row as two (see
@@ -199,6 +218,42 @@ class DecodeEngine:
         if self._slots(cache) == 1 and slot == 0:
             return logits, row
         return logits, self.insert(cache, slot, row)
+
+    def prefill_slots(self, cache, slots, prompts):
+        """Runs several prompts at once, prompts[i] into row slots[i] of `cache` (distinct rows):
+        (logits (len(prompts), vocab), cache), the same as `prefill_slot` of each. A compiled
+        engine runs them in the largest `prefill_groups` that fit, the shortest prompts together,
+        so that a short prompt is seldom padded to a long one's bucket; fewer than the smallest
+        group run alone. The other engines run one `prefill_slot` each."""
+        slots = [int(slot) for slot in slots]
+        if len(slots) != len(prompts) or len(set(slots)) != len(slots) or not all(
+                0 <= slot < self._slots(cache) for slot in slots):
+            raise ValueError(f"prefill_slots takes one distinct slot in [0, {self._slots(cache)}) for each of "
+                             f"{len(prompts)} prompts, got {slots}")
+        sizes = [self.bucket(len(ids)) for ids in prompts]  # checks every length before running any
+        order = sorted(range(len(prompts)), key=lambda i: sizes[i])
+        logits = [None] * len(prompts)
+        groups = prefill_groups(self._slots(cache)) if self.compiled else ()
+        while order:
+            rows = max((n for n in groups if n <= len(order)), default=1)
+            group, order = order[:rows], order[rows:]
+            if rows == 1:
+                logits[group[0]], cache = self.prefill_slot(cache, slots[group[0]], prompts[group[0]])
+                continue
+            padded = np.zeros((rows, max(sizes[i] for i in group)), "int32")  # zeros after each prompt
+            for row, i in enumerate(group):
+                padded[row, :len(prompts[i])] = prompts[i]
+            lengths = np.asarray([len(prompts[i]) for i in group], "int32")
+            group_logits, cache = self._prefill_group(cache, np.asarray([slots[i] for i in group], "int32"), padded,
+                                                      lengths)
+            for i, row in zip(group, group_logits):
+                logits[i] = row
+        return np.stack(logits), cache
+
+    def _prefill_group(self, cache, slots, ids, lengths):
+        """A compiled engine's group of `prefill_slots`: `ids` (rows, bucket) padded prompts of
+        `lengths` tokens into rows `slots`: (logits (rows, vocab) NumPy, cache)."""
+        raise NotImplementedError
 
     def decode(self, tokens, cache, positions):
         """One step for the cache's first len(tokens) slots: token r goes in at positions[r].
@@ -351,12 +406,15 @@ class DecodeEngine:
 
     def warmup(self, slots=(1,), buckets=None, greedy=False):
         """Compiles ahead of the first request, for each cache size in `slots`: `prefill_slot` of
-        every bucket (or those given) and the decode step of every `slot_buckets` row count and
-        reach (and with `greedy`, `decode_greedy`'s chunk of each). Returns compile_seconds."""
+        every bucket (or those given) and `prefill_slots`' groups (`prefill_groups`) of each, the
+        decode step of every `slot_buckets` row count and reach (and with `greedy`,
+        `decode_greedy`'s chunk of each). Returns compile_seconds."""
         for n in slots:
             cache = self.new_cache(n)
             for size in buckets or self.buckets:
                 cache = self.prefill_slot(cache, 0, [0] * size)[1]
+                for rows in prefill_groups(n) if self.compiled else ():
+                    cache = self.prefill_slots(cache, range(rows), [[0] * size] * rows)[1]
             for rows in slot_buckets(n):
                 for reach in self.reaches:
                     positions = np.full(rows, reach - 1, "int32")
@@ -381,11 +439,8 @@ class DecodeEngine:
             if first + max_new_tokens - 1 > self.max_length:
                 raise ValueError(f"{len(ids)} prompt tokens + {max_new_tokens} new exceed the context "
                                  f"of {self.max_length}")
-        cache = self.new_cache(len(prompts))
-        tokens = np.zeros(len(prompts), "int32")
-        for slot, ids in enumerate(prompts):
-            logits, cache = self.prefill_slot(cache, slot, ids)
-            tokens[slot] = sample(logits, configs[slot], rngs[slot])
+        logits, cache = self.prefill_slots(self.new_cache(len(prompts)), range(len(prompts)), prompts)
+        tokens = np.asarray([sample(row, c, rng) for row, c, rng in zip(logits, configs, rngs)], "int32")
         # Greedy rows all: their steps run in chunks on the device (decode_greedy).
         greedy = all(c.greedy for c in configs)
         outputs, done = [[] for _ in prompts], np.zeros(len(prompts), bool)

@@ -26,7 +26,7 @@ from zoo.engine.interface import DecodeEngine, pairs_single_rows
 from zoo.layers.quantized import inference_model
 
 # The argument each function consumes (after the variables' values): the cache, updated in place.
-_DONATE = {"prefill": (), "decode": (1,), "greedy": (1,), "verify": (1,), "insert": (1,), "reorder": (1,)}
+_DONATE = {"prefill": (1,), "prefills": (1,), "decode": (1,), "greedy": (1,), "verify": (1,), "reorder": (1,)}
 
 
 class JaxEngine(DecodeEngine):
@@ -38,10 +38,18 @@ class JaxEngine(DecodeEngine):
 
     # --- what is compiled: the model's own code -------------------------------------------------
 
-    def _prefill_fn(self, ids, length):
+    def _prefill_fn(self, cache, slot, ids, length):
         self._traced()
-        logits, cache = self.model.prefill_with_cache(ids, length)
-        return logits[0], cache
+        logits, row = self.model.prefill_with_cache(ids, length)
+        if self._slots(cache) > 1:  # into row `slot`: the other rows as they are
+            row = jax.tree.map(lambda a, r: jax.lax.dynamic_update_slice(a, r, (slot,) + (0,) * (a.ndim - 1)),
+                               cache, row)
+        return logits[0], row
+
+    def _prefills_fn(self, cache, slots, ids, lengths):
+        self._traced()
+        logits, rows = self.model.prefill_with_cache(ids, lengths)
+        return logits, jax.tree.map(lambda a, r: a.at[slots].set(r), cache, rows)
 
     def _decode_fn(self, cache, tokens, positions, reach):
         self._traced()
@@ -70,11 +78,6 @@ class JaxEngine(DecodeEngine):
         logits, cache = self.model.call_with_cache(tokens[None], cache, start, reach=reach)
         return logits[0], cache
 
-    def _insert_fn(self, cache, slot, row_cache):
-        self._traced()
-        return jax.tree.map(lambda a, row: jax.lax.dynamic_update_slice(a, row, (slot,) + (0,) * (a.ndim - 1)),
-                            cache, row_cache)
-
     def _reorder_fn(self, cache, rows):
         self._traced()
         return jax.tree.map(lambda a: a.at[:rows.shape[0]].set(a[rows]), cache)
@@ -102,12 +105,21 @@ class JaxEngine(DecodeEngine):
         return self.model.init_cache(slots)
 
     def prefill(self, ids):
-        size = self.bucket(len(ids))
-        logits, cache = self._run("prefill", size, self._prefill_fn, (self._padded(ids, size), np.int32(len(ids))))
+        return self.prefill_slot(self.new_cache(1), 0, ids)
+
+    def prefill_slot(self, cache, slot, ids):
+        # Straight into the cache's row, not through a 1-slot cache and `insert`: one compiled call
+        # instead of two, the row written in place (the cache is donated). One compiled prefill
+        # per bucket and cache size.
+        size, slots = self.bucket(len(ids)), self._slots(cache)
+        args = (cache, np.int32(slot), self._padded(ids, size), np.int32(len(ids)))
+        logits, cache = self._run("prefill", size if slots == 1 else (size, slots), self._prefill_fn, args)
         return np.asarray(logits), cache
 
-    def insert(self, cache, slot, row_cache):
-        return self._run("insert", self._slots(cache), self._insert_fn, (cache, np.int32(slot), row_cache))
+    def _prefill_group(self, cache, slots, ids, lengths):
+        shape = (len(slots), ids.shape[1], self._slots(cache))
+        logits, cache = self._run("prefills", shape, self._prefills_fn, (cache, slots, ids, lengths))
+        return np.asarray(logits), cache
 
     def reorder(self, cache, rows):
         rows = np.asarray(rows, "int32")

@@ -63,6 +63,13 @@ class TensorFlowEngine(DecodeEngine):
         _assign(cache, row)
         return logits[0]
 
+    def _prefills_fn(self, cache, slots, ids, lengths):
+        self._traced()
+        logits, rows = self.model.prefill_with_cache(ids, lengths)
+        _assign(cache, tf.nest.map_structure(lambda a, r: tf.tensor_scatter_nd_update(a, slots[:, None], r),
+                                             _read(cache), rows))
+        return logits
+
     def _decode_fn(self, cache, tokens, positions, reach):
         self._traced()
         logits, new = self._step(_read(cache), tokens, positions, reach)
@@ -133,6 +140,10 @@ class TensorFlowEngine(DecodeEngine):
         args = (cache, np.int32(slot), self._padded(ids, size), np.int32(len(ids)))
         logits = self._run("prefill", size if slots == 1 else (size, slots), self._prefill_fn, args)
         return logits.numpy(), cache
+
+    def _prefill_group(self, cache, slots, ids, lengths):
+        shape = (len(slots), ids.shape[1], self._slots(cache))
+        return self._run("prefills", shape, self._prefills_fn, (cache, slots, ids, lengths)).numpy(), cache
 
     def reorder(self, cache, rows):
         rows = np.asarray(rows, "int32")

@@ -19,8 +19,8 @@ is not in the block writes there (scatter indices must be in range on every back
 A seq2seq decoder's cross-attention cache holds the encoder's keys and values as one array each
 (`cache_layout`), read whole with a padding mask (`attend`).
 
-Used by zoo.families.gpt.model and zoo.families.seq2seq.model; their plain-torch twins use
-zoo.layers.torch_blocks instead.
+Used by zoo.families.gpt.model and zoo.families.seq2seq.model (and `token_at` by the LSTM's);
+their plain-torch twins use zoo.layers.torch_blocks instead.
 """
 
 import numpy as np
@@ -147,6 +147,18 @@ def write(cache, k, v, positions, blocks=None):
         written_keys.append(keys)
         written_values.append(values)
     return tuple(written_keys), tuple(written_values)
+
+
+def token_at(x, index):
+    """Each sequence's vector at `index` along the length axis: x (batch, length, ...) -> (batch, ...).
+    `index` is one int (or scalar tensor) for every row, or a (batch,) vector, one per row: a
+    batched prefill's prompts are padded to one length and end each at its own."""
+    index = ops.convert_to_tensor(index, dtype="int32")
+    if len(index.shape) == 0:
+        return ops.take(x, index, axis=1)
+    shape = ops.shape(x)
+    index = ops.broadcast_to(ops.reshape(index, (-1, 1) + (1,) * (len(shape) - 2)), (shape[0], 1, *shape[2:]))
+    return ops.take_along_axis(x, index, axis=1)[:, 0]
 
 
 def cached_attention(q, k, v, cache, positions, reach=None):

@@ -66,14 +66,6 @@ def leaves(cache):
     return [cache]
 
 
-def insert(cache, slot, row_cache):
-    """Copies a 1-slot cache into row `slot` of `cache`, in place."""
-    with torch.inference_mode():
-        for array, row in zip(leaves(cache), leaves(row_cache)):
-            array[slot].copy_(row[0])
-    return cache
-
-
 def reorder(cache, rows, device):
     """Row i of the cache's first len(rows) becomes what row rows[i] was, in place."""
     with torch.inference_mode():

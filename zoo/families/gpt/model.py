@@ -23,7 +23,7 @@ import keras
 import keras_hub
 from keras import ops
 
-from zoo.layers.attention import cached_attention, causal_attention, kv_cache
+from zoo.layers.attention import cached_attention, causal_attention, kv_cache, token_at
 from zoo.layers.quantized import tied_logits
 from zoo.layers.seeding import normal as _normal
 from zoo.layers.seeding import seeded_dropout as _dropout
@@ -206,12 +206,13 @@ class GPT(keras.Model):
                         self.max_length, self.dtype_policy.compute_dtype)
 
     def prefill_with_cache(self, token_ids, length):
-        """Runs a prompt, (1, padded length) with its `length` real tokens first, into a fresh
-        1-row cache from position 0: (logits (1, vocab) of its last real token, cache). The
-        padding's keys and values land beyond the prompt, where no query looks and decoding
-        overwrites them. Attention reads the cache's blocks up to the padded length only (a
-        GPT-2-shaped prompt of 16: 5.8 -> 3.2 ms on TensorFlow, 4.5 -> 3.3 on JAX)."""
-        return self.call_with_cache(token_ids, self.init_cache(1), 0, logits_at=length - 1,
+        """Runs prompts, (rows, padded length) each with its `length` real tokens first (`length`
+        one int for all rows, or one per row), into a fresh cache of `rows` rows from position 0:
+        (logits (rows, vocab) of each prompt's last real token, cache). The padding's keys and
+        values land beyond the prompt, where no query looks and decoding overwrites them.
+        Attention reads the cache's blocks up to the padded length only (a GPT-2-shaped prompt of
+        16: 5.8 -> 3.2 ms on TensorFlow, 4.5 -> 3.3 on JAX)."""
+        return self.call_with_cache(token_ids, self.init_cache(token_ids.shape[0]), 0, logits_at=length - 1,
                                     reach=token_ids.shape[1])
 
     def call_with_cache(self, token_ids, cache, start, logits_at=None, reach=None):
@@ -222,9 +223,9 @@ class GPT(keras.Model):
         `reach` positions (default: all max_length).
 
         Returns (logits, cache), the cache holding these tokens' keys and values too; logits are
-        (batch, length, vocab), or (batch, vocab) for the token at index `logits_at` alone (a
-        prefill padded to a fixed length wants only its last real token's). The caller keeps
-        every position below max_length.
+        (batch, length, vocab), or (batch, vocab) for the token at index `logits_at` alone, one
+        index for all rows or one per row (a prefill padded to a fixed length wants only each
+        prompt's last real token's). The caller keeps every position below max_length.
         """
         batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
         start = ops.convert_to_tensor(start, dtype="int32")
@@ -237,7 +238,7 @@ class GPT(keras.Model):
             x, layer_cache = block(x, cache=layer_cache, positions=positions, reach=reach)
             new_cache.append(layer_cache)
         if logits_at is not None:  # one row of logits per sequence
-            x = ops.take(x, logits_at, axis=1)
+            x = token_at(x, logits_at)
         # As E·x for a float embedding, and int8's integer sums on the table as it lies: see `tied_logits`.
         return ops.cast(tied_logits(self.token_embedding, self.final_norm(x)), "float32"), new_cache
 

@@ -107,9 +107,6 @@ class TorchEngine(DecodeEngine):
                                    block)
         return self._logits(x), cache
 
-    def insert(self, cache, slot, row_cache):
-        return blocks.insert(cache, slot, row_cache)
-
     def reorder(self, cache, rows):
         return blocks.reorder(cache, rows, self.device)
 

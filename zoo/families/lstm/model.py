@@ -29,6 +29,7 @@ import math
 import keras
 from keras import ops
 
+from zoo.layers.attention import token_at
 from zoo.layers.seeding import seeded_dropout as _dropout
 from zoo.layers.quantized import embedding_table
 
@@ -116,12 +117,14 @@ class LSTMLanguageModel(keras.Model):
                 for _ in self.lstms]
 
     def prefill_with_cache(self, token_ids, length):
-        """Runs a prompt, (1, padded length) with its `length` real tokens first, from zero state:
-        (logits (1, vocab) of its last real token, its 1-row state). The padding is masked, so
-        the state is the one after the last real token."""
-        mask = ops.expand_dims(ops.arange(ops.shape(token_ids)[1]) < length, 0)  # (1, padded length)
-        x, state = self._run(token_ids, mask=mask)
-        return self._logits(ops.take(x, length - 1, axis=1)), state
+        """Runs prompts, (rows, padded length) each with its `length` real tokens first (`length`
+        one int for all rows, or one per row), from zero state: (logits (rows, vocab) of each
+        prompt's last real token, their state). The padding is masked, so each row's state is
+        the one after its last real token."""
+        length = ops.reshape(ops.convert_to_tensor(length, "int32"), (-1, 1))
+        mask = ops.arange(ops.shape(token_ids)[1], dtype="int32")[None, :] < length  # (rows, padded length)
+        x, state = self._run(token_ids, mask=ops.broadcast_to(mask, ops.shape(token_ids)))
+        return self._logits(token_at(x, length[:, 0] - 1)), state
 
     def call_with_cache(self, token_ids, cache, start=None, logits_at=None, reach=None):
         """Runs token_ids (batch, length) from the state in the first `batch` rows of `cache` (it may
@@ -142,7 +145,7 @@ class LSTMLanguageModel(keras.Model):
             x, new_state = self._run(token_ids, state)
         cache = [(ops.slice_update(h, (0, 0), new_h), ops.slice_update(c, (0, 0), new_c))
                  for (h, c), (new_h, new_c) in zip(cache, new_state)]
-        return self._logits(x if logits_at is None else x[:, logits_at]), cache
+        return self._logits(x if logits_at is None else token_at(x, logits_at)), cache
 
     # -- bookkeeping ----------------------------------------------------------------------------
 

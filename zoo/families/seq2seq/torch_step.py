@@ -146,9 +146,6 @@ class TorchSeq2SeqEngine(DecodeEngine):
             logits = np.where(np.arange(len(logits)) == forced, 0.0, -np.inf).astype(logits.dtype)
         return logits, cache
 
-    def insert(self, cache, slot, row_cache):
-        return blocks.insert(cache, slot, row_cache)
-
     def reorder(self, cache, rows):
         return blocks.reorder(cache, rows, self.device)
 
