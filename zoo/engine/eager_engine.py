@@ -13,6 +13,7 @@ class EagerEngine(DecodeEngine):
     """The reference: the model's `call_with_cache` run op by op, no padding, nothing compiled."""
 
     compiled = False
+    prefills_together = False  # the reference runs each prompt alone
 
     def new_cache(self, slots):
         return self.model.init_cache(slots)

@@ -23,9 +23,9 @@ a GPU) is paid once per chunk. Greedy decoding needs nothing from the host betwe
 does (the request's seeded generator lives there), so it steps one token at a time.
 `prefill_slots` runs prompts that arrive together (a server's waiting requests, a batch's prompts)
 through the model together, in groups of 4, 16, ... rows (`prefill_groups`), each padded to its
-longest prompt's bucket: on the CPU machine 16 short prompts of a nano model in 3.6 ms instead of
-8.5 (JAX; TensorFlow 4.3 instead of 12.4), where one prompt's call costs about what a 16-row
-decode step does.
+longest prompt's bucket (torch's GPT engine: to its longest prompt): on the CPU machine 16 short
+prompts of a nano model in 3.6 ms instead of 8.5 (JAX; TensorFlow 4.3 instead of 12.4, torch 2.8
+instead of 10.1), where one prompt's call costs about what a 16-row decode step does.
 `prefill(ids)` is the one-request shortcut: (logits, a fresh 1-slot cache); `reorder(cache, rows)`
 copies rows into rows (beam search). Logits come back as float32 NumPy arrays, since sampling runs
 on the host. Caches are opaque and consumed: always use the returned one (the compiled engines
@@ -154,6 +154,9 @@ class DecodeEngine:
     """The interface and the bookkeeping shared by every engine; see the module docstring."""
 
     compiled = True
+    # Whether `prefill_slots` runs prompts in groups (`_prefill_group`): the compiled engines, in
+    # groups padded to a bucket, and an eager engine that says so, padded to the group's longest.
+    prefills_together = True
     # The most greedy steps a compiled engine runs in one call: the host sees a chunk's tokens
     # together, so a stream arrives in bursts of up to this many (~50 ms of a GPT-2-sized model on
     # the CPU machine), and a chunk cut short by a stop string wastes at most this many steps less one.
@@ -221,10 +224,11 @@ class DecodeEngine:
 
     def prefill_slots(self, cache, slots, prompts):
         """Runs several prompts at once, prompts[i] into row slots[i] of `cache` (distinct rows):
-        (logits (len(prompts), vocab), cache), the same as `prefill_slot` of each. A compiled
-        engine runs them in the largest `prefill_groups` that fit, the shortest prompts together,
-        so that a short prompt is seldom padded to a long one's bucket; fewer than the smallest
-        group run alone. The other engines run one `prefill_slot` each."""
+        (logits (len(prompts), vocab), cache), the same as `prefill_slot` of each. An engine
+        that `prefills_together` runs them in the largest `prefill_groups` that fit, the shortest
+        prompts together, so that a short prompt is seldom padded to a long one's bucket (a
+        compiled engine's; an eager one pads to the group's longest prompt); fewer than the
+        smallest group run alone. The other engines run one `prefill_slot` each."""
         slots = [int(slot) for slot in slots]
         if len(slots) != len(prompts) or len(set(slots)) != len(slots) or not all(
                 0 <= slot < self._slots(cache) for slot in slots):
@@ -233,14 +237,15 @@ class DecodeEngine:
         sizes = [self.bucket(len(ids)) for ids in prompts]  # checks every length before running any
         order = sorted(range(len(prompts)), key=lambda i: sizes[i])
         logits = [None] * len(prompts)
-        groups = prefill_groups(self._slots(cache)) if self.compiled else ()
+        groups = prefill_groups(self._slots(cache)) if self.prefills_together else ()
         while order:
             rows = max((n for n in groups if n <= len(order)), default=1)
             group, order = order[:rows], order[rows:]
             if rows == 1:
                 logits[group[0]], cache = self.prefill_slot(cache, slots[group[0]], prompts[group[0]])
                 continue
-            padded = np.zeros((rows, max(sizes[i] for i in group)), "int32")  # zeros after each prompt
+            width = max(sizes[i] if self.compiled else len(prompts[i]) for i in group)
+            padded = np.zeros((rows, width), "int32")  # zeros after each prompt
             for row, i in enumerate(group):
                 padded[row, :len(prompts[i])] = prompts[i]
             lengths = np.asarray([len(prompts[i]) for i in group], "int32")
@@ -251,8 +256,8 @@ class DecodeEngine:
         return np.stack(logits), cache
 
     def _prefill_group(self, cache, slots, ids, lengths):
-        """A compiled engine's group of `prefill_slots`: `ids` (rows, bucket) padded prompts of
-        `lengths` tokens into rows `slots`: (logits (rows, vocab) NumPy, cache)."""
+        """A group of `prefill_slots`: `ids` (rows, width) padded prompts of `lengths` tokens into
+        rows `slots`: (logits (rows, vocab) NumPy, cache)."""
         raise NotImplementedError
 
     def decode(self, tokens, cache, positions):

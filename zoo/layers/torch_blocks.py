@@ -115,16 +115,20 @@ def cached_attention(q, k, v, cache, step):
     return attend(q, keys, values, step.visible)
 
 
-def causal_prefill_attention(q, k, v, cache, slot):
-    """A prompt's self-attention, q, k, v (length, heads, head_dim) from position 0: its keys and
-    values written into row `slot` of the layer's cache, and it attends to itself only (nothing
-    before it in this slot is its own). Returns (length, heads * head_dim)."""
-    q, k, v = (t.transpose(0, 1) for t in (q, k, v))  # (heads, length, head_dim)
-    length = q.shape[1]
-    cache[0][slot, :, :length] = k
-    cache[1][slot, :, :length] = v
-    attended = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True)[0]
-    return attended.transpose(0, 1).reshape(length, -1)
+def causal_prefill_attention(q, k, v, cache, slots):
+    """Prompts' self-attention from position 0, q, k, v (rows, length, heads, head_dim), prompts
+    padded after their end to one length: their keys and values written into rows `slots` (a
+    (rows,) tensor) of the layer's cache, and each attends to itself only, causally (nothing
+    before it in its slot is its own; its padding comes after it). Returns (rows * length,
+    heads * head_dim)."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (rows, heads, length, head_dim)
+    rows, length = q.shape[0], q.shape[2]
+    if rows == 1:  # a plain copy into the row, not an indexed write
+        cache[0][int(slots[0]), :, :length], cache[1][int(slots[0]), :, :length] = k[0], v[0]
+    else:
+        cache[0][slots, :, :length], cache[1][slots, :, :length] = k, v
+    attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return attended.transpose(1, 2).reshape(rows * length, -1)
 
 
 def span_attention(q, k, v, cache, slot, visible):

@@ -20,6 +20,7 @@ from zoo.layers.torch_weights import Weights
 
 class TorchEngine(DecodeEngine):
     compiled = False  # eager torch; see the module docstring
+    prefills_together = True  # prompts arriving together run as one pass (`prefill_slots`), unpadded
 
     def __init__(self, model):
         super().__init__(model)
@@ -82,18 +83,28 @@ class TorchEngine(DecodeEngine):
     def prefill(self, ids):
         return self.prefill_slot(self.new_cache(1), 0, ids)
 
-    @torch.inference_mode()
     def prefill_slot(self, cache, slot, ids):
-        length = len(ids)
-        self.bucket(length)  # checks the length; eager torch needs no padding
+        self.bucket(len(ids))  # checks the length; eager torch needs no padding
+        logits, cache = self._prefill_group(cache, [slot], [ids], [len(ids)])
+        return logits[0], cache
+
+    @torch.inference_mode()
+    def _prefill_group(self, cache, slots, ids, lengths):
+        """Prompts `ids` (rows, length), padded after their `lengths` to one length, into rows
+        `slots`, all in one pass: (logits (rows, vocab), cache)."""
         if self.weights.stale():  # mixed precision, and the model was trained since
             self._read_weights()
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        rows, length = ids.shape
+        slots = torch.as_tensor(slots, dtype=torch.long, device=self.device)
         positions = torch.arange(length, device=self.device)
-        x = self._embed(torch.as_tensor(ids, dtype=torch.long, device=self.device), positions)
+        x = self._embed(ids, positions).view(rows * length, -1)  # (tokens, hidden), row after row
         for block, layer_cache in zip(self.blocks, cache):
-            attended = blocks.causal_prefill_attention(*self._qkv(x, block, positions), layer_cache, slot)
-            x = self._finish_block(x, attended, block)
-        return self._logits(x[-1:])[0], cache
+            q, k, v = (t.view(rows, length, self.num_heads, self.head_dim)
+                       for t in self._qkv(x, block, positions.repeat(rows)))
+            x = self._finish_block(x, blocks.causal_prefill_attention(q, k, v, layer_cache, slots), block)
+        last = torch.arange(rows, device=self.device) * length + torch.as_tensor(lengths, device=self.device) - 1
+        return self._logits(x[last]), cache
 
     @torch.inference_mode()
     def _verify(self, tokens, cache, position):

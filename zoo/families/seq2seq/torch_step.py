@@ -32,6 +32,7 @@ from zoo.layers.torch_weights import Weights
 
 class TorchSeq2SeqEngine(DecodeEngine):
     compiled = False  # eager torch: nothing to compile, prompts need no padding
+    prefills_together = False  # each source encoded alone (`prefill_slot`)
 
     def __init__(self, model):
         super().__init__(model)
