@@ -117,14 +117,14 @@ def cached_attention(q, k, v, cache, step):
 
 def causal_prefill_attention(q, k, v, cache, slots):
     """Prompts' self-attention from position 0, q, k, v (rows, length, heads, head_dim), prompts
-    padded after their end to one length: their keys and values written into rows `slots` (a
-    (rows,) tensor) of the layer's cache, and each attends to itself only, causally (nothing
-    before it in its slot is its own; its padding comes after it). Returns (rows * length,
-    heads * head_dim)."""
+    padded after their end to one length: their keys and values written into rows `slots` (an
+    int for one prompt, else a (rows,) tensor) of the layer's cache, and each attends to itself
+    only, causally (nothing before it in its slot is its own; its padding comes after it).
+    Returns (rows * length, heads * head_dim)."""
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (rows, heads, length, head_dim)
     rows, length = q.shape[0], q.shape[2]
-    if rows == 1:  # a plain copy into the row, not an indexed write
-        cache[0][int(slots[0]), :, :length], cache[1][int(slots[0]), :, :length] = k[0], v[0]
+    if isinstance(slots, int):  # a plain copy into the row, not an indexed write
+        cache[0][slots, :, :length], cache[1][slots, :, :length] = k[0], v[0]
     else:
         cache[0][slots, :, :length], cache[1][slots, :, :length] = k, v
     attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)

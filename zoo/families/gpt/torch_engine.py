@@ -10,6 +10,7 @@ It runs under `torch.inference_mode`. The cache is torch_blocks' layout, written
 Nothing is compiled, so `compile_count` stays 0 and prompts need no padding.
 """
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -96,7 +97,10 @@ class TorchEngine(DecodeEngine):
             self._read_weights()
         ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
         rows, length = ids.shape
-        slots = torch.as_tensor(slots, dtype=torch.long, device=self.device)
+        if rows == 1:
+            slots = int(slots[0])
+        else:
+            slots = torch.as_tensor(np.asarray(slots), dtype=torch.long, device=self.device)
         positions = torch.arange(length, device=self.device)
         x = self._embed(ids, positions).view(rows * length, -1)  # (tokens, hidden), row after row
         for block, layer_cache in zip(self.blocks, cache):
