@@ -24,8 +24,9 @@ does (the request's seeded generator lives there), so it steps one token at a ti
 `prefill_slots` runs prompts that arrive together (a server's waiting requests, a batch's prompts)
 through the model together, in groups of 4, 16, ... rows (`prefill_groups`), each padded to its
 longest prompt's bucket (torch's GPT engine: to its longest prompt): on the CPU machine 16 short
-prompts of a nano model in 3.6 ms instead of 8.5 (JAX; TensorFlow 4.3 instead of 12.4, torch 2.8
-instead of 10.1), where one prompt's call costs about what a 16-row decode step does.
+prompts of a nano model in 3.8 ms instead of 8.2 (JAX; TensorFlow 4.5 instead of 12.8, torch 2.7
+instead of 9.7: benchmarks/prefill_together.py), where one prompt's call costs about what a 16-row
+decode step does.
 `prefill(ids)` is the one-request shortcut: (logits, a fresh 1-slot cache); `reorder(cache, rows)`
 copies rows into rows (beam search). Logits come back as float32 NumPy arrays, since sampling runs
 on the host. Caches are opaque and consumed: always use the returned one (the compiled engines
@@ -92,7 +93,7 @@ def prefill_groups(slots):
     """How many prompts a compiled engine prefills together on a cache of `slots` rows (one
     compiled function per group size and bucket, made at warm-up): 4, 16, 64, ... up to slots.
     Powers of 4, not 2, to keep a server's warm-up short: two prompts together gained only
-    1.1-1.4x over one at a time on the CPU machine, four 1.25-1.7x, sixteen 1.5-2.9x."""
+    1.1-1.4x over one at a time on the CPU machine, four 1.3-2.1x, sixteen 1.5-3.6x."""
     sizes, size = [], 4
     while size <= slots:
         sizes.append(size)
