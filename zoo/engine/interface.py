@@ -445,7 +445,11 @@ class DecodeEngine:
             if first + max_new_tokens - 1 > self.max_length:
                 raise ValueError(f"{len(ids)} prompt tokens + {max_new_tokens} new exceed the context "
                                  f"of {self.max_length}")
-        logits, cache = self.prefill_slots(self.new_cache(len(prompts)), range(len(prompts)), prompts)
+        if len(prompts) == 1:  # `prefill` makes its own cache (JAX's inside its compiled call)
+            row, cache = self.prefill(prompts[0])
+            logits = row[None]
+        else:
+            logits, cache = self.prefill_slots(self.new_cache(len(prompts)), range(len(prompts)), prompts)
         tokens = np.asarray([sample(row, c, rng) for row, c, rng in zip(logits, configs, rngs)], "int32")
         # Greedy rows all: their steps run in chunks on the device (decode_greedy).
         greedy = all(c.greedy for c in configs)
