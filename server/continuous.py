@@ -163,28 +163,27 @@ class ContinuousBatcher:
 
     def _prefill(self, admitted):
         """Prefills the (slot, request) pairs' prompts together: a logits row for each, or the
-        exception that fails it. A prompt the engine cannot take fails its own request only."""
-        rows, slots, prompts = [None] * len(admitted), [], []
-        for i, (slot, request) in enumerate(admitted):
+        exception that fails it. A prompt the engine cannot take (checked first) fails its own
+        request only; a failed call fails those in it."""
+        rows, ready = [None] * len(admitted), []
+        for i, (_, request) in enumerate(admitted):
             try:
                 self.engine.bucket(len(request.continuation.prompt_ids))
+                ready.append(i)
             except ValueError as error:
                 rows[i] = error
-                continue
-            slots.append(slot)
-            prompts.append(request.continuation.prompt_ids)
-        ready = [i for i, row in enumerate(rows) if row is None]
-        if not ready:
-            return rows
-        with self.lock:
-            if self.cache is None:
-                self.cache = self.engine.new_cache(self.slots)
-            try:
-                logits, self.cache = self.engine.prefill_slots(self.cache, slots, prompts)
-            except Exception as error:  # noqa: BLE001 (sent to each request in it)
-                logits = [error] * len(ready)
-        for i, row in zip(ready, logits):
-            rows[i] = row
+        if ready:
+            slots = [admitted[i][0] for i in ready]
+            prompts = [admitted[i][1].continuation.prompt_ids for i in ready]
+            with self.lock:
+                if self.cache is None:
+                    self.cache = self.engine.new_cache(self.slots)
+                try:
+                    logits, self.cache = self.engine.prefill_slots(self.cache, slots, prompts)
+                except Exception as error:  # noqa: BLE001 (sent to each request in it)
+                    logits = [error] * len(ready)
+            for i, row in zip(ready, logits):
+                rows[i] = row
         return rows
 
     def _decode(self, tokens, positions):
