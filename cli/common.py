@@ -1,7 +1,8 @@
-"""What every `zoo` command shares: the --backend option, one-line errors, and texts from the command
-line or from --input FILE|-."""
+"""What every `zoo` command shares: the --backend option, one-line errors, texts from the command
+line or from --input FILE|-, and a long job's progress line."""
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -94,3 +95,23 @@ def texts_or_input(texts, input_path, pairs=(), takes_pairs=False, arguments="TE
                                'in the "pair" field of a .jsonl file')
     inputs = read_input(input_path, pairs=takes_pairs)
     return inputs.texts, inputs.pairs
+
+
+class Progress:
+    """A long job's progress on one stderr line: `progress(done, total, detail)` with elapsed time
+    and ETA, rewritten in a terminal, every 10% in a log."""
+
+    def __init__(self, what):
+        self.what, self.start, self.shown = what, time.perf_counter(), -1
+
+    def __call__(self, done, total, detail=""):
+        tenth = done * 10 // total
+        if not sys.stderr.isatty() and tenth == self.shown and done != total:
+            return
+        self.shown = tenth
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (total - done) if done else 0.0
+        end = "\n" if done == total or not sys.stderr.isatty() else "\r"
+        click.echo(f"{self.what} {done}/{total} ({done * 100 // total}%) {detail}  elapsed {elapsed:.1f}s  "
+                   f"eta {eta:.1f}s", err=True, nl=False)
+        click.echo(end, err=True, nl=False)

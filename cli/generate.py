@@ -1,10 +1,11 @@
 """`zoo export` and `zoo generate`."""
 
 import json
+import time
 
 import click
 
-from cli.common import backend_option, input_option, read_input, texts_or_input
+from cli.common import Progress, backend_option, input_option, read_input, texts_or_input
 
 
 @click.command()
@@ -65,20 +66,27 @@ def export(run, out, format_, force):
                    "distribution. Reports the draft's acceptance rate.")
 @click.option("--draft-tokens", type=click.IntRange(1, 16), default=4, show_default=True,
               help="With --draft: tokens the draft proposes per pass of the model.")
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="With --input: prompts generated together, continuously batched (a finished prompt's slot "
+                   "takes the next at once); outputs still come in the order of the prompts, each once done. Each slot "
+                   "holds a cache of the whole context: more is faster where memory allows. 1: one at a time, each "
+                   "streamed as it is made. Default 8; beam search and --draft run one at a time.")
 @click.option("--json", "as_json", is_flag=True, help="Print text, token ids and finish reason as JSON.")
 def generate(model_path, prompt, input_path, max_new_tokens, temperature, top_k, top_p, seed, stop, truncate_prompt,
-             beam_width, length_penalty, draft_path, draft_tokens, as_json):
+             beam_width, length_penalty, draft_path, draft_tokens, batch_size, as_json):
     """Generate text from a run directory or a bundle, streaming it as it is produced.
 
     For a gpt model the prompt is continued; for a seq2seq model it is the source text and the
     output is its translation (or summary). With --input, each line of the file (or of standard
-    input, with -) is a prompt, generated in turn: one output per prompt.
+    input, with -) is a prompt: every prompt is checked first, then they are generated --batch-size
+    at a time, continuously batched, with progress on stderr; one output per prompt, in their order.
 
     \b
     Example:
       zoo generate bundles/shakespeare --prompt "ROMEO." --max-new-tokens 200 --temperature 0.8 --top-k 40
       zoo generate runs/shakespeare --prompt "To be" --temperature 0 --stop "." --json
       zoo generate bundles/shakespeare --input prompts.txt --max-new-tokens 50 --seed 1 --json
+      zoo generate bundles/gpt2 --input prompts.jsonl --batch-size 16 --temperature 0 --json > outputs.jsonl
       zoo generate bundles/shakespeare-small --draft bundles/shakespeare-nano --prompt "ROMEO." --temperature 0
       zoo translate bundles/en-fr "Forgot your password?" --beam-width 4
     """
@@ -99,6 +107,11 @@ def generate(model_path, prompt, input_path, max_new_tokens, temperature, top_k,
         raise ZooError(e.named("--" + e.field.replace("_", "-"))) from None
     if draft_path and beam_width:
         raise click.UsageError("--draft speeds up sampling and greedy decoding, not beam search: drop one")
+    if batch_size is not None and input_path is None:
+        raise click.UsageError("--batch-size goes with --input (prompts generated together)")
+    if batch_size is not None and batch_size > 1 and (draft_path or beam_width):
+        raise click.UsageError(f"--batch-size {batch_size}: {'--draft' if draft_path else '--beam-width'} "
+                               "generates one prompt at a time; drop --batch-size")
     generator, info = load_runtime(model_path, "generate")
     if beam_width and not hasattr(generator, "beam_search"):
         raise ZooError(f"--beam-width: a {info.kind} model has no beam search; sample or decode greedily "
@@ -107,12 +120,12 @@ def generate(model_path, prompt, input_path, max_new_tokens, temperature, top_k,
         generator = _speculative(generator, draft_path, draft_tokens)
     if inputs is None:
         _generate_one(generator, prompt or "", config, beam_width, length_penalty, as_json)
+    elif (batch_size or 8) > 1 and not beam_width and hasattr(generator, "start") and hasattr(generator, "engine"):
+        _generate_together(generator, inputs, config, batch_size or 8, as_json)
     else:
-        for i, text in enumerate(inputs.texts):
-            try:
-                _generate_one(generator, text, config, beam_width, length_penalty, as_json)
-            except ZooError as e:  # a prompt too long, say: which one
-                raise ZooError(f"{inputs.where(i)}: {e}") from None
+        _checked(generator, inputs, config)
+        for text in inputs.texts:
+            _generate_one(generator, text, config, beam_width, length_penalty, as_json)
     if draft_path and not as_json:
         stats = generator.stats
         click.echo(f"speculative decoding: {stats.accepted}/{stats.proposed} draft tokens accepted "
@@ -132,6 +145,50 @@ def _speculative(generator, draft_path, draft_tokens):
         raise ZooError(f"--draft {draft_path}: {e}") from None
 
 
+def _checked(generator, inputs, config, start=False):
+    """--input's prompts checked before any is generated (their Continuations with `start`), so a
+    prompt that does not fit fails at once, naming its line."""
+    from zoo.errors import ZooError
+
+    checked = []
+    for i, text in enumerate(inputs.texts):
+        try:
+            checked.append(generator.start(text, config) if start else generator.prompt_ids(text, config))
+        except ZooError as e:
+            raise ZooError(f"{inputs.where(i)}: {e}") from None
+    return checked
+
+
+def _generate_together(generator, inputs, config, batch_size, as_json):
+    """--input's prompts continuously batched on `batch_size` slots of the generator's engine
+    (zoo.engine.slots), each printed once it and those before it are done, with progress on stderr."""
+    from zoo.engine.slots import generate_all
+
+    continuations = _checked(generator, inputs, config, start=True)
+    done, finished, tokens, next_index, progress = {}, 0, 0, 0, Progress("prompts")
+    for index, result in generate_all(generator.engine, continuations, min(batch_size, len(continuations))):
+        done[index], finished, tokens = result, finished + 1, tokens + len(result.token_ids)
+        elapsed = time.perf_counter() - progress.start
+        progress(finished, len(continuations), f"{tokens} tokens {tokens / max(elapsed, 1e-9):.1f} tok/s")
+        while next_index in done:
+            _print_result(done.pop(next_index), inputs.texts[next_index], generator, as_json)
+            next_index += 1
+
+
+def _print_result(result, prompt, generator, as_json):
+    """A prompt's output once done: as JSON, or its text (after the prompt, for a continuation)."""
+    if not as_json:
+        click.echo((prompt if generator.continues_prompt else "") + result.text)
+        return
+    output = {"text": result.text, "token_ids": result.token_ids, "finish_reason": result.finish_reason,
+              "prompt_tokens": result.prompt_tokens}
+    stats = getattr(generator, "last_stats", None)  # speculative decoding's, for this prompt
+    if stats is not None:
+        output["speculation"] = {"proposed": stats.proposed, "accepted": stats.accepted,
+                                 "acceptance_rate": stats.acceptance_rate, "tokens_per_pass": stats.tokens_per_pass}
+    click.echo(json.dumps(output))
+
+
 def _generate_one(generator, prompt, config, beam_width, length_penalty, as_json):
     """Generates for one prompt and prints it: streamed as text, or once done as text or JSON."""
     if beam_width:
@@ -146,16 +203,7 @@ def _generate_one(generator, prompt, config, beam_width, length_penalty, as_json
         generator.generate(prompt, config, on_text=lambda text: click.echo(text, nl=False))
         click.echo()
         return
-    if as_json:
-        output = {"text": result.text, "token_ids": result.token_ids, "finish_reason": result.finish_reason,
-                  "prompt_tokens": result.prompt_tokens}
-        stats = getattr(generator, "last_stats", None)  # speculative decoding's, for this prompt
-        if stats is not None:
-            output["speculation"] = {"proposed": stats.proposed, "accepted": stats.accepted,
-                                     "acceptance_rate": stats.acceptance_rate, "tokens_per_pass": stats.tokens_per_pass}
-        click.echo(json.dumps(output))
-    else:
-        click.echo(result.text)
+    _print_result(result, prompt, generator, as_json)
 
 
 def _beam_search_command(name, help):

@@ -1,30 +1,8 @@
 """`zoo import`: a pretrained checkpoint as a zoo bundle."""
 
-import sys
-import time
-
 import click
 
-from cli.common import backend_option
-
-
-class _Progress:
-    """Tensors read, on one stderr line (rewritten in a terminal, every 10% in a log)."""
-
-    def __init__(self):
-        self.start, self.shown = time.perf_counter(), -1
-
-    def __call__(self, done, total, name):
-        tenth = done * 10 // total
-        if not sys.stderr.isatty() and tenth == self.shown and done != total:
-            return
-        self.shown = tenth
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / done * (total - done)
-        end = "\n" if done == total or not sys.stderr.isatty() else "\r"
-        click.echo(f"weights {done}/{total} ({done * 100 // total}%) {name}  elapsed {elapsed:.1f}s  "
-                   f"eta {eta:.1f}s", err=True, nl=False)
-        click.echo(end, err=True, nl=False)
+from cli.common import Progress, backend_option
 
 
 @click.command("import")
@@ -55,7 +33,7 @@ def import_(source, out, revision, force):
     """
     from zoo.pretrained import import_checkpoint
 
-    path, info = import_checkpoint(source, out, force=force, revision=revision, progress=_Progress())
+    path, info = import_checkpoint(source, out, force=force, revision=revision, progress=Progress("weights"))
     pretrained = info.provenance["pretrained"]
     click.echo(f"wrote {path} ({info.kind}, task {info.task}, {pretrained['architecture']}, "
                f"context {info.max_length}, vocabulary {info.vocabulary_size})")

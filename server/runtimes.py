@@ -147,9 +147,9 @@ class GenerationRuntime(ModelRuntime):
         if self.scheduler is None:
             # A generator that runs alone (speculative decoding's) may still have engines to compile.
             return self.generator.warmup() if hasattr(self.generator, "warmup") else None
-        engine = self.scheduler.engine
-        seconds = engine.warmup(slots=(self.scheduler.slots,), greedy=self.scheduler.decode_steps > 1)
-        return seconds, engine.compile_count
+        batch = self.scheduler.batch
+        seconds = batch.engine.warmup(slots=(batch.slots,), greedy=batch.decode_steps > 1)
+        return seconds, batch.engine.compile_count
 
     def close(self):
         if self.scheduler is not None:

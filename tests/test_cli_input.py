@@ -54,19 +54,36 @@ def test_classify_reads_a_jsonl_file_with_pairs_and_a_text_that_starts_with_a_da
 
 
 @pytest.mark.backend_independent
-def test_generate_takes_one_prompt_per_line_and_names_the_line_of_a_bad_one(tmp_path):
+def test_generate_takes_one_prompt_per_line_in_order_whatever_the_batch(tmp_path):
     expected = EXPECTED["gpt"]
     path = tmp_path / "prompts.jsonl"
-    prompts = [expected["prompt"], "-" + expected["prompt"], "word " * 100]
+    prompts = [expected["prompt"], "-" + expected["prompt"], "O", "KING.", "To be, or not", expected["prompt"]]
     path.write_text("".join(json.dumps({"text": p}) + "\n" for p in prompts), encoding="utf-8")
-    result = run_zoo("generate", FIXTURES / "gpt", "--input", path, "--json", "--temperature", "0",
-                     "--max-new-tokens", str(expected["max_new_tokens"]))
+    greedy = ["--temperature", "0", "--max-new-tokens", str(expected["max_new_tokens"])]
+    result = run_zoo("generate", FIXTURES / "gpt", "--input", path, "--json", "--batch-size", "4", *greedy, check=True)
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(rows) == 2  # the third prompt does not fit the context of 32
-    assert rows[0]["token_ids"] == expected["token_ids"] and rows[0]["text"] == expected["text"]
-    assert rows[1]["prompt_tokens"] == len(expected["prompt_ids"]) + 1  # a "-" (one character) more
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith(f"Error: {path}, line 3: the prompt has ")
+    assert len(rows) == len(prompts)  # one per prompt, in their order: the first and last are the same prompt
+    for row in rows[0], rows[-1]:
+        assert row["token_ids"] == expected["token_ids"] and row["text"] == expected["text"]
+    assert [row["prompt_tokens"] for row in rows[:3]] == [len(expected["prompt_ids"]), len(expected["prompt_ids"]) + 1, 2]
+    assert "prompts 6/6 (100%)" in result.stderr  # progress
+    # Sampled with a seed and a stop string, as text: six prompts on four slots (two wait for a
+    # slot), on two, and one at a time streamed, print the same.
+    sampled = ["--temperature", "0.9", "--top-k", "20", "--seed", "5", "--stop", "a", "--max-new-tokens", "10"]
+    outputs = [run_zoo("generate", FIXTURES / "gpt", "--input", path, *sampled, *batch, check=True).stdout
+               for batch in (["--batch-size", "4"], ["--batch-size", "2"], ["--batch-size", "1"])]
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert [line[:len(prompt)] for line, prompt in zip(outputs[0].splitlines(), prompts)] == prompts
+
+
+@pytest.mark.backend_independent
+def test_generate_checks_every_prompt_first_and_names_the_line_of_a_bad_one(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"text": p}) + "\n" for p in ["ROMEO.", "KING.", "word " * 100]), encoding="utf-8")
+    for batch in "4", "1":
+        result = run_zoo("generate", FIXTURES / "gpt", "--input", path, "--temperature", "0", "--batch-size", batch)
+        assert result.returncode == 1 and result.stdout == ""  # the third prompt does not fit: none is generated
+        assert result.stderr.strip().splitlines()[-1].startswith(f"Error: {path}, line 3: the prompt has ")
 
 
 @pytest.mark.backend_independent
@@ -81,6 +98,9 @@ def test_generate_takes_one_prompt_per_line_and_names_the_line_of_a_bad_one(tmp_
     (["client", "generate", "m", "--token-ids", "1,2", "--input", "-"], "x\n",
      "give the prompt with one of --prompt, --token-ids or --input, not --token-ids and --input"),
     (["classify", "B", "--input", "-", "--pair", "p"], "x\n", "--pair goes with texts on the command line"),
+    (["generate", "B", "--prompt", "x", "--batch-size", "4"], None, "--batch-size goes with --input"),
+    (["generate", "B", "--input", "-", "--beam-width", "2", "--batch-size", "4"], "x\n",
+     "--batch-size 4: --beam-width generates one prompt at a time; drop --batch-size"),
 ])
 def test_texts_and_input_are_exclusive(args, stdin, message):
     result = run_zoo(*args, input=stdin)

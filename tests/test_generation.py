@@ -151,3 +151,26 @@ def test_prompt_too_long_is_refused_or_truncated_on_request(generator):
 def test_bad_sampling_settings(generator, config, message):
     with pytest.raises(ZooError, match=message):
         generator.generate("a", config)
+
+
+def test_prompts_run_together_on_a_few_slots_each_get_what_they_get_alone(generator):
+    """zoo.engine.slots.generate_all (`zoo generate --input`): seven requests on three slots, greedy
+    and sampled with seeds, of their own lengths, budgets and stop strings. Waiting requests take the
+    slots finished ones free, greedy chunks run once none waits; each gets what it gets alone."""
+    from zoo.engine.generation import Continuation
+    from zoo.engine.slots import generate_all
+
+    prompts = ["ROMEO.", "KING.", "First Citizen:", "To be, or not", "O", "JULIET.", "X"]
+    stop = generator.generate(prompts[0], SamplingConfig(temperature=1.0, top_k=20, seed=0, max_new_tokens=12)).text[4:6]
+    configs = [SamplingConfig(temperature=0, max_new_tokens=5 + 3 * i) if i % 2 else
+               SamplingConfig(temperature=1.0, top_k=20, seed=i, max_new_tokens=12, stop=(stop,)) for i in range(7)]
+    alone = [generator.generate(p, c) for p, c in zip(prompts, configs)]
+    together = dict(generate_all(generator.engine, [generator.start(p, c) for p, c in zip(prompts, configs)], slots=3))
+    assert sorted(together) == list(range(7))
+    for i, result in enumerate(alone):
+        assert (together[i].token_ids, together[i].text, together[i].finish_reason) == \
+               (result.token_ids, result.text, result.finish_reason), prompts[i]
+    assert {result.finish_reason for result in alone} >= {FINISH_STOP, FINISH_LENGTH}  # the test covers both
+    too_long = Continuation(generator.tokenizer, [1] * (generator.engine.max_prompt_length + 1), configs[1], 4)
+    with pytest.raises(ValueError, match="does not fit the context"):
+        list(generate_all(generator.engine, [generator.start("KING.", configs[1]), too_long], slots=2))
