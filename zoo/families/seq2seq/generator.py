@@ -18,7 +18,8 @@ import dataclasses
 import numpy as np
 
 from zoo.engine.generation import FINISH_END, FINISH_LENGTH, Continuation, EngineGenerator, Result, run_stream, stream
-from zoo.engine.sampling import log_softmax
+from zoo.engine.sampling import SamplingConfig, log_softmax
+from zoo.engine.slots import generate_all
 from zoo.errors import ZooError
 
 
@@ -94,17 +95,13 @@ class Seq2SeqGenerator(EngineGenerator):
         return run_stream(self.stream(prompt, config), on_text)
 
     def translate_batch(self, sources, max_new_tokens=None, batch_size=32):
-        """Greedy translations of many sources, `batch_size` at a time in lockstep (for
-        evaluation: one decode step for the whole batch, each source prefilled into its slot).
+        """Greedy translations of many sources (for evaluation), continuously batched on
+        `batch_size` slots (zoo.engine.slots): a finished source's slot takes the next at once.
         Long sources are truncated."""
-        budget, texts = self._budget(max_new_tokens), []
-        for first in range(0, len(sources), batch_size):
-            rows = [self._engine_prompt(self._source_ids(s, truncate=True)) for s in sources[first:first + batch_size]]
-            count = len(rows)
-            rows += [rows[-1]] * (batch_size - count)  # a short last batch is padded: one step shape for all
-            outputs = self.engine.generate_batch(rows, budget, end_token_id=self.end_id)
-            texts += [self.tokenizer.decode(output) for output in outputs[:count]]
-        return texts
+        config = SamplingConfig(temperature=0, max_new_tokens=max_new_tokens, truncate_prompt=True)
+        continuations = [self.start(source, config) for source in sources]
+        results = dict(generate_all(self.engine, continuations, min(batch_size, len(continuations))))
+        return [results[i].text for i in range(len(continuations))]
 
     def beam_search(self, prompt, beam_width=4, length_penalty=1.0, early_stopping=True, max_new_tokens=None,
                     truncate_prompt=False):
