@@ -17,7 +17,7 @@ One scheduler per model version runs one loop on the event loop, each model call
 
 So a new request joins at the next step instead of waiting for the others to finish, and every
 request gets the tokens it would get alone (greedy; sampled too, with a seed). Requests beyond the
-free slots wait in a queue of at most `max_queue`; beyond that, `submit` raises QueueFull (the RPC
+free slots wait in a queue of at most `max_queue`; beyond that, `stream` raises QueueFull (the RPC
 answers RESOURCE_EXHAUSTED).
 """
 
