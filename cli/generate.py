@@ -145,18 +145,18 @@ def _speculative(generator, draft_path, draft_tokens):
         raise ZooError(f"--draft {draft_path}: {e}") from None
 
 
-def _checked(generator, inputs, config, start=False):
-    """--input's prompts checked before any is generated (their Continuations with `start`), so a
-    prompt that does not fit fails at once, naming its line."""
+def _checked(generator, inputs, config):
+    """--input's prompts checked before any is generated (each one's request made and dropped:
+    they are made again one at a time as they run), so a prompt that does not fit fails at once,
+    naming its line."""
     from zoo.errors import ZooError
 
-    checked = []
+    check = generator.start if hasattr(generator, "start") else generator.prompt_ids
     for i, text in enumerate(inputs.texts):
         try:
-            checked.append(generator.start(text, config) if start else generator.prompt_ids(text, config))
+            check(text, config)
         except ZooError as e:
             raise ZooError(f"{inputs.where(i)}: {e}") from None
-    return checked
 
 
 def _generate_together(generator, inputs, config, batch_size, as_json):
@@ -164,12 +164,14 @@ def _generate_together(generator, inputs, config, batch_size, as_json):
     (zoo.engine.slots), each printed once it and those before it are done, with progress on stderr."""
     from zoo.engine.slots import generate_all
 
-    continuations = _checked(generator, inputs, config, start=True)
+    _checked(generator, inputs, config)
+    total = len(inputs.texts)
+    continuations = (generator.start(text, config) for text in inputs.texts)
     done, finished, tokens, next_index, progress = {}, 0, 0, 0, Progress("prompts")
-    for index, result in generate_all(generator.engine, continuations, min(batch_size, len(continuations))):
+    for index, result in generate_all(generator.engine, continuations, min(batch_size, total)):
         done[index], finished, tokens = result, finished + 1, tokens + len(result.token_ids)
         elapsed = time.perf_counter() - progress.start
-        progress(finished, len(continuations), f"{tokens} tokens {tokens / max(elapsed, 1e-9):.1f} tok/s")
+        progress(finished, total, f"{tokens} tokens {tokens / max(elapsed, 1e-9):.1f} tok/s")
         while next_index in done:
             _print_result(done.pop(next_index), inputs.texts[next_index], generator, as_json)
             next_index += 1

@@ -140,19 +140,23 @@ class SlotBatch:
 
 
 def generate_all(engine, continuations, slots, decode_steps=None):
-    """Runs `continuations` to the end, continuously batched on `slots` rows of `engine` (a
-    finished one's slot takes the next at once; greedy chunks of up to `decode_steps`, default the
-    engine's `decode_chunk`, once none waits). Yields (index, Result) as each finishes, not in
-    order; a request's failure raises it."""
+    """Runs `continuations` (any iterable, taken one at a time as slots free up, so a long list of
+    requests need not be made up front) to the end, continuously batched on `slots` rows of
+    `engine` (a finished one's slot takes the next at once; greedy chunks of up to `decode_steps`,
+    default the engine's `decode_chunk`, once none waits). Yields (index, Result) as each finishes,
+    not in order; a request's failure raises it."""
     batch = SlotBatch(engine, slots, engine.decode_chunk if decode_steps is None else decode_steps)
-    waiting, index_of = list(enumerate(continuations))[::-1], {}
-    while waiting or batch.busy_slots():
+    pending = enumerate(continuations)
+    following, index_of = next(pending, None), {}  # the next (index, continuation) waiting for a slot
+    while following is not None or batch.busy_slots():
         pairs = []
-        for slot in batch.free_slots()[:len(waiting)]:
-            index, continuation = waiting.pop()
-            index_of[slot] = index
-            pairs.append((slot, continuation))
-        for slot, items in batch.admit(pairs) + batch.step(waiting=bool(waiting)):
+        for slot in batch.free_slots():
+            if following is None:
+                break
+            index_of[slot] = following[0]
+            pairs.append((slot, following[1]))
+            following = next(pending, None)
+        for slot, items in batch.admit(pairs) + batch.step(waiting=following is not None):
             if items and isinstance(items[-1], Exception):
                 raise items[-1]
             if items and isinstance(items[-1], Result):
