@@ -229,8 +229,11 @@ def _beam_search_command(name, help):
         if not hasattr(generator, "beam_search"):
             raise ZooError(f"{model_path}: is a {info.kind} model; zoo {name} needs a model that maps a source text "
                            "to a target text (with beam search), such as a seq2seq model")
-        for text in texts:
+        progress = Progress("texts")
+        for done, text in enumerate(texts, 1):
             result = generator.beam_search(text, beam_width, length_penalty, truncate_prompt=True)
+            if len(texts) > 1:
+                progress(done, len(texts))
             if as_json:
                 click.echo(json.dumps({"source": text, "text": result.text, "token_ids": result.token_ids,
                                        "finish_reason": result.finish_reason}))
