@@ -286,15 +286,26 @@ def test_seq2seq_and_lstm_engines_give_their_models_greedy_tokens(small_bundles,
             tokens = engine.generate_batch([prompt], steps)[0]
             assert len(tokens) == steps and len(set(tokens)) > 2
             assert tokens == eager.generate_batch([prompt], steps)[0]
-            # Step by step, the logits too (a copier's tokens hardly depend on their position).
+            # Step by step, the logits too (a copier's tokens hardly depend on their position): the
+            # largest difference at each position, relative to the largest logit.
             (logits, cache), (expected, eager_cache) = engine.prefill(prompt), eager.prefill(prompt)
-            for position, token in enumerate(tokens[:-1], start=engine.first_position(prompt)):
-                np.testing.assert_allclose(logits.reshape(-1), expected.reshape(-1), rtol=0,
-                                           atol=1e-4 * np.abs(expected).max(), err_msg=f"position {position}")
-                logits, cache = engine.decode(np.asarray([token], "int32"), cache, np.asarray([position], "int32"))
-                expected, eager_cache = eager.decode(np.asarray([token], "int32"), eager_cache,
-                                                     np.asarray([position], "int32"))
-            np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+            off = []
+            for position, token in enumerate([*tokens[:-1], None], start=engine.first_position(prompt)):
+                off.append(np.abs(logits.reshape(-1) - expected.reshape(-1)).max() / np.abs(expected).max())
+                if token is not None:
+                    logits, cache = engine.decode(np.asarray([token], "int32"), cache, np.asarray([position], "int32"))
+                    expected, eager_cache = eager.decode(np.asarray([token], "int32"), eager_cache,
+                                                         np.asarray([position], "int32"))
+            off = np.asarray(off)
+            if int8:  # as in test_quantized_bundles_give_the_same_greedy_tokens_on_every_backend: a value
+                # on a rounding boundary of a Dense's input quantizer may land on the other integer in
+                # the compiled step (its float steps round differently), moving that position's logits
+                # by about one quantization step and the later ones' a little (TensorFlow, a copier
+                # trained 250 steps: 1.6e-3 at 3 of 16 positions); taking the paired copy's logits, or
+                # a wrong weight, moves them all.
+                assert (off > 1e-4).sum() <= off.size // 4 and off.max() < 1e-2, (bundle, off)
+            else:
+                assert off.max() < 1e-4, (bundle, off)
         elif backend == "torch":
             assert tokens == EagerEngine(runtime.model).generate_batch([prompt], 6)[0], kind
 
