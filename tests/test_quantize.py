@@ -301,7 +301,7 @@ def test_seq2seq_and_lstm_engines_give_their_models_greedy_tokens(small_bundles,
                 # on a rounding boundary of a Dense's input quantizer may land on the other integer in
                 # the compiled step (its float steps round differently), moving that position's logits
                 # by about one quantization step and the later ones' a little (TensorFlow, a copier
-                # trained 250 steps: 1.6e-3 at 3 of 16 positions); taking the paired copy's logits, or
+                # trained 250 steps: up to 1.6e-3 at 3 of 16 positions); taking the paired copy's logits, or
                 # a wrong weight, moves them all.
                 assert (off > 1e-4).sum() <= off.size // 4 and off.max() < 1e-2, (bundle, off)
             else:
