@@ -99,9 +99,9 @@ class Seq2SeqGenerator(EngineGenerator):
         `batch_size` slots (zoo.engine.slots): a finished source's slot takes the next at once.
         Long sources are truncated."""
         config = SamplingConfig(temperature=0, max_new_tokens=max_new_tokens, truncate_prompt=True)
-        continuations = [self.start(source, config) for source in sources]
-        results = dict(generate_all(self.engine, continuations, min(batch_size, len(continuations))))
-        return [results[i].text for i in range(len(continuations))]
+        continuations = (self.start(source, config) for source in sources)  # made as slots free up
+        results = dict(generate_all(self.engine, continuations, min(batch_size, len(sources))))
+        return [results[i].text for i in range(len(sources))]
 
     def beam_search(self, prompt, beam_width=4, length_penalty=1.0, early_stopping=True, max_new_tokens=None,
                     truncate_prompt=False):
